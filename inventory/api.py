@@ -1,0 +1,63 @@
+"""``GET /api/v1/inventory`` and ``GET /api/v1/inventory/{id}``."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, viewsets
+from rest_framework.response import Response
+
+from inventory.filters import SORTS, OfferFilterSet, PageSizeForm
+from inventory.models import Offer
+from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
+from shopper.api import Pagination
+
+
+def _bad_params(errors) -> exceptions.ValidationError:
+    return exceptions.ValidationError({k: [str(m) for m in v] for k, v in errors.items()})
+
+
+class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
+    """The offer menu. Filters and sort are the same as on the offers page."""
+
+    serializer_class = OfferSerializer
+    filterset_class = OfferFilterSet
+    filter_backends = []  # filtering is explicit below so bad values are a 400 naming the parameter
+    pagination_class = Pagination
+    lookup_value_regex = r"[^/]+"
+
+    def get_queryset(self):
+        return Offer.objects.all()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("gpu", str, description="Canonical GPU name or part of it, e.g. 'A100 80GB'"),
+            OpenApiParameter("min_gpus", int),
+            OpenApiParameter("min_vram_gb", int, description="Per GPU"),
+            OpenApiParameter("max_price", float, description="$/h for the whole offer"),
+            OpenApiParameter("provider", str, enum=["vastai", "tensordock"]),
+            OpenApiParameter("location", str),
+            OpenApiParameter("min_reliability", float, description="0 to 1"),
+            OpenApiParameter("sort", str, enum=list(SORTS)),
+            OpenApiParameter("page", int),
+            OpenApiParameter("page_size", int, description="1 to 500, default 50"),
+        ],
+        responses={200: OfferSerializer(many=True)},
+    )
+    def list(self, request, *args, **kwargs):
+        paging = PageSizeForm(request.query_params)
+        if not paging.is_valid():
+            raise _bad_params(paging.errors)
+        filterset = OfferFilterSet(request.query_params, queryset=Offer.objects.visible())
+        if not filterset.is_valid():
+            raise _bad_params(filterset.errors)
+        page = self.paginator.paginate_queryset(offer_tuples(filterset.qs), request, view=self)
+        return self.paginator.get_paginated_response(offer_rows(page))
+
+    def retrieve(self, request, *args, **kwargs):
+        pk = kwargs.get("pk", "")
+        if not str(pk).isdigit():
+            raise exceptions.NotFound("No offer with that id.")
+        rows = offer_rows(offer_tuples(Offer.objects.filter(pk=int(pk))))
+        if not rows:
+            raise exceptions.NotFound("No offer with that id.")
+        return Response(rows[0])

@@ -1,0 +1,75 @@
+"""The one filter class behind the offers page and ``GET /api/v1/inventory``."""
+
+from __future__ import annotations
+
+import django_filters as filters
+from django import forms
+
+from inventory.models import Offer
+
+SORTS = {
+    "price": ("price_per_hour", "id"),
+    "-price": ("-price_per_hour", "id"),
+    "price_per_gpu": ("price_per_gpu_hour", "id"),
+    "vram_gb": ("vram_gb", "price_per_hour", "id"),
+    "-vram_gb": ("-vram_gb", "price_per_hour", "id"),
+    "reliability": ("reliability", "price_per_hour", "id"),
+    "-reliability": ("-reliability", "price_per_hour", "id"),
+}
+SORT_LABELS = {
+    "price": "Price (low to high)",
+    "-price": "Price (high to low)",
+    "price_per_gpu": "Price per GPU",
+    "-vram_gb": "VRAM (most first)",
+    "vram_gb": "VRAM (least first)",
+    "-reliability": "Reliability (best first)",
+    "reliability": "Reliability (worst first)",
+}
+
+
+def provider_choices():
+    from inventory.providers import provider_statuses
+
+    return [(p["name"], p["display_name"]) for p in provider_statuses()]
+
+
+class OfferFilterSet(filters.FilterSet):
+    gpu = filters.CharFilter(field_name="gpu_type", lookup_expr="icontains", max_length=64, label="GPU")
+    min_gpus = filters.NumberFilter(
+        field_name="gpu_count", lookup_expr="gte", min_value=1, max_value=64, decimal_places=0, label="Min GPUs"
+    )
+    min_vram_gb = filters.NumberFilter(
+        field_name="vram_gb", lookup_expr="gte", min_value=0, max_value=4096, decimal_places=0,
+        label="Min VRAM per GPU (GB)",
+    )
+    max_price = filters.NumberFilter(
+        field_name="price_per_hour", lookup_expr="lte", min_value=0, max_digits=10, decimal_places=4,
+        label="Max price ($/h)",
+    )
+    provider = filters.ChoiceFilter(choices=provider_choices, label="Provider")
+    location = filters.CharFilter(lookup_expr="icontains", max_length=64, label="Location")
+    min_reliability = filters.NumberFilter(
+        field_name="reliability", lookup_expr="gte", min_value=0, max_value=1, label="Min reliability (0–1)"
+    )
+    sort = filters.ChoiceFilter(
+        choices=list(SORT_LABELS.items()), method="sort_by", label="Sort", empty_label="Price (low to high)"
+    )
+
+    class Meta:
+        model = Offer
+        fields = []
+
+    def sort_by(self, queryset, name, value):
+        return queryset.order_by(*SORTS[value])
+
+    @property
+    def qs(self):
+        qs = super().qs
+        if not self.form.cleaned_data.get("sort"):
+            qs = qs.order_by(*SORTS["price"])
+        return qs
+
+
+class PageSizeForm(forms.Form):
+    page = forms.IntegerField(min_value=1, required=False)
+    page_size = forms.IntegerField(min_value=1, max_value=500, required=False)

@@ -1,0 +1,89 @@
+"""Offers (the live menu) and what we know about each provider's feed."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+from django.utils import timezone
+
+
+class OfferQuerySet(models.QuerySet):
+    def visible(self, now=None) -> OfferQuerySet:
+        """Offers a user may rent now: still offered and not suppressed after repeated failures."""
+        now = now or timezone.now()
+        return self.filter(available=True).exclude(hidden_until__gt=now)
+
+
+class Offer(models.Model):
+    """One rentable configuration, normalized across providers.
+
+    ``price_per_hour`` is the whole machine including storage at the default disk size;
+    ``price_per_gpu_hour`` is stored (not computed per query) because the menu sorts on it.
+    Offers that vanish from a provider's answer become unavailable, never deleted: rentals and
+    links keep pointing at them.
+    """
+
+    provider = models.CharField(max_length=32)
+    provider_offer_id = models.CharField(max_length=128)
+    gpu_type = models.CharField(max_length=64)
+    gpu_count = models.PositiveSmallIntegerField()
+    vram_gb = models.PositiveIntegerField(help_text="Per GPU")
+    price_per_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    location = models.CharField(max_length=128, blank=True)
+    reliability = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    cpu_cores = models.PositiveIntegerField(null=True, blank=True)
+    ram_gb = models.PositiveIntegerField(null=True, blank=True)
+    disk_gb = models.PositiveIntegerField(null=True, blank=True)
+    cuda_version = models.CharField(max_length=16, blank=True)
+    driver_version = models.CharField(max_length=32, blank=True)
+    available = models.BooleanField(default=True)
+    fetched_at = models.DateTimeField()
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    # Set by offer failure suppression (3 failed provisions in 30 min -> hidden 30 min).
+    hidden_until = models.DateTimeField(null=True, blank=True)
+
+    objects = OfferQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "provider_offer_id"], name="offer_provider_id_unique")
+        ]
+        indexes = [
+            # Used by the menu's default sort and the price filters.
+            models.Index(fields=["available", "price_per_hour"], name="offer_avail_price"),
+            models.Index(fields=["available", "price_per_gpu_hour"], name="offer_avail_ppgh"),
+            models.Index(fields=["available", "vram_gb"], name="offer_avail_vram"),
+            models.Index(fields=["available", "reliability"], name="offer_avail_rel"),
+            models.Index(fields=["gpu_type"], name="offer_gpu_type"),
+        ]
+        ordering = ["price_per_hour", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_count}× {self.gpu_type} @ {self.provider} ${self.price_per_hour}/h"
+
+    @property
+    def public_id(self) -> str:
+        """The API's offer id: stable while the offer exists, opaque to scripts."""
+        return str(self.pk)
+
+    @staticmethod
+    def per_gpu(price: Decimal, gpu_count: int) -> Decimal:
+        return (price / max(gpu_count, 1)).quantize(Decimal("0.0001"))
+
+
+class ProviderFeed(models.Model):
+    """The state of one provider's offer feed: when it last answered, why it failed, and how long
+    offers_refresh should wait before asking again (adaptive backoff while it rate-limits)."""
+
+    provider = models.CharField(max_length=32, primary_key=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    next_fetch_at = models.DateTimeField(null=True, blank=True)
+    offer_count = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.provider

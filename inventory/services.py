@@ -1,0 +1,160 @@
+"""Offer workflows: refreshing the menu from every enabled provider."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from inventory import providers as registry
+from inventory.models import Offer, ProviderFeed
+from inventory.providers.base import OfferData, ProviderError, RateLimited
+
+log = logging.getLogger(__name__)
+
+OFFER_UPDATE_FIELDS = [
+    "gpu_type",
+    "gpu_count",
+    "vram_gb",
+    "price_per_hour",
+    "price_per_gpu_hour",
+    "location",
+    "reliability",
+    "cpu_cores",
+    "ram_gb",
+    "disk_gb",
+    "cuda_version",
+    "driver_version",
+    "available",
+    "fetched_at",
+]
+
+
+@dataclass
+class RefreshResult:
+    provider: str
+    outcome: str  # "refreshed", "cached", "disabled", "rate_limited", "error"
+    offers: int = 0
+    detail: str = ""
+
+
+def offers_refresh(*, force: bool = False, now=None) -> list[RefreshResult]:
+    """Fetch every provider's offers and upsert them; one provider failing never touches the
+    other's offers.
+
+    Each provider is asked at most once per ``SHOPPER_OFFERS_CACHE_SECONDS`` (unless ``force``);
+    while it fails or rate-limits, the wait doubles up to ``SHOPPER_OFFERS_MAX_BACKOFF_SECONDS``.
+    Offers missing from a successful answer become unavailable; a failed answer changes nothing.
+    """
+    results = []
+    for status in registry.provider_statuses():
+        name = status["name"]
+        now_ = now or timezone.now()
+        feed, _ = ProviderFeed.objects.get_or_create(provider=name)
+        if not status["enabled"]:
+            # A provider switched off must not stay rentable from stale rows.
+            Offer.objects.filter(provider=name, available=True).update(available=False)
+            ProviderFeed.objects.filter(pk=name).update(last_error=status["reason"], offer_count=0)
+            results.append(RefreshResult(name, "disabled", detail=status["reason"]))
+            continue
+        if not force and feed.next_fetch_at and feed.next_fetch_at > now_:
+            results.append(RefreshResult(name, "cached", feed.offer_count))
+            continue
+        results.append(_refresh_provider(name, feed, now_))
+    return results
+
+
+def _refresh_provider(name: str, feed: ProviderFeed, now) -> RefreshResult:
+    try:
+        provider = registry.get_provider(name)
+        offers = provider.search_offers()  # outside any transaction: it may take seconds
+    except (ProviderError, registry.ProviderDisabled) as exc:
+        return _record_failure(name, feed, now, exc)
+    count = offers_upsert(provider=name, offers=offers, fetched_at=now)
+    ProviderFeed.objects.filter(pk=name).update(
+        last_attempt_at=now,
+        last_success_at=now,
+        last_error="",
+        consecutive_failures=0,
+        next_fetch_at=now + timedelta(seconds=settings.SHOPPER_OFFERS_CACHE_SECONDS),
+        offer_count=count,
+    )
+    return RefreshResult(name, "refreshed", count)
+
+
+def _record_failure(name: str, feed: ProviderFeed, now, exc: Exception) -> RefreshResult:
+    failures = feed.consecutive_failures + 1
+    base = settings.SHOPPER_OFFERS_CACHE_SECONDS
+    wait = min(base * 2 ** (failures - 1), settings.SHOPPER_OFFERS_MAX_BACKOFF_SECONDS)
+    if isinstance(exc, RateLimited) and exc.retry_after:
+        wait = max(wait, min(exc.retry_after, settings.SHOPPER_OFFERS_MAX_BACKOFF_SECONDS))
+    ProviderFeed.objects.filter(pk=name).update(
+        last_attempt_at=now,
+        last_error=f"{type(exc).__name__}: {exc}"[:500],
+        consecutive_failures=failures,
+        next_fetch_at=now + timedelta(seconds=wait),
+    )
+    outcome = "rate_limited" if isinstance(exc, RateLimited) else "error"
+    log.warning("offers_refresh %s %s (retry in %ss): %s", name, outcome, wait, exc)
+    return RefreshResult(name, outcome, detail=str(exc))
+
+
+def offers_upsert(*, provider: str, offers: list[OfferData], fetched_at) -> int:
+    """Insert or update offers in bulk; those of ``provider`` not in ``offers`` become unavailable."""
+    rows = {}
+    for o in offers:
+        if o.provider != provider or o.gpu_count < 1:
+            continue
+        rows[o.provider_offer_id] = Offer(
+            provider=provider,
+            provider_offer_id=o.provider_offer_id,
+            gpu_type=o.gpu_type,
+            gpu_count=o.gpu_count,
+            vram_gb=o.vram_gb,
+            price_per_hour=o.price_per_hour,
+            price_per_gpu_hour=Offer.per_gpu(o.price_per_hour, o.gpu_count),
+            location=o.location,
+            reliability=o.reliability,
+            cpu_cores=o.cpu_cores,
+            ram_gb=o.ram_gb,
+            disk_gb=o.disk_gb,
+            cuda_version=o.cuda_version,
+            driver_version=o.driver_version,
+            available=True,
+            fetched_at=fetched_at,
+            first_seen_at=fetched_at,
+        )
+    with transaction.atomic():
+        Offer.objects.bulk_create(
+            list(rows.values()),
+            batch_size=500,
+            update_conflicts=True,
+            unique_fields=["provider", "provider_offer_id"],
+            update_fields=OFFER_UPDATE_FIELDS,
+        )
+        # Vanished offers: everything of this provider this answer did not touch.
+        Offer.objects.filter(provider=provider, available=True, fetched_at__lt=fetched_at).update(
+            available=False
+        )
+    return len(rows)
+
+
+def offers_freshness() -> dict:
+    """Per-provider feed state for the menu's "as of 40 s ago" line and the health endpoint."""
+    feeds = {f.provider: f for f in ProviderFeed.objects.all()}
+    out = []
+    for status in registry.provider_statuses():
+        feed = feeds.get(status["name"])
+        out.append(
+            {
+                **status,
+                "last_success_at": feed.last_success_at if feed else None,
+                "last_error": feed.last_error if feed else "",
+                "offers": feed.offer_count if feed else 0,
+            }
+        )
+    return {"providers": out, "sandbox": settings.SHOPPER_SANDBOX}

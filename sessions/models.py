@@ -1,0 +1,235 @@
+"""Rentals ("sessions" in the UI and API), their audit timeline, SSH keys and admin alerts."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+LABEL_PREFIX = "shopper-"
+
+
+class Status(models.TextChoices):
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    BOOTING = "booting"
+    VERIFYING = "verifying"
+    ACTIVE = "active"
+    STOPPING = "stopping"
+    DESTROYED = "destroyed"
+    FAILED = "failed"
+
+
+S = Status
+# The status machine. Any live status may go to stopping; destroyed only after the provider
+# confirms the instance is gone; failed only when no instance exists (label lookup confirmed).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.PROVISIONING, S.STOPPING, S.FAILED}),
+    S.PROVISIONING: frozenset({S.BOOTING, S.STOPPING, S.FAILED}),
+    S.BOOTING: frozenset({S.VERIFYING, S.STOPPING}),
+    S.VERIFYING: frozenset({S.ACTIVE, S.STOPPING}),
+    S.ACTIVE: frozenset({S.STOPPING}),
+    S.STOPPING: frozenset({S.DESTROYED}),
+    S.DESTROYED: frozenset(),
+    S.FAILED: frozenset(),
+}
+LIVE_STATUSES = frozenset(s for s in S if s not in (S.DESTROYED, S.FAILED))
+TERMINAL_STATUSES = frozenset({S.DESTROYED, S.FAILED})
+# Statuses in which the provider bills us (until destruction is confirmed).
+BILLING_STATUSES = frozenset({S.ACTIVE, S.STOPPING})
+
+
+class RentalQuerySet(models.QuerySet):
+    def for_user(self, user) -> RentalQuerySet:
+        """Owner filter: staff see everyone's rentals, others only their own."""
+        if user.is_staff:
+            return self
+        return self.filter(consumer=user)
+
+    def live(self) -> RentalQuerySet:
+        return self.filter(status__in=LIVE_STATUSES)
+
+
+class Rental(models.Model):
+    """One GPU instance rented from one provider offer, from request to verified teardown.
+
+    The offer is snapshotted (provider, offer id, GPU, price) at rent time: the menu changes,
+    the price a user agreed to does not. ``status`` is written only by
+    ``sessions.services.rental_transition``.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    consumer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rentals")
+    offer = models.ForeignKey("inventory.Offer", null=True, blank=True, on_delete=models.SET_NULL)
+    provider = models.CharField(max_length=32)
+    provider_offer_id = models.CharField(max_length=128)
+    gpu_type = models.CharField(max_length=64)
+    gpu_count = models.PositiveSmallIntegerField()
+    vram_gb = models.PositiveIntegerField(default=0)
+    location = models.CharField(max_length=128, blank=True)
+    price_per_hour = models.DecimalField(max_digits=10, decimal_places=4, help_text="Provider price")
+    markup_percent = models.DecimalField(max_digits=6, decimal_places=2, default=0)
+    image = models.CharField(max_length=200, blank=True)
+    disk_gb = models.PositiveIntegerField(null=True, blank=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status_detail = models.TextField(blank=True)
+    provider_instance_id = models.CharField(max_length=128, blank=True)
+
+    ssh_host = models.CharField(max_length=255, blank=True)
+    ssh_port = models.PositiveIntegerField(null=True, blank=True)
+    ssh_user = models.CharField(max_length=64, blank=True)
+    ssh_public_key = models.TextField(blank=True)
+    # Fernet token of a generated private key; cleared at teardown.
+    ssh_private_key_encrypted = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    active_since = models.DateTimeField(null=True, blank=True)
+    reservation_ends_at = models.DateTimeField()
+    hard_max_at = models.DateTimeField()
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    reservation_warned_at = models.DateTimeField(null=True, blank=True)
+
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_data = models.JSONField(default=dict, blank=True)
+    agent_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    # Consecutive reconcile listings in which the instance was missing (2 -> ghost).
+    missing_count = models.PositiveSmallIntegerField(default=0)
+
+    objects = RentalQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["consumer", "-created_at"], name="rental_consumer_created"),
+            models.Index(fields=["status"], name="rental_status"),
+            # Used by lifecycle enforcement: only live rentals have deadlines that matter.
+            models.Index(
+                fields=["reservation_ends_at"], name="rental_res_end_live", condition=~Q(status__in=["destroyed", "failed"])
+            ),
+            models.Index(
+                fields=["hard_max_at"], name="rental_hard_max_live", condition=~Q(status__in=["destroyed", "failed"])
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.status})"
+
+    @property
+    def label(self) -> str:
+        """The label/name every instance carries (safety rule 2)."""
+        return f"{LABEL_PREFIX}{self.id}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+    @property
+    def has_generated_key(self) -> bool:
+        return bool(self.ssh_private_key_encrypted)
+
+    @property
+    def ssh_command(self) -> str:
+        if not (self.ssh_host and self.ssh_port):
+            return ""
+        key = f"-i ~/.ssh/shopper-{str(self.id)[:8]} " if self.has_generated_key else ""
+        return f"ssh {key}-p {self.ssh_port} {self.ssh_user or 'root'}@{self.ssh_host}"
+
+    def billed_until(self, now: datetime | None = None) -> datetime | None:
+        """End of the billed interval so far (billing runs from active until destruction)."""
+        if not self.active_since:
+            return None
+        return self.ended_at or now or timezone.now()
+
+
+class EventKind(models.TextChoices):
+    TRANSITION = "transition"
+    INFO = "info"
+    ERROR = "error"
+    KEY_DOWNLOAD = "key_download"
+    EXTEND = "extend"
+    OVERRIDE = "override"
+    WARNING = "warning"
+    HEARTBEAT = "heartbeat"
+
+
+class RentalEvent(models.Model):
+    """Append-only: the audit log, the timeline on the page, and the outbox for live updates.
+
+    A transition has ``from_status``/``to_status``; other events (errors, key downloads,
+    extensions) leave them blank. ``actor`` is null for the system.
+    """
+
+    rental = models.ForeignKey(Rental, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=EventKind.choices, default=EventKind.TRANSITION)
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16, blank=True)
+    reason = models.TextField(blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    data = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["rental", "at"], name="event_rental_at")]
+
+    def __str__(self) -> str:
+        if self.kind == EventKind.TRANSITION:
+            return f"{self.from_status or '∅'} → {self.to_status}: {self.reason}"
+        return f"{self.kind}: {self.reason}"
+
+
+class SSHKey(models.Model):
+    """A public key a user registered; rentals without an explicit key install these."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ssh_keys")
+    name = models.CharField(max_length=100)
+    public_key = models.TextField()
+    fingerprint = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "fingerprint"], name="sshkey_user_fingerprint_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.fingerprint})"
+
+
+class AlertKind(models.TextChoices):
+    ORPHAN = "orphan", "Orphan instance"
+    GHOST = "ghost", "Ghost rental"
+    DESTROY_STUCK = "destroy_stuck", "Destroy still failing"
+    AGENT_SILENT = "agent_silent", "Agent gone silent"
+    BUDGET = "budget", "Budget threshold"
+
+
+class Alert(models.Model):
+    """Something an admin must look at. Emailed once when raised; listed on the safety page."""
+
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    rental = models.ForeignKey(Rental, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
+    provider = models.CharField(max_length=32, blank=True)
+    provider_instance_id = models.CharField(max_length=128, blank=True)
+    message = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.message[:60]}"
+
+
+def token_hash(raw: str) -> str:
+    """Tokens (API and agent) are stored as SHA-256: high-entropy secrets need no slow hash."""
+    return hashlib.sha256(raw.encode()).hexdigest()

@@ -1,0 +1,57 @@
+"""Shared API plumbing: pagination and the error format ``{"detail": ..., "code": ...}``."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class ShopperError(exceptions.APIException):
+    """A domain error with a stable machine-readable code (API.md error column)."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid"
+
+    def __init__(self, detail: str, *, code: str | None = None, status_code: int | None = None):
+        super().__init__(detail=detail, code=code)
+        if status_code:
+            self.status_code = status_code
+        self.error_code = code or self.default_code
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(exc.messages)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    data = response.data
+    if isinstance(exc, ShopperError):
+        response.data = {"detail": str(exc.detail), "code": exc.error_code}
+    elif isinstance(exc, exceptions.ValidationError):
+        fields = data if isinstance(data, dict) else {"non_field_errors": data}
+        first = next(iter(fields.items()), ("", [""]))
+        message = first[1][0] if isinstance(first[1], list) and first[1] else first[1]
+        name = first[0]
+        detail = f"{name}: {message}" if name and name != "non_field_errors" else str(message)
+        response.data = {"detail": detail, "code": "invalid", "errors": fields}
+    elif isinstance(data, dict) and "detail" in data:
+        code = getattr(data["detail"], "code", None) or exc.default_code
+        response.data = {"detail": str(data["detail"]), "code": code}
+    return response
+
+
+def error_response(detail: str, code: str, status_code: int) -> Response:
+    return Response({"detail": detail, "code": code}, status=status_code)

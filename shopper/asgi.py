@@ -1,0 +1,22 @@
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shopper.settings")
+django_asgi_app = get_asgi_application()
+
+# Imported after get_asgi_application(): consumers need the app registry loaded.
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+from shopper.urls import websocket_urlpatterns
+
+application = ProtocolTypeRouter(
+    {
+        # Daphne serves static files itself so `make run` needs no separate web server.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)

@@ -1,0 +1,225 @@
+"""Settings, read from the environment (django-environ). Production differences are variables,
+not files: see .env.example and the README's table."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "dev-only-insecure-key-change-me"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+TESTING = env.bool("SHOPPER_TESTING", default=False)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "shopper",
+    "inventory",
+    "sessions.apps.RentalsConfig",
+    "costs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "shopper.urls"
+ASGI_APPLICATION = "shopper.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "shopper.context_processors.shopper",
+            ],
+        },
+    },
+]
+
+# --- Database: SQLite (WAL) by default, PostgreSQL through DATABASE_URL -----------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while the worker writes; IMMEDIATE avoids the
+    # "database is locked" upgrade deadlock between two writers.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+else:
+    # django-q2's ORM broker polls constantly: keep connections (DESIGN.md: CONN_MAX_AGE >= 60).
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+if TESTING:
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
+
+# --- Security (production-safe unless DEBUG) --------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if not DEBUG and not TESTING:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Cache, channel layer, Redis (optional) ---------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+CHANNEL_LAYER = env.str("CHANNEL_LAYER", default="redis" if REDIS_URL else "memory")
+if CHANNEL_LAYER == "redis" and REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Background work (django-q2) ---------------------------------------------------------------
+Q_CLUSTER = {
+    "name": "shopper",
+    "workers": env.int("Q_WORKERS", default=2),
+    "timeout": env.int("Q_TIMEOUT", default=900),
+    # retry must exceed timeout, or a long task is re-delivered while it still runs.
+    "retry": env.int("Q_TIMEOUT", default=900) + 120,
+    # 0 would retry failures forever; tasks that spend money are never retried blindly.
+    "max_attempts": 1,
+    "catch_up": False,
+    "ack_failures": True,
+    "sync": env.bool("Q_SYNC", default=False),
+    "poll": 0.5,
+    "save_limit": 1000,
+    "label": "Tasks",
+}
+if REDIS_URL and not env.bool("Q_ORM_BROKER", default=False):
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- REST API ---------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "shopper.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "shopper.api.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "shopper.api.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Cloud GPU Shopper API",
+    "DESCRIPTION": "Rent commodity cloud GPUs from one place. See API.md for the contract.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Providers --------------------------------------------------------------------------------
+VASTAI_API_KEY = env.str("VASTAI_API_KEY", default="")
+VASTAI_API_URL = env.str("VASTAI_API_URL", default="https://console.vast.ai")
+TENSORDOCK_API_TOKEN = env.str("TENSORDOCK_API_TOKEN", default="")
+TENSORDOCK_API_URL = env.str("TENSORDOCK_API_URL", default="https://dashboard.tensordock.com/api/v2")
+PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=30.0)
+# True when the provider URLs point at the local sandbox cloud: every page says so.
+SHOPPER_SANDBOX = env.bool("SHOPPER_SANDBOX", default=False)
+
+# --- Product rules ----------------------------------------------------------------------------
+SHOPPER_HARD_MAX_HOURS = env.int("SHOPPER_HARD_MAX_HOURS", default=12)
+SHOPPER_MAX_LIVE_RENTALS = env.int("SHOPPER_MAX_LIVE_RENTALS", default=20)
+SHOPPER_HEARTBEAT_TIMEOUT_SECONDS = env.int("SHOPPER_HEARTBEAT_TIMEOUT_SECONDS", default=300)
+SHOPPER_OFFERS_CACHE_SECONDS = env.int("SHOPPER_OFFERS_CACHE_SECONDS", default=60)
+SHOPPER_OFFERS_MAX_BACKOFF_SECONDS = env.int("SHOPPER_OFFERS_MAX_BACKOFF_SECONDS", default=300)
+SHOPPER_PRICE_MARKUP_PERCENT = Decimal(env.str("SHOPPER_PRICE_MARKUP_PERCENT", default="0"))
+SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS = env.int("SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS", default=600)
+# Fernet keys (comma-separated, newest first) that encrypt generated private keys at rest.
+SHOPPER_FERNET_KEYS = env.list("SHOPPER_FERNET_KEYS", default=[])
+SHOPPER_PUBLIC_URL = env.str("SHOPPER_PUBLIC_URL", default="http://127.0.0.1:8000")
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="shopper@localhost")
+ADMINS = [("Admin", a) for a in env.list("ADMIN_EMAILS", default=[])]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django_q": {"level": "WARNING"}},
+}

@@ -1,0 +1,30 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from inventory import views as inventory_views
+from inventory.api import InventoryViewSet
+from shopper import views
+
+router = SimpleRouter(trailing_slash=False)
+router.register("inventory", InventoryViewSet, basename="inventory")
+
+api_urlpatterns = [
+    path("health", views.health, name="api-health"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("offers/", inventory_views.offer_list, name="offer_list"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_urlpatterns)),
+]
+
+websocket_urlpatterns: list = []
