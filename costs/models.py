@@ -33,7 +33,9 @@ class LedgerEntry(models.Model):
         ordering = ["period_start"]
         constraints = [
             models.UniqueConstraint(fields=["rental", "period_start"], name="ledger_rental_period_unique"),
-            models.CheckConstraint(condition=Q(period_end__gt=models.F("period_start")), name="ledger_period_order"),
+            models.CheckConstraint(
+                condition=Q(period_end__gt=models.F("period_start")), name="ledger_period_order"
+            ),
         ]
         indexes = [
             models.Index(fields=["consumer", "period_start"], name="ledger_consumer_period"),
@@ -79,3 +81,6 @@ class BudgetAlert(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["budget", "month", "threshold"], name="budget_alert_once"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.budget} {self.threshold}% in {self.month:%Y-%m}"

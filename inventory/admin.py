@@ -5,8 +5,17 @@ from inventory.models import Offer, ProviderFeed
 
 @admin.register(Offer)
 class OfferAdmin(admin.ModelAdmin):
-    list_display = ("gpu_type", "gpu_count", "vram_gb", "price_per_hour", "provider", "location", "reliability",
-                    "available", "fetched_at")
+    list_display = (
+        "gpu_type",
+        "gpu_count",
+        "vram_gb",
+        "price_per_hour",
+        "provider",
+        "location",
+        "reliability",
+        "available",
+        "fetched_at",
+    )
     list_filter = ("provider", "available", "gpu_count")
     search_fields = ("gpu_type", "location", "provider_offer_id")
     readonly_fields = [f.name for f in Offer._meta.fields if f.name != "hidden_until"]
@@ -18,6 +27,19 @@ class OfferAdmin(admin.ModelAdmin):
 
 @admin.register(ProviderFeed)
 class ProviderFeedAdmin(admin.ModelAdmin):
-    list_display = ("provider", "last_success_at", "offer_count", "consecutive_failures", "next_fetch_at", "last_error")
-    readonly_fields = ("provider", "last_attempt_at", "last_success_at", "last_error", "consecutive_failures",
-                       "offer_count")
+    list_display = (
+        "provider",
+        "last_success_at",
+        "offer_count",
+        "consecutive_failures",
+        "next_fetch_at",
+        "last_error",
+    )
+    readonly_fields = (
+        "provider",
+        "last_attempt_at",
+        "last_success_at",
+        "last_error",
+        "consecutive_failures",
+        "offer_count",
+    )

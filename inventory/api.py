@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from django.core.cache import cache
+from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, viewsets
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from inventory.filters import SORTS, OfferFilterSet, PageSizeForm
 from inventory.models import Offer
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
+from inventory.services import menu_version
 from shopper.api import Pagination
+
+# Bounds staleness from changes that do not bump the menu version (an offer suppressed after
+# failed provisions); renting re-checks the offer with the provider anyway.
+MENU_CACHE_SECONDS = 5
 
 
 def _bad_params(errors) -> exceptions.ValidationError:
@@ -44,6 +52,16 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
         responses={200: OfferSerializer(many=True)},
     )
     def list(self, request, *args, **kwargs):
+        # The menu changes when a refresh lands (about once a minute): cache each rendered page
+        # under the menu version, so repeated queries cost one small read instead of a scan.
+        key = f"inventory:{menu_version()}:{request.get_full_path()}"
+        body = cache.get(key)
+        if body is None:
+            body = JSONRenderer().render(self._page(request))
+            cache.set(key, body, MENU_CACHE_SECONDS)
+        return HttpResponse(body, content_type="application/json")
+
+    def _page(self, request) -> dict:
         paging = PageSizeForm(request.query_params)
         if not paging.is_valid():
             raise _bad_params(paging.errors)
@@ -51,7 +69,7 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
         if not filterset.is_valid():
             raise _bad_params(filterset.errors)
         page = self.paginator.paginate_queryset(offer_tuples(filterset.qs), request, view=self)
-        return self.paginator.get_paginated_response(offer_rows(page))
+        return self.paginator.get_paginated_response(offer_rows(page)).data
 
     def retrieve(self, request, *args, **kwargs):
         pk = kwargs.get("pk", "")

@@ -36,14 +36,27 @@ def provider_choices():
 class OfferFilterSet(filters.FilterSet):
     gpu = filters.CharFilter(field_name="gpu_type", lookup_expr="icontains", max_length=64, label="GPU")
     min_gpus = filters.NumberFilter(
-        field_name="gpu_count", lookup_expr="gte", min_value=1, max_value=64, decimal_places=0, label="Min GPUs"
+        field_name="gpu_count",
+        lookup_expr="gte",
+        min_value=1,
+        max_value=64,
+        decimal_places=0,
+        label="Min GPUs",
     )
     min_vram_gb = filters.NumberFilter(
-        field_name="vram_gb", lookup_expr="gte", min_value=0, max_value=4096, decimal_places=0,
+        field_name="vram_gb",
+        lookup_expr="gte",
+        min_value=0,
+        max_value=4096,
+        decimal_places=0,
         label="Min VRAM per GPU (GB)",
     )
     max_price = filters.NumberFilter(
-        field_name="price_per_hour", lookup_expr="lte", min_value=0, max_digits=10, decimal_places=4,
+        field_name="price_per_hour",
+        lookup_expr="lte",
+        min_value=0,
+        max_digits=10,
+        decimal_places=4,
         label="Max price ($/h)",
     )
     provider = filters.ChoiceFilter(choices=provider_choices, label="Provider")

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from inventory import providers as registry
@@ -141,6 +142,12 @@ def offers_upsert(*, provider: str, offers: list[OfferData], fetched_at) -> int:
             available=False
         )
     return len(rows)
+
+
+def menu_version() -> str:
+    """Changes whenever any provider's offers were written (one tiny query)."""
+    latest = ProviderFeed.objects.aggregate(v=Max("last_attempt_at"))["v"]
+    return latest.isoformat() if latest else "0"
 
 
 def offers_freshness() -> dict:

@@ -17,10 +17,7 @@ PAGE_SIZE = 25
 @login_required
 def offer_list(request: HttpRequest) -> HttpResponse:
     filterset = OfferFilterSet(request.GET, queryset=Offer.objects.visible())
-    if filterset.is_valid():
-        offers = filterset.qs
-    else:
-        offers = Offer.objects.none()
+    offers = filterset.qs if filterset.is_valid() else Offer.objects.none()
     page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -29,7 +26,6 @@ def offer_list(request: HttpRequest) -> HttpResponse:
         "page": page,
         "query": query.urlencode(),
         "freshness": offers_freshness(),
-
     }
     template = "inventory/offer_list.html"
     if request.htmx and not request.htmx.boosted and not request.htmx.history_restore_request:

@@ -19,8 +19,17 @@ class RentalEventInline(admin.TabularInline):
 class RentalAdmin(admin.ModelAdmin):
     """Status and deadlines change only through services (one status writer): read-only here."""
 
-    list_display = ("id", "consumer", "gpu_type", "gpu_count", "provider", "status", "price_per_hour",
-                    "created_at", "hard_max_at")
+    list_display = (
+        "id",
+        "consumer",
+        "gpu_type",
+        "gpu_count",
+        "provider",
+        "status",
+        "price_per_hour",
+        "created_at",
+        "hard_max_at",
+    )
     list_filter = ("status", "provider")
     search_fields = ("id", "consumer__username", "gpu_type", "provider_instance_id")
     list_select_related = ("consumer",)

@@ -111,10 +111,14 @@ class Rental(models.Model):
             models.Index(fields=["status"], name="rental_status"),
             # Used by lifecycle enforcement: only live rentals have deadlines that matter.
             models.Index(
-                fields=["reservation_ends_at"], name="rental_res_end_live", condition=~Q(status__in=["destroyed", "failed"])
+                fields=["reservation_ends_at"],
+                name="rental_res_end_live",
+                condition=~Q(status__in=["destroyed", "failed"]),
             ),
             models.Index(
-                fields=["hard_max_at"], name="rental_hard_max_live", condition=~Q(status__in=["destroyed", "failed"])
+                fields=["hard_max_at"],
+                name="rental_hard_max_live",
+                condition=~Q(status__in=["destroyed", "failed"]),
             ),
         ]
 
@@ -216,7 +220,9 @@ class Alert(models.Model):
     """Something an admin must look at. Emailed once when raised; listed on the safety page."""
 
     kind = models.CharField(max_length=16, choices=AlertKind.choices)
-    rental = models.ForeignKey(Rental, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
+    rental = models.ForeignKey(
+        Rental, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts"
+    )
     provider = models.CharField(max_length=32, blank=True)
     provider_instance_id = models.CharField(max_length=128, blank=True)
     message = models.TextField()

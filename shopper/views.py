@@ -50,4 +50,6 @@ def health(request):
         }
         for p in freshness["providers"]
     ]
-    return Response({"status": "ok", "database": "ok", "sandbox": freshness["sandbox"], "providers": providers})
+    return Response(
+        {"status": "ok", "database": "ok", "sandbox": freshness["sandbox"], "providers": providers}
+    )

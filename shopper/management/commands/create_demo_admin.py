@@ -11,7 +11,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, username, password, **options):
         User = get_user_model()
-        user, created = User.objects.get_or_create(username=username, defaults={"email": f"{username}@localhost"})
+        user, created = User.objects.get_or_create(
+            username=username, defaults={"email": f"{username}@localhost"}
+        )
         user.is_staff = user.is_superuser = True
         user.set_password(password)
         user.save()

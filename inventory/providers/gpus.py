@@ -1,0 +1,116 @@
+"""Canonical GPU names shared by every adapter, so one card compares across providers.
+
+A canonical ``gpu_type`` is ``"<model> <vram>GB"``: the model as Vast.ai spells it (spaces,
+upper-case form factor: ``"A100 PCIE"``, ``"H100 SXM"``, ``"RTX 4090"``) with the memory size
+appended, because Vast's names carry no size and the A100 40 GB and 80 GB share one name.
+
+- Vast.ai: ``vast_gpu_type(gpu_name, gpu_ram_mb)``; memory comes from ``gpu_ram`` (MB per GPU).
+- TensorDock: ``tensordock_gpu_type(v0_name)``; memory comes from the ``-24gb`` suffix.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Memory sizes (GB) that GPUs are sold with. Reported MB values are a little off (an RTX 4090
+# shows 24564, an L40S 46068, an H100 81559), so they are snapped to these like gpuhunt does.
+KNOWN_VRAM_GB: tuple[int, ...] = (
+    4, 6, 8, 10, 11, 12, 16, 20, 24, 32, 40, 48, 64, 80, 94, 96, 141, 180, 192,
+)  # fmt: skip
+VRAM_TOLERANCE = 0.07  # gpuhunt's correct_gpu_memory_gib tolerance
+
+# Provider spellings of a model -> our canonical model (Vast's spelling unless noted).
+MODEL_ALIASES: dict[str, str] = {
+    "TESLA V100": "V100",
+    "TESLA T4": "T4",
+    "TESLA P100": "P100",
+    "TESLA P40": "P40",
+    "TESLA K80": "K80",
+    "Q RTX 8000": "Quadro RTX 8000",
+    "Q RTX 6000": "Quadro RTX 6000",
+    "RTX 6000ADA": "RTX 6000 Ada",
+    "RTX 5000ADA": "RTX 5000 Ada",
+    "RTX 4000ADA": "RTX 4000 Ada",
+    "H100 SXM5": "H100 SXM",  # TensorDock says sxm5, Vast says SXM: one canonical name
+    "H100 SXM": "H100 SXM",
+    "A100 SXM": "A100 SXM4",
+}
+
+# TensorDock v0Name -> canonical model; the memory size is parsed from the name's suffix.
+TENSORDOCK_MODELS: dict[str, str] = {
+    "geforcertx4090-pcie": "RTX 4090",
+    "geforcertx3090-pcie": "RTX 3090",
+    "geforcertx3080ti-pcie": "RTX 3080 Ti",
+    "geforcertx3080-pcie": "RTX 3080",
+    "geforcertx3070-pcie": "RTX 3070",
+    "geforcertx5090-pcie": "RTX 5090",
+    "h100-sxm5": "H100 SXM",
+    "h100-pcie": "H100 PCIE",
+    "a100-sxm4": "A100 SXM4",
+    "a100-pcie": "A100 PCIE",
+    "l40s-pcie": "L40S",
+    "l40-pcie": "L40",
+    "l4-pcie": "L4",
+    "rtxa6000-pcie": "RTX A6000",
+    "rtxa5000-pcie": "RTX A5000",
+    "rtxa4000-pcie": "RTX A4000",
+    "rtx6000ada-pcie": "RTX 6000 Ada",
+    "v100-pcie": "V100",
+    "v100-sxm2": "V100",
+}
+# Datacenter chips whose form factor matters (Vast names them "A100 PCIE" vs "A100 SXM4").
+_KEEP_FORM_FACTOR = ("a100", "h100", "h200", "a800", "h800")
+_SIZE_RE = re.compile(r"\s*(\d+)\s*GB$", re.IGNORECASE)
+
+
+def snap_vram_gb(mb: float | int | None) -> int:
+    """MB per GPU -> GB: the nearest known size within 7 %, else ``round(MB / 1024)``."""
+    if not mb or mb <= 0:
+        return 0
+    gib = float(mb) / 1024
+    nearest = min(KNOWN_VRAM_GB, key=lambda size: abs(size - gib))
+    if abs(nearest - gib) <= nearest * VRAM_TOLERANCE:
+        return nearest
+    return round(gib)
+
+
+def canonical_model(name: str) -> str:
+    """Normalize a provider's model name: strip, collapse spaces, apply MODEL_ALIASES."""
+    name = " ".join((name or "").split())
+    return MODEL_ALIASES.get(name.upper(), name)
+
+
+def canonical_gpu_type(model: str, vram_gb: int) -> str:
+    """``"<model> <vram>GB"``; a model that already ends in a size keeps its own."""
+    model = canonical_model(model)
+    if _SIZE_RE.search(model) or not vram_gb:
+        return model
+    return f"{model} {vram_gb}GB"
+
+
+def vast_gpu_type(gpu_name: str, gpu_ram_mb: float | int | None) -> tuple[str, int]:
+    """Vast ``gpu_name`` + ``gpu_ram`` (MB per GPU) -> (canonical gpu_type, vram_gb)."""
+    model = canonical_model(gpu_name)
+    size = _SIZE_RE.search(model)
+    vram = int(size.group(1)) if size else snap_vram_gb(gpu_ram_mb)
+    return canonical_gpu_type(model, vram), vram
+
+
+def tensordock_gpu_type(v0_name: str) -> tuple[str, int]:
+    """TensorDock ``v0Name`` (``"geforcertx4090-pcie-24gb"``) -> ("RTX 4090 24GB", 24).
+
+    Unknown names fall back to a mechanical parse: ``"foo-pcie-12gb"`` -> ("FOO 12GB", 12).
+    vram_gb is 0 when the name has no ``-NNgb`` suffix.
+    """
+    v0 = (v0_name or "").strip().lower()
+    match = re.fullmatch(r"(.+?)-(\d+)gb", v0)
+    stem, vram = (match.group(1), int(match.group(2))) if match else (v0, 0)
+    model = TENSORDOCK_MODELS.get(stem)
+    if model is None:
+        parts = stem.split("-")
+        chip = parts[0].removeprefix("geforce")
+        chip = re.sub(r"^rtx(?=[a-z]?\d)", "RTX ", chip).upper()
+        model = chip
+        if len(parts) > 1 and parts[0].startswith(_KEEP_FORM_FACTOR):
+            model = f"{chip} {parts[1].upper()}"
+    return canonical_gpu_type(model, vram), vram

@@ -1,0 +1,140 @@
+"""`make run`: migrate, sync schedules, create the demo admin, start the sandbox cloud (when no
+provider keys are set), the web server and the worker; stop them all on Ctrl-C.
+
+Imports no Django: it only orchestrates processes, so a crash in one is visible and the others
+are stopped with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def _manage(*args: str, env: dict) -> None:
+    subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=env, check=True)
+
+
+def _start_sandbox(env: dict, port: int) -> tuple[subprocess.Popen, str]:
+    state_dir = ROOT / ".sandbox"
+    state_dir.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "inventory.sandbox",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state-file",
+            str(state_dir / "state.sqlite3"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit("The sandbox cloud exited during start-up; see the lines above.")
+        print(f"[sandbox] {line.rstrip()}")
+        if line.startswith("SANDBOX READY"):
+            url = line.split()[-1].rstrip("/")
+            # Keep draining its output so the pipe never fills up and blocks it.
+            import threading
+
+            def drain() -> None:
+                for rest in proc.stdout:  # type: ignore[union-attr]
+                    print(f"[sandbox] {rest.rstrip()}", flush=True)
+
+            threading.Thread(target=drain, daemon=True).start()
+            return proc, url
+    raise SystemExit("The sandbox cloud did not report ready within 60 s.")
+
+
+def main() -> None:
+    env = dict(os.environ)
+    env.setdefault("DEBUG", "True")
+    env.setdefault("SECRET_KEY", "dev-only-make-run-key-not-for-production")
+    host = env.get("HOST", "127.0.0.1")
+    port = int(env.get("PORT", "8000"))
+    env.setdefault("SHOPPER_PUBLIC_URL", f"http://{host}:{port}")
+    procs: list[tuple[str, subprocess.Popen]] = []
+
+    use_sandbox = not (env.get("VASTAI_API_KEY") or env.get("TENSORDOCK_API_TOKEN"))
+    if use_sandbox:
+        sandbox, url = _start_sandbox(env, int(env.get("SANDBOX_PORT", "8765")))
+        procs.append(("sandbox", sandbox))
+        env.update(
+            SHOPPER_SANDBOX="True",
+            VASTAI_API_URL=f"{url}/vastai",
+            VASTAI_API_KEY="sandbox-vast-key",
+            TENSORDOCK_API_URL=f"{url}/tensordock/api/v2",
+            TENSORDOCK_API_TOKEN="sandbox-tensordock-token",
+        )
+
+    try:
+        _manage("migrate", "--noinput", env=env)
+        _manage("sync_schedules", env=env)
+        _manage("create_demo_admin", env=env)
+        _manage("refresh_offers", env=env)
+        procs.append(
+            (
+                "web",
+                subprocess.Popen(
+                    [
+                        PY,
+                        "-m",
+                        "shopper.serve",
+                        "--host",
+                        host,
+                        "--port",
+                        str(port),
+                        "--workers",
+                        env.get("WEB_WORKERS", "2"),
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                ),
+            )
+        )
+        procs.append(("worker", subprocess.Popen([PY, "manage.py", "qcluster"], cwd=ROOT, env=env)))
+        print(
+            "\n"
+            "  Cloud GPU Shopper is running.\n"
+            f"  Open  http://{host}:{port}/  and log in as  admin / admin\n"
+            f"  Offers come from {'the local SANDBOX cloud' if use_sandbox else 'the real providers'}.\n"
+            "  Press Ctrl-C to stop everything.\n",
+            flush=True,
+        )
+        while True:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    raise SystemExit(f"{name} exited with code {proc.returncode}; stopping the rest.")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nStopping…")
+    finally:
+        for _, proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT if _ == "worker" else signal.SIGTERM)
+        for _, proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Serve the ASGI app with N Daphne processes sharing one listening socket.
+
+Daphne is single-process; its documented way to use more cores is a process manager that
+passes it an already-bound socket (``--fd``). This is that manager, small enough to keep in the
+repo: it binds once, starts N children, forwards SIGINT/SIGTERM and exits when any child dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
+    parser.add_argument("--proxy-headers", action="store_true")
+    args = parser.parse_args(argv)
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    fd = sock.fileno()
+
+    cmd = [sys.executable, "-m", "daphne", "--fd", str(fd), "-v", "1", "shopper.asgi:application"]
+    if args.proxy_headers:
+        cmd.insert(-1, "--proxy-headers")
+    children = [subprocess.Popen(cmd, pass_fds=(fd,)) for _ in range(max(1, args.workers))]
+
+    def stop(signum, frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        stop(None, None)
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    sys.exit(max((c.returncode or 0) for c in children))
+
+
+if __name__ == "__main__":
+    main()
