@@ -71,6 +71,16 @@ def main() -> None:
     port = int(env.get("PORT", "8000"))
     env.setdefault("SHOPPER_PUBLIC_URL", f"http://{host}:{port}")
     procs: list[tuple[str, subprocess.Popen]] = []
+    if not env.get("SHOPPER_FERNET_KEYS"):
+        # A local key for generated SSH keys, made once and kept out of git (.run/).
+        key_file = ROOT / ".run" / "fernet.key"
+        if not key_file.exists():
+            from cryptography.fernet import Fernet
+
+            key_file.parent.mkdir(exist_ok=True)
+            key_file.write_text(Fernet.generate_key().decode())
+            key_file.chmod(0o600)
+        env["SHOPPER_FERNET_KEYS"] = key_file.read_text().strip()
 
     use_sandbox = not (env.get("VASTAI_API_KEY") or env.get("TENSORDOCK_API_TOKEN"))
     if use_sandbox:

@@ -11,6 +11,7 @@ SCHEDULES: list[dict] = [
     # name == "<app>.<task>" (greppable), dotted function, every N minutes
     # offers_refresh itself honours the 60 s cache and the rate-limit backoff per provider.
     {"name": "inventory.refresh_offers", "func": "inventory.tasks.refresh_offers", "minutes": 1},
+    {"name": "sessions.resume_stopping", "func": "sessions.tasks.resume_stopping", "minutes": 1},
 ]
 
 MANAGED_PREFIXES = ("inventory.", "sessions.", "costs.", "shopper.")

@@ -206,6 +206,15 @@ SHOPPER_OFFERS_CACHE_SECONDS = env.int("SHOPPER_OFFERS_CACHE_SECONDS", default=6
 SHOPPER_OFFERS_MAX_BACKOFF_SECONDS = env.int("SHOPPER_OFFERS_MAX_BACKOFF_SECONDS", default=300)
 SHOPPER_PRICE_MARKUP_PERCENT = Decimal(env.str("SHOPPER_PRICE_MARKUP_PERCENT", default="0"))
 SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS = env.int("SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS", default=600)
+SHOPPER_BOOT_TIMEOUT_SECONDS = env.int("SHOPPER_BOOT_TIMEOUT_SECONDS", default=900)
+SHOPPER_POLL_INTERVAL_SECONDS = env.float("SHOPPER_POLL_INTERVAL_SECONDS", default=5.0)
+# After a create error: how many label lookups (this far apart) before believing nothing exists.
+SHOPPER_LABEL_LOOKUPS_AFTER_ERROR = env.int("SHOPPER_LABEL_LOOKUPS_AFTER_ERROR", default=3)
+SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS = env.float("SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS", default=10.0)
+# A create may still be on the wire this long after provisioning began (provider timeout + lag).
+SHOPPER_CREATE_SETTLE_SECONDS = env.int("SHOPPER_CREATE_SETTLE_SECONDS", default=120)
+SHOPPER_TEARDOWN_BUDGET_SECONDS = env.int("SHOPPER_TEARDOWN_BUDGET_SECONDS", default=600)
+SHOPPER_DESTROY_MAX_BACKOFF_SECONDS = env.int("SHOPPER_DESTROY_MAX_BACKOFF_SECONDS", default=60)
 # Fernet keys (comma-separated, newest first) that encrypt generated private keys at rest.
 SHOPPER_FERNET_KEYS = env.list("SHOPPER_FERNET_KEYS", default=[])
 SHOPPER_PUBLIC_URL = env.str("SHOPPER_PUBLIC_URL", default="http://127.0.0.1:8000")

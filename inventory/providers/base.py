@@ -242,6 +242,14 @@ class Provider:
     def search_offers(self, filter: OfferFilter | None = None) -> list[OfferData]:
         raise NotImplementedError
 
+    def get_offer(self, offer_id: str) -> OfferData | None:
+        """The offer as the provider offers it now, or None when it is gone. Adapters with a
+        cheaper single-offer query override this."""
+        for offer in self.search_offers():
+            if offer.provider_offer_id == offer_id:
+                return offer
+        return None
+
     def create_instance(self, request: CreateRequest) -> str:
         raise NotImplementedError
 

@@ -1,0 +1,644 @@
+"""Rental workflows: the one status writer, renting, provisioning, stopping and verified teardown.
+
+Safety rules (DESIGN.md) this module implements:
+1. two-phase provisioning: the Rental row, with its label, is committed before any provider call;
+2. every instance carries ``shopper-<uuid>``; after a create error the label is looked up before
+   believing nothing was created;
+3. destruction is verified: a rental becomes ``destroyed`` only once the provider says the
+   instance is gone, and destroy errors are retried without end while billing stays visible.
+Provider calls never run inside a database transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from inventory import providers as registry
+from inventory.models import Offer
+from inventory.providers.base import (
+    FEATURE_ATTACH_SSH_KEY,
+    STATE_FAILED,
+    STATE_RUNNING,
+    CreateRequest,
+    InstanceData,
+    NotFound,
+    OfferUnavailable,
+    Provider,
+    ProviderError,
+)
+from sessions import keys
+from sessions.models import (
+    LIVE_STATUSES,
+    TRANSITIONS,
+    EventKind,
+    Rental,
+    RentalEvent,
+    Status,
+    token_hash,
+)
+from sessions.ssh import SSHCheckFailed, ssh_banner, ssh_run
+
+log = logging.getLogger(__name__)
+S = Status
+
+
+# --------------------------------------------------------------------------------------------
+# Errors the API and pages turn into 4xx answers
+# --------------------------------------------------------------------------------------------
+class RentalError(Exception):
+    """A refusal with a stable code (API.md) and an HTTP status."""
+
+    code = "invalid"
+    status = 400
+
+    def __init__(self, message: str, **data: Any):
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class OfferGone(RentalError):
+    code, status = "offer_unavailable", 409
+
+
+class PriceChanged(RentalError):
+    code, status = "price_changed", 409
+
+
+class CapacityReached(RentalError):
+    code, status = "capacity_reached", 409
+
+
+class AlreadyEnded(RentalError):
+    code, status = "already_ended", 409
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# The one status writer
+# --------------------------------------------------------------------------------------------
+def rental_transition(
+    rental: Rental,
+    new: str,
+    *,
+    reason: str = "",
+    actor=None,
+    data: dict | None = None,
+    **fields: Any,
+) -> bool:
+    """Move ``rental`` to ``new`` if it is still in the status we read (compare-and-swap).
+
+    Writes the status, ``fields`` and a RentalEvent in one transaction. Returns False, changing
+    nothing, when another process moved the rental first. Raises IllegalTransition for a move
+    the status machine does not allow.
+    """
+    old = rental.status
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"illegal transition {old} -> {new}")
+    with transaction.atomic():
+        won = Rental.objects.filter(pk=rental.pk, status=old).update(status=new, status_detail=reason, **fields)
+        if not won:
+            return False
+        RentalEvent.objects.create(
+            rental_id=rental.pk, from_status=old, to_status=new, reason=reason, actor=actor, data=data or {}
+        )
+    rental.status = new
+    rental.status_detail = reason
+    for name, value in fields.items():
+        setattr(rental, name, value)
+    return True
+
+
+def rental_event(rental: Rental, kind: str, reason: str, *, actor=None, data: dict | None = None) -> RentalEvent:
+    """Record something that is not a status change (an error, a key download, an extension)."""
+    return RentalEvent.objects.create(rental_id=rental.pk, kind=kind, reason=reason, actor=actor, data=data or {})
+
+
+# --------------------------------------------------------------------------------------------
+# Renting
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RentalCreated:
+    rental: Rental
+    ssh_private_key: str | None  # only when generated; shown once in the API answer
+
+
+def _hours(value: Any) -> Decimal:
+    try:
+        hours = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ValidationError({"reservation_hours": "Give the reservation in hours, e.g. 2 or 1.5."})
+    hard_max = settings.SHOPPER_HARD_MAX_HOURS
+    if not hours.is_finite() or hours <= 0:
+        raise ValidationError({"reservation_hours": "The reservation must be more than 0 hours."})
+    if hours > hard_max:
+        raise ValidationError(
+            {"reservation_hours": f"The reservation can be at most {hard_max} hours (the hard maximum)."}
+        )
+    return hours
+
+
+def offer_recheck(offer: Offer, provider: Provider) -> Offer:
+    """Ask the provider about the offer right before renting; update our row with the answer.
+
+    Raises OfferGone when the provider no longer offers it. Outside any transaction.
+    """
+    try:
+        fresh = provider.get_offer(offer.provider_offer_id)
+    except ProviderError as exc:
+        raise RentalError(f"{offer.provider} did not answer ({exc.code}); try again in a minute.") from exc
+    if fresh is None:
+        Offer.objects.filter(pk=offer.pk).update(available=False)
+        raise OfferGone("This offer is no longer available; pick another one from the menu.")
+    if fresh.price_per_hour != offer.price_per_hour:
+        Offer.objects.filter(pk=offer.pk).update(
+            price_per_hour=fresh.price_per_hour,
+            price_per_gpu_hour=Offer.per_gpu(fresh.price_per_hour, offer.gpu_count),
+            fetched_at=timezone.now(),
+        )
+        offer.refresh_from_db()
+    return offer
+
+
+def _ssh_keys_for(user, ssh_public_key: str | None) -> tuple[list[str], bool]:
+    """(public keys to install, whether a pair must be generated)."""
+    if ssh_public_key:
+        return [keys.public_key_normalize(ssh_public_key)], False
+    registered = [k.public_key for k in user.ssh_keys.all()]
+    return registered, not registered
+
+
+def rental_create(
+    *,
+    user,
+    offer_id: Any,
+    reservation_hours: Any,
+    ssh_public_key: str | None = None,
+    image: str = "",
+    disk_gb: int | None = None,
+    expected_price: Decimal | None = None,
+) -> RentalCreated:
+    """Rent an offer: validate, re-check the offer with the provider, then commit the Rental and
+    its first event and enqueue provisioning on commit (no instance exists yet).
+
+    ``expected_price`` is the price the user was shown; if the provider now asks another price
+    the rental is refused with PriceChanged so the user can decide again.
+    """
+    hours = _hours(reservation_hours)
+    if disk_gb is not None and not (1 <= int(disk_gb) <= 10_000):
+        raise ValidationError({"disk_gb": "disk_gb must be between 1 and 10000."})
+    if image and (len(image) > 200 or any(c.isspace() for c in image)):
+        raise ValidationError({"image": "Give an image name without spaces (at most 200 characters)."})
+    public_keys, generate = _ssh_keys_for(user, ssh_public_key)
+
+    offer = Offer.objects.visible().filter(pk=offer_id).first() if str(offer_id).isdigit() else None
+    if offer is None:
+        if str(offer_id).isdigit() and Offer.objects.filter(pk=offer_id).exists():
+            raise OfferGone("This offer is no longer available; pick another one from the menu.")
+        raise RentalError("No offer with that id.", http_status=404)
+    try:
+        provider = registry.get_provider(offer.provider)
+    except registry.ProviderDisabled as exc:
+        raise OfferGone(f"{offer.provider} is disabled: {exc}") from exc
+    shown = expected_price if expected_price is not None else offer.price_per_hour
+    offer = offer_recheck(offer, provider)
+    if offer.price_per_hour != shown:
+        raise PriceChanged(
+            f"The price changed from ${shown}/h to ${offer.price_per_hour}/h. Review it and rent again.",
+            price_per_hour=str(offer.price_per_hour),
+        )
+
+    private_pem = None
+    if generate:
+        public, private_pem = keys.keypair_generate("shopper-generated")
+        public_keys = [public]
+    now = timezone.now()
+    with transaction.atomic():
+        _lock_rentals()
+        live = Rental.objects.live().count()
+        if live >= settings.SHOPPER_MAX_LIVE_RENTALS:
+            raise CapacityReached(
+                f"The team has reached its limit of {settings.SHOPPER_MAX_LIVE_RENTALS} live machines; "
+                "stop one or ask an admin to raise SHOPPER_MAX_LIVE_RENTALS."
+            )
+        rental = Rental.objects.create(
+            consumer=user,
+            offer=offer,
+            provider=offer.provider,
+            provider_offer_id=offer.provider_offer_id,
+            gpu_type=offer.gpu_type,
+            gpu_count=offer.gpu_count,
+            vram_gb=offer.vram_gb,
+            location=offer.location,
+            price_per_hour=offer.price_per_hour,
+            markup_percent=settings.SHOPPER_PRICE_MARKUP_PERCENT,
+            image=image,
+            disk_gb=disk_gb,
+            ssh_public_key="\n".join(public_keys),
+            ssh_private_key_encrypted=keys.secret_encrypt(private_pem) if private_pem else "",
+            created_at=now,
+            reservation_ends_at=now + timedelta(seconds=float(hours) * 3600),
+            hard_max_at=now + timedelta(hours=settings.SHOPPER_HARD_MAX_HOURS),
+        )
+        RentalEvent.objects.create(
+            rental=rental,
+            from_status="",
+            to_status=S.PENDING,
+            reason=f"Rented by {user.get_username()} for {hours} h at ${offer.price_per_hour}/h",
+            actor=user,
+            data={"offer_id": offer.pk, "reservation_hours": str(hours), "key": "generated" if generate else "given"},
+        )
+        transaction.on_commit(lambda: enqueue("sessions.tasks.provision", rental.pk))
+    return RentalCreated(rental=rental, ssh_private_key=private_pem)
+
+
+def _lock_rentals() -> None:
+    """Serialize rental creation so the live-instance cap cannot be squeezed by two requests.
+
+    SQLite transactions here are IMMEDIATE (one writer at a time); PostgreSQL needs a lock.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(727001)")
+
+
+def enqueue(func: str, *args: Any) -> None:
+    from django_q.tasks import async_task
+
+    async_task(func, *args, q_options={"task_name": f"{func.rsplit('.', 1)[-1]}-{args[0] if args else ''}"[:100]})
+
+
+# --------------------------------------------------------------------------------------------
+# Provisioning
+# --------------------------------------------------------------------------------------------
+def _sleep(seconds: float) -> None:
+    """Every wait of this module goes through here (tests make it instant)."""
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def _provider(rental: Rental) -> Provider:
+    return registry.get_provider(rental.provider)
+
+
+def _find_by_label(provider: Provider, rental: Rental) -> InstanceData | None:
+    for instance in provider.list_instances(rental.label):
+        if instance.label == rental.label:
+            return instance
+    return None
+
+
+def rental_provision(*, rental_id) -> None:
+    """Create the instance, install the key, wait for it to run, prove SSH works, then ``active``.
+
+    Idempotent: it re-reads the rental and resumes from its status, and never creates a second
+    instance (the label is looked up before any create when a previous attempt may have sent one).
+    """
+    rental = Rental.objects.filter(pk=rental_id).first()
+    if rental is None or rental.status not in (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING):
+        return
+    provider = _provider(rental)
+    if rental.status == S.PENDING and not rental_transition(
+        rental, S.PROVISIONING, reason=f"Creating the instance at {provider.display_name}"
+    ):
+        return  # someone else moved it (stopped, or another worker claimed it)
+    try:
+        if rental.status == S.PROVISIONING:
+            if not _instance_create(rental, provider):
+                return
+        if rental.status == S.BOOTING:
+            instance = _instance_wait_running(rental, provider)
+            if instance is None:
+                return
+            if not rental_transition(
+                rental,
+                S.VERIFYING,
+                reason="The instance is running; checking that SSH works",
+                ssh_host=instance.ssh_host,
+                ssh_port=instance.ssh_port,
+                ssh_user=instance.ssh_user or "root",
+            ):
+                return
+        if rental.status == S.VERIFYING:
+            _ssh_verify(rental)
+    except ProviderError as exc:
+        rental.refresh_from_db()
+        _stop_after_failure(rental, f"Provisioning failed: {exc.code}: {exc.message}"[:500])
+
+
+def _instance_create(rental: Rental, provider: Provider) -> bool:
+    """provisioning -> booting with the instance id stored. Returns False if the rental moved."""
+    instance = None
+    if rental.provider_instance_id:
+        instance_id = rental.provider_instance_id
+    else:
+        # A previous attempt may have sent the create before dying: look first (rule 2).
+        instance = _find_by_label(provider, rental)
+        instance_id = instance.instance_id if instance else ""
+    if not instance_id:
+        agent_token = secrets.token_urlsafe(32)
+        Rental.objects.filter(pk=rental.pk).update(agent_token_hash=token_hash(agent_token))
+        request = CreateRequest(
+            offer_id=rental.provider_offer_id,
+            label=rental.label,
+            ssh_public_key=rental.ssh_public_key,
+            image=rental.image,
+            disk_gb=rental.disk_gb,
+            onstart=agent_onstart(),
+            env=agent_env(rental, agent_token),
+        )
+        try:
+            instance_id = provider.create_instance(request)
+        except ProviderError as exc:
+            instance_id = _instance_after_create_error(rental, provider, exc)
+            if not instance_id:
+                return False
+    _instance_id_store(rental, instance_id)
+    rental.refresh_from_db()
+    if rental.status != S.PROVISIONING:
+        # Stopped while we were creating: the teardown now knows the id and destroys it.
+        return False
+    if provider.supports(FEATURE_ATTACH_SSH_KEY):
+        for line in rental.ssh_public_key.splitlines():
+            provider.attach_ssh_key(instance_id, line)
+    return rental_transition(rental, S.BOOTING, reason=f"Instance {instance_id} created; waiting for it to boot")
+
+
+def _instance_id_store(rental: Rental, instance_id: str) -> None:
+    # Not a status write: stored whatever the status, so a concurrent stop can destroy it.
+    Rental.objects.filter(pk=rental.pk, provider_instance_id="").update(provider_instance_id=instance_id)
+
+
+def _instance_after_create_error(rental: Rental, provider: Provider, exc: ProviderError) -> str:
+    """Decide what a create error means. Returns the instance id if one exists after all.
+
+    The provider may have created the instance although it answered with an error (Vast's
+    ``success: false`` with ``new_contract``, a 5xx after the fact), and its listing may lag.
+    """
+    rental_event(rental, EventKind.ERROR, f"Create answered {exc.code}: {exc.message}"[:500])
+    if exc.instance_id:
+        _instance_id_store(rental, exc.instance_id)
+        rental.refresh_from_db()
+        _stop_after_failure(rental, "The provider created the instance but reported an error; destroying it")
+        return ""
+    lookups = 1 if isinstance(exc, OfferUnavailable) else settings.SHOPPER_LABEL_LOOKUPS_AFTER_ERROR
+    for attempt in range(lookups):
+        if attempt:
+            _sleep(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS)
+        try:
+            instance = _find_by_label(provider, rental)
+        except ProviderError:
+            instance = None
+            continue
+        if instance:
+            rental_event(rental, EventKind.INFO, f"Found instance {instance.instance_id} by its label after the error")
+            return instance.instance_id
+    rental.refresh_from_db()
+    if isinstance(exc, OfferUnavailable):
+        _offer_failed(rental)
+    if exc.transient and lookups and not _listing_confirmed_empty(rental, provider):
+        # Could not confirm that nothing exists: keep looking from teardown instead of failing.
+        _stop_after_failure(rental, f"Create failed ({exc.code}) and the label lookup was inconclusive")
+        return ""
+    if rental.status == S.PROVISIONING:
+        rental_transition(rental, S.FAILED, reason=f"Could not create the instance: {exc.message}"[:500],
+                          ended_at=timezone.now())  # fmt: skip
+    return ""
+
+
+def _listing_confirmed_empty(rental: Rental, provider: Provider) -> bool:
+    try:
+        return _find_by_label(provider, rental) is None
+    except ProviderError:
+        return False
+
+
+def _offer_failed(rental: Rental) -> None:
+    if rental.offer_id:
+        Offer.objects.filter(pk=rental.offer_id).update(available=False)
+
+
+def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData | None:
+    """Poll until the instance runs and has an SSH endpoint. None if the rental moved or failed."""
+    deadline = timezone.now() + timedelta(seconds=settings.SHOPPER_BOOT_TIMEOUT_SECONDS)
+    missing = 0
+    while True:
+        rental.refresh_from_db()
+        if rental.status != S.BOOTING:
+            return None
+        try:
+            instance = provider.get_instance(rental.provider_instance_id)
+            missing = 0
+        except NotFound:
+            missing += 1
+            instance = None
+            if missing >= 3:
+                _stop_after_failure(rental, "The instance disappeared while booting")
+                return None
+        except ProviderError as exc:
+            if not exc.transient:
+                raise
+            instance = None
+        if instance and instance.state == STATE_FAILED:
+            _stop_after_failure(rental, f"The instance failed to start: {instance.raw_status} {instance.status_message}")
+            return None
+        if instance and instance.state == STATE_RUNNING and instance.ssh_host and instance.ssh_port:
+            return instance
+        if timezone.now() >= deadline:
+            _stop_after_failure(rental, "The instance did not start within the boot timeout")
+            return None
+        _sleep(settings.SHOPPER_POLL_INTERVAL_SECONDS)
+
+
+def _verify_key(rental: Rental) -> str | None:
+    if rental.ssh_private_key_encrypted:
+        return keys.secret_decrypt(rental.ssh_private_key_encrypted)
+    return None
+
+
+def _ssh_verify(rental: Rental) -> None:
+    """Prove the handoff: log in with the generated key and run a command, or, when the user
+    brought their own key (which we cannot log in with), check the endpoint speaks SSH. Retried
+    until the SSH timeout, then the rental is stopped."""
+    private_key = _verify_key(rental)
+    deadline = timezone.now() + timedelta(seconds=settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS)
+    last_error = ""
+    while timezone.now() < deadline:
+        rental.refresh_from_db()
+        if rental.status != S.VERIFYING:
+            return
+        try:
+            if private_key:
+                output = ssh_run(
+                    host=rental.ssh_host, port=rental.ssh_port, user=rental.ssh_user or "root",
+                    private_key=private_key, command="nvidia-smi -L || echo no-gpu-tool",
+                )  # fmt: skip
+                reason = "SSH login verified; the machine is yours"
+            else:
+                output = ssh_banner(host=rental.ssh_host, port=rental.ssh_port)
+                reason = "SSH is up; log in with your own key"
+        except SSHCheckFailed as exc:
+            last_error = str(exc)
+            _sleep(settings.SHOPPER_POLL_INTERVAL_SECONDS)
+            continue
+        rental_transition(
+            rental, S.ACTIVE, reason=reason, data={"check": output.strip()[:500]}, active_since=timezone.now()
+        )
+        return
+    _stop_after_failure(rental, f"Could not log in over SSH within the timeout: {last_error}"[:500])
+
+
+def _stop_after_failure(rental: Rental, reason: str) -> None:
+    """A failure that may leave an instance goes to stopping (never straight to failed)."""
+    if rental.status in LIVE_STATUSES and rental.status != S.STOPPING:
+        if rental_transition(rental, S.STOPPING, reason=reason, stop_requested_at=timezone.now()):
+            transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping and verified teardown
+# --------------------------------------------------------------------------------------------
+def rental_stop(*, rental: Rental, reason: str, actor=None) -> Rental:
+    """Done or force shutdown: move to stopping and enqueue teardown. Idempotent while stopping."""
+    while True:
+        if rental.status == S.STOPPING:
+            return rental
+        if rental.status not in LIVE_STATUSES:
+            raise AlreadyEnded(f"This session has already ended ({rental.status}).")
+        if rental_transition(rental, S.STOPPING, reason=reason, actor=actor, stop_requested_at=timezone.now()):
+            transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
+            return rental
+        rental.refresh_from_db()  # lost a race: look again
+
+
+def rental_teardown(*, rental_id, budget_seconds: float | None = None) -> bool:
+    """Destroy the instance and poll until the provider confirms it is gone, then ``destroyed``.
+
+    Errors are retried with backoff; the rental stays ``stopping`` (billing visible) with each
+    error on its timeline. Returns True once destroyed; False when the time budget ran out (the
+    caller, or the periodic sweep, runs it again).
+    """
+    budget = budget_seconds if budget_seconds is not None else settings.SHOPPER_TEARDOWN_BUDGET_SECONDS
+    now = timezone.now()
+    claimed = (
+        Rental.objects.filter(pk=rental_id, status=S.STOPPING)
+        .filter(Q(teardown_claimed_until__isnull=True) | Q(teardown_claimed_until__lt=now))
+        .update(teardown_claimed_until=now + timedelta(seconds=budget + 60))
+    )
+    rental = Rental.objects.filter(pk=rental_id).first()
+    if not claimed or rental is None:
+        return rental is not None and rental.status == S.DESTROYED  # another worker is on it
+    try:
+        return _teardown(rental, budget)
+    finally:
+        Rental.objects.filter(pk=rental_id).update(teardown_claimed_until=None)
+
+
+def _teardown(rental: Rental, budget: float) -> bool:
+    provider = _provider(rental)
+    deadline = time.monotonic() + budget
+    backoff = settings.SHOPPER_POLL_INTERVAL_SECONDS
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            gone, detail = _destroy_once(rental, provider)
+        except ProviderError as exc:
+            gone, detail = False, f"Destroy attempt {attempt} failed: {exc.code}: {exc.message}"[:500]
+            rental_event(rental, EventKind.ERROR, detail, data={"attempt": attempt})
+        if gone:
+            return _mark_destroyed(rental, detail)
+        if time.monotonic() + backoff > deadline:
+            return False
+        _sleep(backoff)
+        backoff = min(max(backoff * 2, 1), settings.SHOPPER_DESTROY_MAX_BACKOFF_SECONDS)
+        rental.refresh_from_db()
+        if rental.status != S.STOPPING:
+            return rental.status == S.DESTROYED
+
+
+def rentals_resume_stopping() -> int:
+    """Enqueue teardown for every stopping rental no teardown is working on (the periodic sweep
+    and worker start-up call this: a teardown that ran out of budget is picked up again)."""
+    now = timezone.now()
+    ids = list(
+        Rental.objects.filter(status=S.STOPPING)
+        .filter(Q(teardown_claimed_until__isnull=True) | Q(teardown_claimed_until__lt=now))
+        .values_list("pk", flat=True)
+    )
+    for rental_id in ids:
+        enqueue("sessions.tasks.teardown", rental_id)
+    return len(ids)
+
+
+def _destroy_once(rental: Rental, provider: Provider) -> tuple[bool, str]:
+    """One destroy-and-check round: (gone, why)."""
+    instance_id = rental.provider_instance_id
+    if not instance_id:
+        instance = _find_by_label(provider, rental)
+        if instance is None:
+            if _create_may_be_in_flight(rental):
+                return False, ""
+            return True, "No instance was ever created (confirmed by label lookup)"
+        _instance_id_store(rental, instance.instance_id)
+        instance_id = instance.instance_id
+        rental.provider_instance_id = instance_id
+    try:
+        provider.destroy_instance(instance_id)
+    except NotFound:
+        pass
+    try:
+        provider.get_instance(instance_id)
+    except NotFound:
+        return True, f"{provider.display_name} confirmed instance {instance_id} is gone"
+    return False, ""
+
+
+def _create_may_be_in_flight(rental: Rental) -> bool:
+    """A create request may still be on the wire if provisioning began recently."""
+    started = rental.events.filter(to_status=S.PROVISIONING).values_list("at", flat=True).first()
+    if started is None:
+        return False  # never reached provisioning: no create was ever sent
+    return timezone.now() - started < timedelta(seconds=settings.SHOPPER_CREATE_SETTLE_SECONDS)
+
+
+def _mark_destroyed(rental: Rental, detail: str) -> bool:
+    return rental_transition(
+        rental,
+        S.DESTROYED,
+        reason=detail,
+        ended_at=timezone.now(),
+        ssh_private_key_encrypted="",  # deleted at teardown
+        agent_token_hash="",  # the agent's token is revoked with the machine
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The node agent's start-up (the agent itself arrives with the safety issue)
+# --------------------------------------------------------------------------------------------
+def agent_env(rental: Rental, agent_token: str) -> dict[str, str]:
+    return {
+        "SHOPPER_URL": settings.SHOPPER_PUBLIC_URL,
+        "SHOPPER_RENTAL_ID": str(rental.pk),
+        "SHOPPER_AGENT_TOKEN": agent_token,
+        "SHOPPER_HARD_DEADLINE": rental.hard_max_at.isoformat(),
+    }
+
+
+def agent_onstart() -> str:
+    return ""
