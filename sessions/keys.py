@@ -15,7 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
-ALLOWED_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+ALLOWED_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+)
 MAX_KEY_LENGTH = 16_000
 
 
@@ -35,7 +41,9 @@ def public_key_normalize(text: str) -> str:
     try:
         key = serialization.load_ssh_public_key(" ".join(parts[:2]).encode())
     except (ValueError, TypeError, IndexError):
-        raise ValidationError("That is not a valid SSH public key (bad base64 or key data).", code="invalid_key")
+        raise ValidationError(
+            "That is not a valid SSH public key (bad base64 or key data).", code="invalid_key"
+        ) from None
     if hasattr(key, "key_size") and parts[0] == "ssh-rsa" and key.key_size < 2048:
         raise ValidationError("RSA keys must be at least 2048 bits.", code="invalid_key")
     return line
@@ -53,7 +61,9 @@ def keypair_generate(comment: str) -> tuple[str, str]:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     ).decode()
-    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
     return f"{public.decode()} {comment}", pem
 
 

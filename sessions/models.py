@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import models
@@ -147,11 +148,23 @@ class Rental(models.Model):
         key = f"-i ~/.ssh/shopper-{str(self.id)[:8]} " if self.has_generated_key else ""
         return f"ssh {key}-p {self.ssh_port} {self.ssh_user or 'root'}@{self.ssh_host}"
 
-    def billed_until(self, now: datetime | None = None) -> datetime | None:
-        """End of the billed interval so far (billing runs from active until destruction)."""
+    @property
+    def charged_price_per_hour(self) -> Decimal:
+        """What the user is charged per hour: the provider price plus the chargeback markup
+        fixed at rent time."""
+        return (self.price_per_hour * (1 + self.markup_percent / 100)).quantize(Decimal("0.0001"))
+
+    def billed_seconds(self, now: datetime | None = None) -> int:
+        """Billing runs from active until the provider confirms destruction (DESIGN.md costs)."""
         if not self.active_since:
-            return None
-        return self.ended_at or now or timezone.now()
+            return 0
+        end = self.ended_at or now or timezone.now()
+        return max(0, int((end - self.active_since).total_seconds()))
+
+    def cost_so_far(self, now: datetime | None = None) -> Decimal:
+        """Charged price × billed time, to the cent (Decimal throughout)."""
+        cost = self.charged_price_per_hour * Decimal(self.billed_seconds(now)) / Decimal(3600)
+        return cost.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
 class EventKind(models.TextChoices):

@@ -11,6 +11,7 @@ Provider calls never run inside a database transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -111,7 +112,9 @@ def rental_transition(
     if new not in TRANSITIONS[old]:
         raise IllegalTransition(f"illegal transition {old} -> {new}")
     with transaction.atomic():
-        won = Rental.objects.filter(pk=rental.pk, status=old).update(status=new, status_detail=reason, **fields)
+        won = Rental.objects.filter(pk=rental.pk, status=old).update(
+            status=new, status_detail=reason, **fields
+        )
         if not won:
             return False
         RentalEvent.objects.create(
@@ -124,9 +127,13 @@ def rental_transition(
     return True
 
 
-def rental_event(rental: Rental, kind: str, reason: str, *, actor=None, data: dict | None = None) -> RentalEvent:
+def rental_event(
+    rental: Rental, kind: str, reason: str, *, actor=None, data: dict | None = None
+) -> RentalEvent:
     """Record something that is not a status change (an error, a key download, an extension)."""
-    return RentalEvent.objects.create(rental_id=rental.pk, kind=kind, reason=reason, actor=actor, data=data or {})
+    return RentalEvent.objects.create(
+        rental_id=rental.pk, kind=kind, reason=reason, actor=actor, data=data or {}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +149,9 @@ def _hours(value: Any) -> Decimal:
     try:
         hours = Decimal(str(value))
     except (InvalidOperation, ValueError):
-        raise ValidationError({"reservation_hours": "Give the reservation in hours, e.g. 2 or 1.5."})
+        raise ValidationError(
+            {"reservation_hours": "Give the reservation in hours, e.g. 2 or 1.5."}
+        ) from None
     hard_max = settings.SHOPPER_HARD_MAX_HOURS
     if not hours.is_finite() or hours <= 0:
         raise ValidationError({"reservation_hours": "The reservation must be more than 0 hours."})
@@ -261,7 +270,11 @@ def rental_create(
             to_status=S.PENDING,
             reason=f"Rented by {user.get_username()} for {hours} h at ${offer.price_per_hour}/h",
             actor=user,
-            data={"offer_id": offer.pk, "reservation_hours": str(hours), "key": "generated" if generate else "given"},
+            data={
+                "offer_id": offer.pk,
+                "reservation_hours": str(hours),
+                "key": "generated" if generate else "given",
+            },
         )
         transaction.on_commit(lambda: enqueue("sessions.tasks.provision", rental.pk))
     return RentalCreated(rental=rental, ssh_private_key=private_pem)
@@ -280,7 +293,9 @@ def _lock_rentals() -> None:
 def enqueue(func: str, *args: Any) -> None:
     from django_q.tasks import async_task
 
-    async_task(func, *args, q_options={"task_name": f"{func.rsplit('.', 1)[-1]}-{args[0] if args else ''}"[:100]})
+    async_task(
+        func, *args, q_options={"task_name": f"{func.rsplit('.', 1)[-1]}-{args[0] if args else ''}"[:100]}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,9 +333,8 @@ def rental_provision(*, rental_id) -> None:
     ):
         return  # someone else moved it (stopped, or another worker claimed it)
     try:
-        if rental.status == S.PROVISIONING:
-            if not _instance_create(rental, provider):
-                return
+        if rental.status == S.PROVISIONING and not _instance_create(rental, provider):
+            return
         if rental.status == S.BOOTING:
             instance = _instance_wait_running(rental, provider)
             if instance is None:
@@ -376,7 +390,9 @@ def _instance_create(rental: Rental, provider: Provider) -> bool:
     if provider.supports(FEATURE_ATTACH_SSH_KEY):
         for line in rental.ssh_public_key.splitlines():
             provider.attach_ssh_key(instance_id, line)
-    return rental_transition(rental, S.BOOTING, reason=f"Instance {instance_id} created; waiting for it to boot")
+    return rental_transition(
+        rental, S.BOOTING, reason=f"Instance {instance_id} created; waiting for it to boot"
+    )
 
 
 def _instance_id_store(rental: Rental, instance_id: str) -> None:
@@ -406,7 +422,9 @@ def _instance_after_create_error(rental: Rental, provider: Provider, exc: Provid
             instance = None
             continue
         if instance:
-            rental_event(rental, EventKind.INFO, f"Found instance {instance.instance_id} by its label after the error")
+            rental_event(
+                rental, EventKind.INFO, f"Found instance {instance.instance_id} by its label after the error"
+            )
             return instance.instance_id
     rental.refresh_from_db()
     if isinstance(exc, OfferUnavailable):
@@ -455,7 +473,9 @@ def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData |
                 raise
             instance = None
         if instance and instance.state == STATE_FAILED:
-            _stop_after_failure(rental, f"The instance failed to start: {instance.raw_status} {instance.status_message}")
+            _stop_after_failure(
+                rental, f"The instance failed to start: {instance.raw_status} {instance.status_message}"
+            )
             return None
         if instance and instance.state == STATE_RUNNING and instance.ssh_host and instance.ssh_port:
             return instance
@@ -505,9 +525,12 @@ def _ssh_verify(rental: Rental) -> None:
 
 def _stop_after_failure(rental: Rental, reason: str) -> None:
     """A failure that may leave an instance goes to stopping (never straight to failed)."""
-    if rental.status in LIVE_STATUSES and rental.status != S.STOPPING:
-        if rental_transition(rental, S.STOPPING, reason=reason, stop_requested_at=timezone.now()):
-            transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
+    if (
+        rental.status in LIVE_STATUSES
+        and rental.status != S.STOPPING
+        and rental_transition(rental, S.STOPPING, reason=reason, stop_requested_at=timezone.now())
+    ):
+        transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,7 +543,9 @@ def rental_stop(*, rental: Rental, reason: str, actor=None) -> Rental:
             return rental
         if rental.status not in LIVE_STATUSES:
             raise AlreadyEnded(f"This session has already ended ({rental.status}).")
-        if rental_transition(rental, S.STOPPING, reason=reason, actor=actor, stop_requested_at=timezone.now()):
+        if rental_transition(
+            rental, S.STOPPING, reason=reason, actor=actor, stop_requested_at=timezone.now()
+        ):
             transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
             return rental
         rental.refresh_from_db()  # lost a race: look again
@@ -598,10 +623,8 @@ def _destroy_once(rental: Rental, provider: Provider) -> tuple[bool, str]:
         _instance_id_store(rental, instance.instance_id)
         instance_id = instance.instance_id
         rental.provider_instance_id = instance_id
-    try:
+    with contextlib.suppress(NotFound):  # already gone is what we want
         provider.destroy_instance(instance_id)
-    except NotFound:
-        pass
     try:
         provider.get_instance(instance_id)
     except NotFound:

@@ -6,10 +6,12 @@ from rest_framework.routers import SimpleRouter
 
 from inventory import views as inventory_views
 from inventory.api import InventoryViewSet
+from sessions.api import SessionViewSet
 from shopper import views
 
 router = SimpleRouter(trailing_slash=False)
 router.register("inventory", InventoryViewSet, basename="inventory")
+router.register("sessions", SessionViewSet, basename="sessions")
 
 api_urlpatterns = [
     path("health", views.health, name="api-health"),

@@ -1,0 +1,160 @@
+"""``/api/v1/sessions``: rent, list, inspect, shut down (API.md)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import django_filters as filters
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from sessions import keys, services
+from sessions.models import EventKind, Rental, Status
+from sessions.serializers import (
+    EventSerializer,
+    SessionCreatedSerializer,
+    SessionCreateSerializer,
+    SessionSerializer,
+)
+from shopper.api import ShopperError
+
+ERRORS = {
+    400: OpenApiResponse(description="Bad input: `{detail, code}`"),
+    403: OpenApiResponse(description="`budget_exceeded` or `hard_max_exceeded`"),
+    404: OpenApiResponse(description="No such session (or not yours)"),
+    409: OpenApiResponse(
+        description="`offer_unavailable`, `price_changed`, `capacity_reached`, `already_ended`"
+    ),
+    410: OpenApiResponse(description="The key was deleted at teardown"),
+}
+
+
+class SessionFilter(filters.FilterSet):
+    status = filters.ChoiceFilter(choices=Status.choices)
+    consumer = filters.CharFilter(field_name="consumer__username")
+
+    class Meta:
+        model = Rental
+        fields = []
+
+
+def as_api_error(exc: services.RentalError) -> ShopperError:
+    code = exc.code
+    http_status = exc.data.get("http_status", exc.status)
+    if http_status == 404:
+        code = "not_found"
+    return ShopperError(exc.message, code=code, status_code=http_status)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="My sessions (staff: everyone's)"),
+    retrieve=extend_schema(summary="One session", responses={200: SessionSerializer, 404: ERRORS[404]}),
+)
+class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = SessionSerializer
+    filterset_class = SessionFilter
+    lookup_value_regex = r"[0-9a-fA-F-]{32,36}"
+
+    def get_queryset(self):
+        # The owner filter comes first: another user's session is a 404, and ?consumer= can only
+        # narrow what the caller may already see.
+        return Rental.objects.for_user(self.request.user).select_related("consumer")
+
+    def get_object(self):
+        try:
+            return super().get_object()
+        except (DjangoValidationError, ValueError):
+            raise exceptions.NotFound("No such session.") from None
+
+    def filter_queryset(self, queryset):
+        filterset = SessionFilter(self.request.query_params, queryset=queryset)
+        if not filterset.is_valid():
+            raise exceptions.ValidationError(filterset.errors)
+        return filterset.qs
+
+    @extend_schema(
+        summary="Rent an offer",
+        request=SessionCreateSerializer,
+        responses={201: SessionCreatedSerializer, **{k: v for k, v in ERRORS.items() if k != 410}},
+    )
+    def create(self, request):
+        data = SessionCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        try:
+            created = services.rental_create(
+                user=request.user,
+                offer_id=v["offer_id"],
+                reservation_hours=v["reservation_hours"],
+                ssh_public_key=v.get("ssh_public_key") or None,
+                image=v.get("image", ""),
+                disk_gb=v.get("disk_gb"),
+                expected_price=v.get("expected_price_per_hour"),
+            )
+        except services.RentalError as exc:
+            raise as_api_error(exc) from exc
+        body = SessionSerializer(created.rental).data
+        if created.ssh_private_key:
+            body["ssh_private_key"] = created.ssh_private_key
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="The session's timeline", responses={200: EventSerializer(many=True), 404: ERRORS[404]}
+    )
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def events(self, request, pk=None):
+        rental = self.get_object()
+        events = rental.events.select_related("actor").order_by("at", "id")
+        return Response(EventSerializer(events, many=True).data)
+
+    @extend_schema(
+        summary="Download the generated private key (owner only, while live)",
+        responses={(200, "text/plain"): str, 404: ERRORS[404], 410: ERRORS[410]},
+    )
+    @action(detail=True, methods=["get"], url_path="ssh-key")
+    def ssh_key(self, request, pk=None):
+        rental = self.get_object()
+        if rental.consumer_id != request.user.pk:
+            raise exceptions.NotFound("No such session.")
+        if not rental.is_live or not rental.ssh_private_key_encrypted:
+            if rental.ssh_public_key and not rental.is_live:
+                raise ShopperError(
+                    "The key was deleted when the machine was torn down.", code="gone", status_code=410
+                )
+            raise exceptions.NotFound("This session has no generated key (you installed your own).")
+        with transaction.atomic():
+            services.rental_event(
+                rental, EventKind.KEY_DOWNLOAD, "Private key downloaded (API)", actor=request.user
+            )
+        pem = keys.secret_decrypt(rental.ssh_private_key_encrypted)
+        response = HttpResponse(pem, content_type="text/plain; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="shopper-{str(rental.pk)[:8]}.pem"'
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @extend_schema(summary="The work is finished: shut the machine down", request=None,
+                   responses={202: SessionSerializer, 404: ERRORS[404], 409: ERRORS[409]})  # fmt: skip
+    @action(detail=True, methods=["post"])
+    def done(self, request, pk=None):
+        rental = self.get_object()
+        try:
+            services.rental_stop(rental=rental, reason="Done: the work is finished", actor=request.user)
+        except services.RentalError as exc:
+            raise as_api_error(exc) from exc
+        rental.refresh_from_db()
+        return Response(SessionSerializer(rental).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(summary="Force shutdown", responses={202: SessionSerializer, 404: ERRORS[404]})
+    def destroy(self, request, pk=None):
+        rental = self.get_object()
+        # Already ended: shutting down twice is not an error.
+        with contextlib.suppress(services.AlreadyEnded):
+            services.rental_stop(rental=rental, reason=f"Force shutdown by {request.user.get_username()}",
+                                 actor=request.user)  # fmt: skip
+        rental.refresh_from_db()
+        return Response(SessionSerializer(rental).data, status=status.HTTP_202_ACCEPTED)

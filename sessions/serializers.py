@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from sessions.models import Rental, RentalEvent
+
+
+class SessionCreateSerializer(serializers.Serializer):
+    """POST /api/v1/sessions input. Range checks live in rental_create (one place for the rules)."""
+
+    offer_id = serializers.CharField(max_length=32)
+    reservation_hours = serializers.DecimalField(max_digits=8, decimal_places=4)
+    ssh_public_key = serializers.CharField(
+        required=False, allow_blank=True, max_length=16000, trim_whitespace=True
+    )
+    image = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    disk_gb = serializers.IntegerField(required=False, min_value=1, max_value=10000)
+    expected_price_per_hour = serializers.DecimalField(
+        required=False,
+        max_digits=10,
+        decimal_places=4,
+        help_text="The price you were shown; 409 price_changed if the provider now asks another.",
+    )  # fmt: skip
+
+
+class SSHSerializer(serializers.Serializer):
+    host = serializers.CharField()
+    port = serializers.IntegerField()
+    user = serializers.CharField()
+    command = serializers.CharField()
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    consumer = serializers.CharField(source="consumer.username", read_only=True)
+    offer_id = serializers.SerializerMethodField()
+    price_per_hour = serializers.DecimalField(
+        source="charged_price_per_hour", max_digits=10, decimal_places=4, read_only=True
+    )
+    cost_so_far = serializers.SerializerMethodField()
+    ssh = serializers.SerializerMethodField()
+    label = serializers.CharField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+
+    class Meta:
+        model = Rental
+        fields = (
+            "id", "consumer", "status", "status_detail", "provider", "offer_id", "provider_offer_id",
+            "gpu_type", "gpu_count", "vram_gb", "location", "price_per_hour", "created_at", "active_since",
+            "reservation_ends_at", "hard_max_at", "ended_at", "cost_so_far", "last_heartbeat_at", "ssh",
+            "label", "provider_instance_id",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_offer_id(self, rental: Rental) -> str | None:
+        return str(rental.offer_id) if rental.offer_id else None
+
+    def get_cost_so_far(self, rental: Rental) -> str:
+        return str(rental.cost_so_far())
+
+    def get_ssh(self, rental: Rental) -> dict | None:
+        if not rental.ssh_command:
+            return None
+        return {
+            "host": rental.ssh_host,
+            "port": rental.ssh_port,
+            "user": rental.ssh_user,
+            "command": rental.ssh_command,
+        }
+
+
+class SessionCreatedSerializer(SessionSerializer):
+    ssh_private_key = serializers.CharField(
+        required=False, help_text="Only when generated, only in this answer"
+    )
+
+    class Meta(SessionSerializer.Meta):
+        fields = (*SessionSerializer.Meta.fields, "ssh_private_key")
+
+
+class EventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor.username", default=None, read_only=True)
+
+    class Meta:
+        model = RentalEvent
+        fields = ("id", "at", "kind", "from_status", "to_status", "reason", "actor", "data")
