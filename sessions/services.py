@@ -187,7 +187,10 @@ def offer_recheck(offer: Offer, provider: Provider) -> Offer:
 def _ssh_keys_for(user, ssh_public_key: str | None) -> tuple[list[str], bool]:
     """(public keys to install, whether a pair must be generated)."""
     if ssh_public_key:
-        return [keys.public_key_normalize(ssh_public_key)], False
+        try:
+            return [keys.public_key_normalize(ssh_public_key)], False
+        except ValidationError as exc:
+            raise ValidationError({"ssh_public_key": exc.messages}) from None
     registered = [k.public_key for k in user.ssh_keys.all()]
     return registered, not registered
 
