@@ -33,7 +33,7 @@ def ssh_run(*, host: str, port: int, user: str, private_key: str, command: str, 
         return asyncio.run(_run(host, port, user, private_key, command, timeout))
     except SSHCheckFailed:
         raise
-    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncssh.Error) as exc:
         raise SSHCheckFailed(f"{type(exc).__name__}: {exc}") from exc
 
 

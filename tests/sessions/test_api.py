@@ -242,7 +242,7 @@ def test_a_revoked_or_expired_token_is_refused(user):
 
     from shopper.models import ApiToken
 
-    token, raw = ApiToken.issue(user=user, name="old", expires_at=timezone.now() - timedelta(seconds=1))
+    _, raw = ApiToken.issue(user=user, name="old", expires_at=timezone.now() - timedelta(seconds=1))
     c = APIClient()
     c.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     assert c.get("/api/v1/sessions").status_code == 401
