@@ -416,37 +416,32 @@ def _instance_after_create_error(rental: Rental, provider: Provider, exc: Provid
         _stop_after_failure(rental, "The provider created the instance but reported an error; destroying it")
         return ""
     lookups = 1 if isinstance(exc, OfferUnavailable) else settings.SHOPPER_LABEL_LOOKUPS_AFTER_ERROR
-    for attempt in range(lookups):
+    confirmed_empty = False
+    for attempt in range(max(1, lookups)):
         if attempt:
             _sleep(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS)
         try:
             instance = _find_by_label(provider, rental)
         except ProviderError:
-            instance = None
             continue
         if instance:
             rental_event(
                 rental, EventKind.INFO, f"Found instance {instance.instance_id} by its label after the error"
             )
             return instance.instance_id
+        confirmed_empty = True
     rental.refresh_from_db()
     if isinstance(exc, OfferUnavailable):
         _offer_failed(rental)
-    if exc.transient and lookups and not _listing_confirmed_empty(rental, provider):
-        # Could not confirm that nothing exists: keep looking from teardown instead of failing.
-        _stop_after_failure(rental, f"Create failed ({exc.code}) and the label lookup was inconclusive")
+    if not confirmed_empty:
+        # No listing answered: nothing proves the create did not happen. failed would be a
+        # guess; stopping keeps looking (teardown finds the label or confirms it absent).
+        _stop_after_failure(rental, f"Create failed ({exc.code}) and the label lookup did not answer")
         return ""
     if rental.status == S.PROVISIONING:
         rental_transition(rental, S.FAILED, reason=f"Could not create the instance: {exc.message}"[:500],
                           ended_at=timezone.now())  # fmt: skip
     return ""
-
-
-def _listing_confirmed_empty(rental: Rental, provider: Provider) -> bool:
-    try:
-        return _find_by_label(provider, rental) is None
-    except ProviderError:
-        return False
 
 
 def _offer_failed(rental: Rental) -> None:

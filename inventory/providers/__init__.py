@@ -102,6 +102,9 @@ def get_provider(name: str, **kwargs: Any) -> Provider:
     if not key:
         raise ProviderDisabled(f"{name}: no API key set ({_setting_names(name)[1]})")
     kwargs.setdefault("timeout", provider_timeout())
+    # Only ever lowered for the local sandbox in tests; real providers keep their class pacing.
+    if getattr(settings, "PROVIDER_MIN_INTERVAL_SECONDS", None) is not None:
+        kwargs.setdefault("min_interval", float(settings.PROVIDER_MIN_INTERVAL_SECONDS))
     return cls(base_url=url, api_key=key, **kwargs)
 
 

@@ -224,6 +224,7 @@ class Provider:
         timeout: float = 30.0,
         max_retries_on_429: int = 3,
         session: requests.Session | None = None,
+        min_interval: float | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -231,7 +232,9 @@ class Provider:
         self.max_retries_on_429 = max_retries_on_429
         self.session = session or requests.Session()
         with Provider._limiters_lock:
-            key = f"{self.name}@{self.base_url}"
+            if min_interval is not None:
+                self.min_interval = min_interval
+            key = f"{self.name}@{self.base_url}@{self.min_interval}"
             if key not in Provider._limiters:
                 Provider._limiters[key] = RateLimiter(self.min_interval)
             self.limiter = Provider._limiters[key]

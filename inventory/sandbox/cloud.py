@@ -1,0 +1,317 @@
+"""The sandbox cloud's core: instances, their lifecycle and their simulated machines.
+
+Dialect modules (``vastai.py``, ``tensordock.py``) turn requests into calls on :class:`Cloud` and
+records into the provider's JSON. Instance state is *computed from timestamps*: an instance is
+``pending`` for the first half of the boot delay, ``booting`` for the second half and ``running``
+afterwards, until it is powered off or destroyed. A small reconciler thread (and every read, so
+there is no race) "activates" an instance when it reaches ``running``: opens its SSH endpoint and
+runs its startup script once per boot. Persisted state (SQLite) survives a restart; in-memory state
+(open listeners) is rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from . import catalog
+from .faults import Faults
+from .node import Node
+from .ssh import SessionSpec, SSHManager
+from .state import Store
+
+log = logging.getLogger("sandbox.cloud")
+
+PENDING, BOOTING, RUNNING, STOPPED = "pending", "booting", "running", "stopped"
+VAST_FIRST_INSTANCE_ID = 31_300_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cloud:
+    def __init__(
+        self, state_file: Path, *, seed: int = 42, boot_delay: float = 3.0, faults: Faults | None = None
+    ):
+        self.state_dir = state_file.resolve().parent
+        self.seed = seed
+        self.boot_delay = boot_delay
+        self.faults = faults or Faults()
+        self.lock = threading.RLock()
+        self.store = Store(state_file)
+        self.admin_url_file = self.state_dir / "admin_url"
+        self.instances_dir = self.state_dir / "instances"
+        self.vast_offers = catalog.generate_vast_offers(seed)
+        self.vast_offer_by_id = {o["id"]: o for o in self.vast_offers}
+        self.td_locations = catalog.generate_td_locations(seed)
+        self.td_location_by_id = {loc["id"]: loc for loc in self.td_locations}
+        self.instances: dict[str, dict] = self.store.load_instances()
+        self.nodes: dict[str, Node] = {k: self._node(r) for k, r in self.instances.items()}
+        self.active: set[str] = set()
+        self.session_pids: dict[str, set[int]] = {}
+        self.calls: dict[str, int] = {}
+        self.ssh = SSHManager(
+            self.state_dir / "ssh_host_ed25519_key", self._authorize, self._session_spec, self._track_pid
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._reconcile_loop, name="sandbox-reconcile", daemon=True)
+
+    def start(self, admin_url: str) -> None:
+        self.admin_url_file.write_text(admin_url + "\n")
+        self.reconcile()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving. Instance processes keep running: the machines don't die with the API."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.ssh.stop()
+        self.store.close()
+
+    def _node(self, record: dict) -> Node:
+        return Node(self.instances_dir, record, self.admin_url_file)
+
+    # -- state machine ---------------------------------------------------------------------
+    def phase(self, rec: dict, now: float | None = None) -> str:
+        """pending / booting / running / stopped, from the record's timestamps; activates the
+        instance on the way (so a caller never sees "running" before SSH listens)."""
+        if rec.get("powered_off"):
+            return STOPPED
+        now = time.time() if now is None else now
+        elapsed = now - rec["boot_at"]
+        if elapsed >= rec["boot_delay"]:
+            key = self.key(rec)
+            if key not in self.active:
+                with self.lock:
+                    self._activate(key, rec)
+            return RUNNING if key in self.active else BOOTING
+        return BOOTING if elapsed >= rec["boot_delay"] / 2 else PENDING
+
+    def boot_progress(self, rec: dict) -> int:
+        """0..100 through the boot, for status messages."""
+        if rec["boot_delay"] <= 0:
+            return 100
+        return max(0, min(100, int(100 * (time.time() - rec["boot_at"]) / rec["boot_delay"])))
+
+    @staticmethod
+    def key(rec: dict) -> str:
+        return f"{rec['dialect']}/{rec['id']}"
+
+    def reconcile(self) -> None:
+        with self.lock:
+            for key, rec in list(self.instances.items()):
+                self.nodes[key].reap()
+                if self.phase(rec) != RUNNING and key in self.active:
+                    self._deactivate(key)
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.reconcile()
+            except Exception:  # keep the reconciler alive whatever happens
+                log.exception("reconcile failed")
+
+    def _activate(self, key: str, rec: dict) -> None:
+        """Open the SSH endpoint and run the boot script once for this boot."""
+        if key in self.active or key not in self.instances:
+            return
+        node = self.nodes[key]
+        try:
+            node.prepare()
+            try:
+                self.ssh.open(key, rec["ssh_port"])
+            except OSError:
+                # The persisted port was taken by someone else while we were down.
+                rec["ssh_port"] = free_port()
+                self.save(rec)
+                self.ssh.open(key, rec["ssh_port"])
+            self.active.add(key)
+            startup = rec.get("startup")
+            if startup and rec.get("started_seq", 0) < rec["boot_seq"]:
+                pgid = node.run_startup(startup["script"], shell=startup["shell"])
+                rec.setdefault("pgids", []).append(pgid)
+            rec["started_seq"] = rec["boot_seq"]
+            self.save(rec)
+        except Exception:
+            log.exception("activating %s failed; will retry", key)
+
+    def _deactivate(self, key: str) -> None:
+        self.active.discard(key)
+        try:
+            self.ssh.close(key)
+        except Exception:
+            log.exception("closing ssh of %s", key)
+
+    # -- records ---------------------------------------------------------------------------
+    def save(self, rec: dict) -> None:
+        self.store.save_instance(self.key(rec), rec)
+
+    def new_record(self, dialect: str, instance_id: str, **fields) -> dict:
+        """Create, persist and prepare a new instance; ``fields`` are dialect specifics."""
+        now = time.time()
+        rec = {
+            "dialect": dialect,
+            "id": instance_id,
+            "uid": uuid.uuid4().hex,
+            "created_at": now,
+            "boot_at": now,
+            "boot_delay": self.boot_delay,
+            "boot_seq": 1,
+            "started_seq": 0,
+            "powered_off": False,
+            "stop_reason": None,
+            "stopped_at": None,
+            "ssh_port": free_port(),
+            "pgids": [],
+            "destroy_attempts": 0,
+            **fields,
+        }
+        key = self.key(rec)
+        with self.lock:
+            self.instances[key] = rec
+            self.nodes[key] = node = self._node(rec)
+            node.prepare()
+            self.save(rec)
+        return rec
+
+    def get(self, dialect: str, instance_id: str) -> dict | None:
+        return self.instances.get(f"{dialect}/{instance_id}")
+
+    def records(self, dialect: str | None = None) -> list[dict]:
+        with self.lock:
+            return [r for r in self.instances.values() if dialect is None or r["dialect"] == dialect]
+
+    def listable(self, dialect: str) -> list[dict]:
+        """Records a LIST call may show: the ``listing_lag_s`` fault hides young instances."""
+        lag = self.faults.listing_lag(dialect)
+        now = time.time()
+        return [r for r in self.records(dialect) if now - r["created_at"] >= lag]
+
+    def destroy(self, dialect: str, instance_id: str, *, force: bool = False) -> str:
+        """ "ok", "not_found" or "failed" (the destroy_fail_times fault)."""
+        key = f"{dialect}/{instance_id}"
+        with self.lock:
+            rec = self.instances.get(key)
+            if rec is None:
+                return "not_found"
+            if not force and rec["destroy_attempts"] < self.faults.destroy_fail_times(dialect):
+                rec["destroy_attempts"] += 1
+                self.save(rec)
+                return "failed"
+            del self.instances[key]
+            self.store.delete_instance(key)
+            node = self.nodes.pop(key)
+            self._deactivate(key)
+            pgids = rec.get("pgids", []) + sorted(self.session_pids.pop(key, set()))
+        threading.Thread(target=self._teardown, args=(node, pgids, True), daemon=True).start()
+        return "ok"
+
+    def power_off(self, dialect: str, instance_id: str, reason: str = "poweroff") -> bool:
+        """The machine stops: SSH closes, its processes die, the provider still lists it."""
+        key = f"{dialect}/{instance_id}"
+        with self.lock:
+            rec = self.instances.get(key)
+            if rec is None:
+                return False
+            if not rec["powered_off"]:
+                rec.update(powered_off=True, stop_reason=reason, stopped_at=time.time())
+                self.save(rec)
+            self._deactivate(key)
+            node = self.nodes[key]
+            pgids = rec.get("pgids", []) + sorted(self.session_pids.pop(key, set()))
+            rec["pgids"] = []
+            self.save(rec)
+        # Delayed a little: the caller may be the instance's own `shutdown`, waiting for our answer.
+        threading.Timer(0.2, self._teardown, args=(node, pgids, False)).start()
+        return True
+
+    def power_on(self, dialect: str, instance_id: str) -> bool:
+        """Start a stopped instance again: a new boot (delay, then startup script again)."""
+        with self.lock:
+            rec = self.get(dialect, instance_id)
+            if rec is None:
+                return False
+            if rec["powered_off"]:
+                rec.update(powered_off=False, stop_reason=None, stopped_at=None, boot_at=time.time())
+                rec["boot_seq"] += 1
+                self.save(rec)
+            return True
+
+    def reset(self) -> int:
+        """Destroy every instance of both dialects (no faults); returns how many there were."""
+        with self.lock:
+            keys = list(self.instances)
+        for key in keys:
+            dialect, instance_id = key.split("/", 1)
+            self.destroy(dialect, instance_id, force=True)
+        return len(keys)
+
+    @staticmethod
+    def _teardown(node: Node, pgids: list[int], remove: bool) -> None:
+        try:
+            node.kill_all(pgids)
+            if remove:
+                node.remove_files()
+        except Exception:
+            log.exception("teardown of %s", node.key)
+
+    # -- offers in use ---------------------------------------------------------------------
+    def vast_rented(self) -> set[int]:
+        return {int(r["offer_id"]) for r in self.records("vastai")}
+
+    def td_used(self) -> dict[tuple[str, str], int]:
+        used: dict[tuple[str, str], int] = {}
+        for r in self.records("tensordock"):
+            for v0, count in r["td"]["gpus"].items():
+                k = (r["td"]["location_id"], v0)
+                used[k] = used.get(k, 0) + count
+        return used
+
+    # -- SSH callbacks (called on the SSH thread: no cloud lock, dict reads only) -----------
+    def _authorize(self, key: str, username: str, blob: bytes) -> bool:
+        rec, node = self.instances.get(key), self.nodes.get(key)
+        if rec is None or node is None or key not in self.active or username not in rec["users"]:
+            return False
+        return blob in node.authorized_blobs(username)
+
+    def _session_spec(self, key: str, username: str, term: str | None) -> SessionSpec | None:
+        rec, node = self.instances.get(key), self.nodes.get(key)
+        if rec is None or node is None or key not in self.active:
+            return None
+        home = node.home(username)
+        home.mkdir(parents=True, exist_ok=True)
+        return SessionSpec(
+            env=node.env(username, term), cwd=str(home), rewrite=node.rewrite, fs_root=str(node.fs)
+        )
+
+    def _track_pid(self, key: str, pid: int) -> None:
+        self.session_pids.setdefault(key, set()).add(pid)
+
+    # -- admin -----------------------------------------------------------------------------
+    def admin_view(self, rec: dict) -> dict:
+        phase = self.phase(rec)
+        key = self.key(rec)
+        return {
+            "dialect": rec["dialect"],
+            "id": rec["id"],
+            "label": rec.get("label"),
+            "phase": phase,
+            "offer_id": rec["offer_id"],
+            "created_at": rec["created_at"],
+            "ssh_port": rec["ssh_port"],
+            "ssh_open": self.ssh.is_open(key),
+            "destroy_attempts": rec["destroy_attempts"],
+            "dir": str(self.nodes[key].dir) if key in self.nodes else None,
+        }
+
+    def count_call(self, dialect: str, op: str) -> None:
+        with self.lock:
+            name = f"{dialect}.{op}"
+            self.calls[name] = self.calls.get(name, 0) + 1

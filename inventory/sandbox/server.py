@@ -1,0 +1,170 @@
+"""HTTP front of the sandbox cloud: both dialects, fault injection and the admin API.
+
+``/vastai/...``               the Vast.ai dialect (``vastai.py``)
+``/tensordock/api/v2/...``    the TensorDock v2 dialect (``tensordock.py``)
+``/_sandbox/...``             admin API for tests (no auth, never faulted):
+
+* ``GET /_sandbox/health``                               ``{"ok": true}``
+* ``GET /_sandbox/faults`` / ``PUT /_sandbox/faults``    current fault config (see ``faults.py``)
+* ``POST /_sandbox/reset``                               destroy every instance of both dialects
+* ``GET /_sandbox/instances``                            every instance, both dialects
+* ``POST /_sandbox/instances/{dialect}/{id}/poweroff``   what ``shutdown -h now`` on the node calls
+* ``POST /_sandbox/instances/{dialect}/{id}/poweron``
+* ``GET /_sandbox/calls``                                calls per ``dialect.op`` (to assert retries)
+* ``GET /_sandbox/catalog``                              catalog sizes
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+from . import catalog, tensordock, vastai
+from .cloud import Cloud
+from .faults import FaultConfigError
+from .web import BadJSON, Request, Response, ok
+
+log = logging.getLogger("sandbox.http")
+
+DIALECTS = {
+    # prefix: (dialect name, module)
+    "/vastai": ("vastai", vastai),
+    "/tensordock/api/v2": ("tensordock", tensordock),
+}
+COMPILED = {
+    prefix: [
+        (method, re.compile(pattern), op, handler, auth) for method, pattern, op, handler, auth in mod.ROUTES
+    ]
+    for prefix, (_, mod) in DIALECTS.items()
+}
+
+
+def dispatch(cloud: Cloud, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Response:
+    parts = urlsplit(raw_path)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    path = parts.path
+    if path.startswith("/_sandbox"):
+        return admin(cloud, Request(method, path[len("/_sandbox") :], query, headers, body))
+    for prefix, (dialect, mod) in DIALECTS.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            req = Request(method, path[len(prefix) :], query, headers, body)
+            return dialect_call(cloud, dialect, mod, COMPILED[prefix], req)
+    return ok({"error": "not_found", "msg": f"no route for {path}"}, 404)
+
+
+def dialect_call(cloud: Cloud, dialect: str, mod, routes, req: Request) -> Response:
+    path_matched = False
+    for method, pattern, op, handler, auth_required in routes:
+        m = pattern.fullmatch(req.path)
+        if not m:
+            continue
+        path_matched = True
+        if method != req.method:
+            continue
+        cloud.count_call(dialect, op)
+        inj = cloud.faults.before(dialect, op)
+        if inj.sleep_ms:
+            time.sleep(inj.sleep_ms / 1000)
+        if inj.kind == "rate_limit":
+            return mod.rate_limited()
+        if inj.kind == "error":
+            return mod.server_error(inj.status)
+        denied = mod.check_auth(req, auth_required)
+        if denied is not None:
+            return denied
+        try:
+            return handler(cloud, req, m)
+        except BadJSON as exc:
+            if dialect == "vastai":
+                return vastai.error(400, "invalid_args", f"invalid JSON body: {exc}")
+            return ok([{"code": "invalid_json", "message": str(exc), "path": []}], 400)
+    if path_matched:
+        return ok({"error": "method_not_allowed"}, 405)
+    return ok({"error": "not_found", "msg": f"no route for {req.path}"}, 404)
+
+
+_INSTANCE_ADMIN = re.compile(r"/instances/(vastai|tensordock)/([^/]+)/(poweroff|poweron)/?")
+
+
+def admin(cloud: Cloud, req: Request) -> Response:
+    path, method = req.path.rstrip("/"), req.method
+    if path == "/health":
+        return ok({"ok": True})
+    if path == "/faults" and method == "GET":
+        return ok(cloud.faults.to_json())
+    if path == "/faults" and method == "PUT":
+        try:
+            cloud.faults.set(req.json({}))
+        except (BadJSON, FaultConfigError) as exc:
+            return ok({"error": str(exc)}, 400)
+        return ok(cloud.faults.to_json())
+    if path == "/reset" and method == "POST":
+        return ok({"destroyed": cloud.reset()})
+    if path == "/instances" and method == "GET":
+        return ok({"instances": [cloud.admin_view(r) for r in cloud.records()]})
+    if path == "/calls" and method == "GET":
+        return ok(dict(cloud.calls))
+    if path == "/catalog" and method == "GET":
+        td = catalog.td_offer_count(cloud.td_locations)
+        return ok(
+            {
+                "seed": cloud.seed,
+                "vastai_offers": len(cloud.vast_offers),
+                "tensordock_locations": len(cloud.td_locations),
+                "tensordock_offers": td,
+                "total_offers": len(cloud.vast_offers) + td,
+            }
+        )
+    m = _INSTANCE_ADMIN.fullmatch(path)
+    if m and method == "POST":
+        dialect, instance_id, action = m.groups()
+        done = (
+            cloud.power_off(dialect, instance_id, reason="poweroff")
+            if action == "poweroff"
+            else cloud.power_on(dialect, instance_id)
+        )
+        return ok({"ok": True}) if done else ok({"error": "no such instance"}, 404)
+    return ok({"error": "not_found"}, 404)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "SandboxCloud/1.0"
+    cloud: Cloud  # set on the subclass made by make_server
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            resp = dispatch(self.cloud, self.command, self.path, headers, body)
+        except Exception:
+            log.error("unhandled error on %s %s\n%s", self.command, self.path, traceback.format_exc())
+            resp = Response(500, "Internal Server Error")
+        data, content_type = resp.encode()
+        try:
+            self.send_response(resp.status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in resp.headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # e.g. a `shutdown` script killed while waiting for our answer
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+    def log_message(self, format: str, *args) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+
+def make_server(cloud: Cloud, host: str, port: int) -> ThreadingHTTPServer:
+    handler = type("BoundHandler", (Handler,), {"cloud": cloud})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
