@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asgiref.sync import sync_to_async
 from django.core.cache import cache
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -14,10 +15,38 @@ from inventory.models import Offer
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
 from inventory.services import menu_version
 from shopper.api import Pagination
+from shopper.auth import token_user_id_cached
 
 # Bounds staleness from changes that do not bump the menu version (an offer suppressed after
 # failed provisions); renting re-checks the offer with the provider anyway.
 MENU_CACHE_SECONDS = 5
+
+
+VERSION_KEY = "inventory:menu-version"
+# How long a web process may serve pages under a version it read: a refresh made by the worker
+# shows up here at most this much later.
+VERSION_CACHE_SECONDS = 1
+
+
+def page_cache_key(version: str, full_path: str) -> str:
+    return f"inventory:{version}:{full_path}"
+
+
+async def inventory_list(request):
+    """``GET /api/v1/inventory``: serve a page the DRF view already rendered for this query, to a
+    token it already authenticated, without leaving the event loop; anything else (first request,
+    session login, bad input, another method) goes to the DRF view unchanged.
+
+    Under Daphne every sync view costs a thread hop plus DRF's dispatch: about 3.5 ms of CPU,
+    which caps the hottest read of the product near 270 requests/s on two cores.
+    """
+    if request.method == "GET":
+        user_id = token_user_id_cached(request.headers.get("Authorization", ""))
+        version = cache.get(VERSION_KEY) if user_id else None  # locmem: no I/O, fine in the loop
+        body = cache.get(page_cache_key(version, request.get_full_path())) if version else None
+        if body is not None:
+            return HttpResponse(body, content_type="application/json")
+    return await sync_to_async(_inventory_list_drf)(request)
 
 
 def _bad_params(errors) -> exceptions.ValidationError:
@@ -54,7 +83,9 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
     def list(self, request, *args, **kwargs):
         # The menu changes when a refresh lands (about once a minute): cache each rendered page
         # under the menu version, so repeated queries cost one small read instead of a scan.
-        key = f"inventory:{menu_version()}:{request.get_full_path()}"
+        version = menu_version()
+        cache.set(VERSION_KEY, version, VERSION_CACHE_SECONDS)
+        key = page_cache_key(version, request.get_full_path())
         body = cache.get(key)
         if body is None:
             body = JSONRenderer().render(self._page(request))
@@ -79,3 +110,6 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
         if not rows:
             raise exceptions.NotFound("No offer with that id.")
         return Response(rows[0])
+
+
+_inventory_list_drf = InventoryViewSet.as_view({"get": "list"})

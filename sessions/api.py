@@ -133,7 +133,7 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             )
         pem = keys.secret_decrypt(rental.ssh_private_key_encrypted)
         response = HttpResponse(pem, content_type="text/plain; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="shopper-{str(rental.pk)[:8]}.pem"'
+        response["Content-Disposition"] = f'attachment; filename="{rental.key_filename}"'
         response["Cache-Control"] = "no-store"
         return response
 

@@ -142,10 +142,15 @@ class Rental(models.Model):
         return bool(self.ssh_private_key_encrypted)
 
     @property
+    def key_filename(self) -> str:
+        """The generated private key's file name: the download, the CLI and the ssh command agree."""
+        return f"shopper-{str(self.id)[:8]}.pem"
+
+    @property
     def ssh_command(self) -> str:
         if not (self.ssh_host and self.ssh_port):
             return ""
-        key = f"-i ~/.ssh/shopper-{str(self.id)[:8]} " if self.has_generated_key else ""
+        key = f"-i ~/.ssh/{self.key_filename} " if self.has_generated_key else ""
         return f"ssh {key}-p {self.ssh_port} {self.ssh_user or 'root'}@{self.ssh_host}"
 
     @property
