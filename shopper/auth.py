@@ -9,7 +9,6 @@ from rest_framework import authentication, exceptions
 from sessions.models import token_hash
 from shopper.models import ApiToken
 
-
 TOKEN_CACHE_PREFIX = "apitoken:"
 # The inventory fast path trusts a token this long after the database last confirmed it; a
 # revoked token stops working there at most this much later (everywhere else at once).

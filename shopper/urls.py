@@ -4,8 +4,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from inventory import views as inventory_views
 from inventory import api as inventory_api
+from inventory import views as inventory_views
 from inventory.api import InventoryViewSet
 from sessions.api import SessionViewSet
 from shopper import views
