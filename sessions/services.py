@@ -212,7 +212,7 @@ def rental_create(
     the rental is refused with PriceChanged so the user can decide again.
     """
     hours = _hours(reservation_hours)
-    if disk_gb is not None and not (1 <= int(disk_gb) <= 10_000):
+    if disk_gb is not None and not (isinstance(disk_gb, int) and 1 <= disk_gb <= 10_000):
         raise ValidationError({"disk_gb": "disk_gb must be between 1 and 10000."})
     if image and (len(image) > 200 or any(c.isspace() for c in image)):
         raise ValidationError({"image": "Give an image name without spaces (at most 200 characters)."})
@@ -331,12 +331,14 @@ def rental_provision(*, rental_id) -> None:
     if rental is None or rental.status not in (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING):
         return
     provider = _provider(rental)
+    # Already provisioning on entry: an earlier attempt may have sent the create before dying.
+    resumed = rental.status == S.PROVISIONING
     if rental.status == S.PENDING and not rental_transition(
         rental, S.PROVISIONING, reason=f"Creating the instance at {provider.display_name}"
     ):
         return  # someone else moved it (stopped, or another worker claimed it)
     try:
-        if rental.status == S.PROVISIONING and not _instance_create(rental, provider):
+        if rental.status == S.PROVISIONING and not _instance_create(rental, provider, resumed=resumed):
             return
         if rental.status == S.BOOTING:
             instance = _instance_wait_running(rental, provider)
@@ -358,15 +360,23 @@ def rental_provision(*, rental_id) -> None:
         _stop_after_failure(rental, f"Provisioning failed: {exc.code}: {exc.message}"[:500])
 
 
-def _instance_create(rental: Rental, provider: Provider) -> bool:
-    """provisioning -> booting with the instance id stored. Returns False if the rental moved."""
-    instance = None
-    if rental.provider_instance_id:
-        instance_id = rental.provider_instance_id
-    else:
-        # A previous attempt may have sent the create before dying: look first (rule 2).
+def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = False) -> bool:
+    """provisioning -> booting with the instance id stored. Returns False if the rental moved.
+
+    When resuming, the label is looked up until a create sent by the dead attempt would have
+    shown in the listing (SHOPPER_CREATE_SETTLE_SECONDS after provisioning began): listings lag,
+    and one miss must not lead to a second instance.
+    """
+    instance_id = rental.provider_instance_id
+    while not instance_id and resumed:
         instance = _find_by_label(provider, rental)
-        instance_id = instance.instance_id if instance else ""
+        if instance:
+            instance_id = instance.instance_id
+            rental_event(rental, EventKind.INFO, f"Resumed: found instance {instance_id} by its label")
+        elif not _create_may_be_in_flight(rental):
+            break
+        else:
+            _sleep(max(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS, 0.01))
     if not instance_id:
         agent_token = secrets.token_urlsafe(32)
         Rental.objects.filter(pk=rental.pk).update(agent_token_hash=token_hash(agent_token))
