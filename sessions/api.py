@@ -14,9 +14,11 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from sessions import keys, services
+from sessions.lifecycle import rental_extend
 from sessions.models import EventKind, Rental, Status
 from sessions.serializers import (
     EventSerializer,
+    ExtendSerializer,
     SessionCreatedSerializer,
     SessionCreateSerializer,
     SessionSerializer,
@@ -137,8 +139,11 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         response["Cache-Control"] = "no-store"
         return response
 
-    @extend_schema(summary="The work is finished: shut the machine down", request=None,
-                   responses={202: SessionSerializer, 404: ERRORS[404], 409: ERRORS[409]})  # fmt: skip
+    @extend_schema(
+        summary="The work is finished: shut the machine down",
+        request=None,
+        responses={202: SessionSerializer, 404: ERRORS[404], 409: ERRORS[409]},
+    )
     @action(detail=True, methods=["post"])
     def done(self, request, pk=None):
         rental = self.get_object()
@@ -149,12 +154,34 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         rental.refresh_from_db()
         return Response(SessionSerializer(rental).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        summary="Extend the reservation (staff: past the hard maximum, with a reason)",
+        request=ExtendSerializer,
+        responses={200: SessionSerializer, 400: ERRORS[400], 403: ERRORS[403], 404: ERRORS[404]},
+    )
+    @action(detail=True, methods=["post"])
+    def extend(self, request, pk=None):
+        rental = self.get_object()
+        data = ExtendSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            rental = rental_extend(
+                rental=rental,
+                hours=data.validated_data["hours"],
+                reason=data.validated_data.get("reason", ""),
+                actor=request.user,
+            )
+        except services.RentalError as exc:
+            raise as_api_error(exc) from exc
+        return Response(SessionSerializer(rental).data)
+
     @extend_schema(summary="Force shutdown", responses={202: SessionSerializer, 404: ERRORS[404]})
     def destroy(self, request, pk=None):
         rental = self.get_object()
         # Already ended: shutting down twice is not an error.
         with contextlib.suppress(services.AlreadyEnded):
-            services.rental_stop(rental=rental, reason=f"Force shutdown by {request.user.get_username()}",
-                                 actor=request.user)  # fmt: skip
+            services.rental_stop(
+                rental=rental, reason=f"Force shutdown by {request.user.get_username()}", actor=request.user
+            )
         rental.refresh_from_db()
         return Response(SessionSerializer(rental).data, status=status.HTTP_202_ACCEPTED)

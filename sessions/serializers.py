@@ -83,3 +83,8 @@ class EventSerializer(serializers.ModelSerializer):
     class Meta:
         model = RentalEvent
         fields = ("id", "at", "kind", "from_status", "to_status", "reason", "actor", "data")
+
+
+class ExtendSerializer(serializers.Serializer):
+    hours = serializers.DecimalField(max_digits=8, decimal_places=4)
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=500)

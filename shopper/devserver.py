@@ -120,6 +120,7 @@ def main() -> None:
             )
         )
         procs.append(("worker", subprocess.Popen([PY, "manage.py", "qcluster"], cwd=ROOT, env=env)))
+        procs.append(("safety", subprocess.Popen([PY, "manage.py", "safety_loop"], cwd=ROOT, env=env)))
         print(
             "\n"
             "  Cloud GPU Shopper is running.\n"

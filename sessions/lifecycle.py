@@ -1,0 +1,160 @@
+"""Deadlines (safety rule 4): reservation end, hard maximum, heartbeat timeout; the warning
+before a reservation ends; extending a reservation and the admin override of the hard max.
+
+``lifecycle_enforce`` is one pass of the loop in ``manage.py safety_loop`` (every few seconds),
+so a deadline is enforced well within a minute of passing; each stop records its lag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+from django.utils import timezone
+
+from sessions.alerts import alert_raise
+from sessions.models import AlertKind, EventKind, Rental, Status
+from sessions.services import RentalError, rental_event, rental_stop
+
+S = Status
+# Statuses in which deadlines are enforced (stopping is already on its way out).
+ENFORCED = (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING, S.ACTIVE)
+
+
+class HardMaxExceeded(RentalError):
+    code, status = "hard_max_exceeded", 403
+
+
+@dataclass
+class Enforced:
+    rental_id: object
+    reason: str
+    lag_seconds: float
+
+
+def _heartbeat_deadline(rental: Rental, timeout: timedelta) -> datetime | None:
+    """When the agent counts as silent: timeout after the last heartbeat, or after active_since."""
+    if rental.status != S.ACTIVE or not timeout:
+        return None
+    since = rental.last_heartbeat_at or rental.active_since
+    return since + timeout if since else None
+
+
+def lifecycle_enforce(now: datetime | None = None) -> list[Enforced]:
+    """Stop every rental past a deadline and warn the ones whose reservation ends soon."""
+    now = now or timezone.now()
+    timeout = timedelta(seconds=settings.SHOPPER_HEARTBEAT_TIMEOUT_SECONDS)
+    due = Q(reservation_ends_at__lte=now) | Q(hard_max_at__lte=now)
+    if timeout:
+        silent_since = now - timeout
+        due |= Q(status=S.ACTIVE, last_heartbeat_at__lte=silent_since)
+        due |= Q(status=S.ACTIVE, last_heartbeat_at__isnull=True, active_since__lte=silent_since)
+    done = []
+    for rental in Rental.objects.filter(status__in=ENFORCED).filter(due):
+        deadlines = [
+            (rental.hard_max_at, "Hard maximum reached"),
+            (rental.reservation_ends_at, "Reservation ended"),
+            (_heartbeat_deadline(rental, timeout), "The node agent went silent (no heartbeat)"),
+        ]
+        passed = [(d, r) for d, r in deadlines if d and d <= now]
+        if not passed:
+            continue
+        deadline, reason = min(passed, key=lambda d: d[0])
+        lag = (now - deadline).total_seconds()
+        try:
+            rental_stop(rental=rental, reason=f"{reason} at {deadline:%H:%M:%S} UTC")
+        except RentalError:
+            continue  # ended meanwhile
+        rental_event(
+            rental,
+            EventKind.INFO,
+            "Deadline enforced",
+            data={"lag_seconds": round(lag, 3), "deadline": deadline.isoformat()},
+        )
+        if reason.startswith("The node agent"):
+            alert_raise(
+                AlertKind.AGENT_SILENT,
+                f"{rental.label}: no heartbeat since "
+                f"{rental.last_heartbeat_at or rental.active_since:%Y-%m-%d %H:%M:%S} UTC; stopped it",
+                rental=rental,
+            )
+        done.append(Enforced(rental.pk, reason, lag))
+    _warn_before_reservation_end(now)
+    return done
+
+
+def _warn_before_reservation_end(now: datetime) -> None:
+    soon = now + timedelta(minutes=settings.SHOPPER_RESERVATION_WARNING_MINUTES)
+    for rental in Rental.objects.filter(
+        status__in=ENFORCED, reservation_warned_at__isnull=True, reservation_ends_at__lte=soon
+    ):
+        won = Rental.objects.filter(pk=rental.pk, reservation_warned_at__isnull=True).update(
+            reservation_warned_at=now
+        )
+        if won:
+            minutes = max(0, int((rental.reservation_ends_at - now).total_seconds() // 60))
+            rental_event(
+                rental,
+                EventKind.WARNING,
+                f"The reservation ends in {minutes} min ({rental.reservation_ends_at:%H:%M} UTC); "
+                "extend it to keep the machine",
+            )
+
+
+def rental_extend(*, rental: Rental, hours, reason: str = "", actor) -> Rental:
+    """Extend the reservation by ``hours`` from its current end (or now, if later).
+
+    Within the hard maximum the owner (or staff) may do it. Past it only staff may, with a
+    reason: the hard maximum moves with the reservation, audited as an override event.
+    """
+    try:
+        hours = Decimal(str(hours))
+    except (InvalidOperation, ValueError):
+        raise ValidationError({"hours": "Give the extension in hours, e.g. 1 or 0.5."}) from None
+    if not hours.is_finite() or hours <= 0 or hours > 168:
+        raise ValidationError({"hours": "The extension must be more than 0 and at most 168 hours."})
+    reason = (reason or "").strip()
+    if len(reason) > 500:
+        raise ValidationError({"reason": "Keep the reason under 500 characters."})
+    if rental.status not in ENFORCED:
+        raise RentalError(f"This session is {rental.status}; it can no longer be extended.")
+    now = timezone.now()
+    new_end = max(rental.reservation_ends_at, now) + timedelta(seconds=float(hours) * 3600)
+    fields = {"reservation_ends_at": new_end, "reservation_warned_at": None}
+    if new_end > rental.hard_max_at:
+        if not actor.is_staff:
+            raise HardMaxExceeded(
+                f"That would run past the hard maximum ({rental.hard_max_at:%Y-%m-%d %H:%M} UTC). "
+                "Only an admin can extend past it, with a reason."
+            )
+        if not reason:
+            raise ValidationError({"reason": "A reason is required to extend past the hard maximum."})
+        fields["hard_max_at"] = new_end
+    updated = Rental.objects.filter(pk=rental.pk, status__in=ENFORCED).update(**fields)
+    if not updated:
+        raise RentalError("This session ended meanwhile; it can no longer be extended.")
+    override = "hard_max_at" in fields
+    rental_event(
+        rental,
+        EventKind.OVERRIDE if override else EventKind.EXTEND,
+        (
+            f"Hard maximum overridden by {actor.get_username()}: {reason}"
+            if override
+            else f"Reservation extended by {hours} h by {actor.get_username()}"
+            + (f": {reason}" if reason else "")
+        ),
+        actor=actor,
+        data={
+            "hours": str(hours),
+            "reason": reason,
+            "reservation_ends_at": new_end.isoformat(),
+            "hard_max_at": (new_end if override else rental.hard_max_at).isoformat(),
+            "previous_hard_max_at": rental.hard_max_at.isoformat(),
+        },
+    )
+    rental.refresh_from_db()
+    return rental

@@ -1,0 +1,17 @@
+from django.urls import path
+
+from sessions import views
+
+app_name = "sessions"
+
+urlpatterns = [
+    path("offers/<int:offer_id>/rent/", views.rental_rent, name="rent"),
+    path("offers/<int:offer_id>/rent/estimate/", views.rental_rent_estimate, name="rent_estimate"),
+    path("sessions/", views.rental_list, name="list"),
+    path("sessions/<uuid:rental_id>/", views.rental_detail, name="detail"),
+    path("sessions/<uuid:rental_id>/ssh-key/", views.rental_ssh_key, name="ssh_key"),
+    path("sessions/<uuid:rental_id>/done/", views.rental_done, name="done"),
+    path("sessions/<uuid:rental_id>/shutdown/", views.rental_shutdown, name="shutdown"),
+    path("keys/", views.sshkey_list, name="keys"),
+    path("keys/<int:key_id>/delete/", views.sshkey_delete, name="key_delete"),
+]

@@ -1,0 +1,324 @@
+"""Pages for renting and running sessions: rent, list, detail, stop, key download, SSH keys."""
+
+from __future__ import annotations
+
+import time
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.db import IntegrityError, transaction
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
+
+from inventory.models import Offer
+from sessions import keys, services
+from sessions.forms import RentForm, SSHKeyForm
+from sessions.models import EventKind, Rental, SSHKey, Status
+
+# How long a second submit of the rent form waits for the first one to finish.
+RENT_TOKEN_WAIT_SECONDS = 15.0
+RENT_TOKEN_TTL_SECONDS = 3600
+PENDING = "pending"
+LIST_PAGE_SIZE = 50
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def _fragment(request: HtmxHttpRequest) -> bool:
+    return bool(request.htmx) and not request.htmx.boosted and not request.htmx.history_restore_request
+
+
+def _estimate(price: Decimal, hours) -> Decimal | None:
+    """What the reservation costs if used in full: charged price × hours, to the cent."""
+    try:
+        hours = Decimal(str(hours))
+    except (InvalidOperation, ValueError):
+        return None
+    if not hours.is_finite() or hours <= 0 or hours > settings.SHOPPER_HARD_MAX_HOURS:
+        return None
+    charged = price * (1 + settings.SHOPPER_PRICE_MARKUP_PERCENT / 100)
+    return (charged * hours).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def _claim_token(key: str) -> str | None:
+    """Claim a rent form's one-time token. None: ours, go ahead. Otherwise the value the
+    first submit left: the id of the rental it created, or PENDING if it is still running.
+
+    ``cache.add`` is atomic in every backend we use (locmem, Redis), so of two concurrent
+    submits exactly one claims the token; the other waits here for the first one's result.
+    """
+    deadline = time.monotonic() + RENT_TOKEN_WAIT_SECONDS
+    while True:
+        if cache.add(key, PENDING, RENT_TOKEN_TTL_SECONDS):
+            return None
+        value = cache.get(key)
+        if value not in (None, PENDING):
+            return value
+        if time.monotonic() >= deadline:
+            return PENDING
+        if value == PENDING:
+            time.sleep(0.25)
+
+
+# --------------------------------------------------------------------------------------------
+# Renting
+# --------------------------------------------------------------------------------------------
+@require_http_methods(["GET", "POST"])
+@login_required
+def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
+    offer = get_object_or_404(Offer, pk=offer_id)
+    available = Offer.objects.visible().filter(pk=offer.pk).exists()
+    key_count = request.user.ssh_keys.count()
+    notice = ""
+    if request.method == "POST" and available:
+        form = RentForm(request.POST, key_count=key_count)
+        if form.is_valid():
+            token_key = f"sessions:rent-token:{request.user.pk}:{form.cleaned_data['form_token']}"
+            previous = _claim_token(token_key)
+            if previous == PENDING:
+                form.add_error(None, "This form is already being submitted; look in My sessions in a moment.")
+            elif previous:
+                return _to_rental(request, previous)
+            else:
+                try:
+                    created = services.rental_create(
+                        user=request.user,
+                        offer_id=offer.pk,
+                        reservation_hours=form.cleaned_data["reservation_hours"],
+                        ssh_public_key=form.public_key,
+                        expected_price=form.cleaned_data["expected_price"],
+                    )
+                except services.PriceChanged as exc:
+                    cache.delete(token_key)
+                    offer.refresh_from_db()
+                    data = request.POST.copy()
+                    data["expected_price"] = str(offer.price_per_hour)
+                    form = RentForm(data, key_count=key_count)
+                    notice = exc.message
+                except services.OfferGone as exc:
+                    cache.delete(token_key)
+                    available, notice = False, exc.message
+                except services.RentalError as exc:
+                    cache.delete(token_key)
+                    form.add_error(None, exc.message)
+                except ValidationError as exc:
+                    cache.delete(token_key)
+                    for field, errors in exc.message_dict.items():
+                        form.add_error(field if field in form.fields else None, errors)
+                else:
+                    rental = created.rental
+                    cache.set(token_key, str(rental.pk), RENT_TOKEN_TTL_SECONDS)
+                    if created.ssh_private_key:
+                        messages.success(
+                            request,
+                            "A key pair was generated for this session: download the private key "
+                            "below before you connect.",
+                        )
+                    else:
+                        messages.success(request, "Rented. The machine is being set up.")
+                    return _to_rental(request, rental.pk)
+    else:
+        form = RentForm(initial={"expected_price": offer.price_per_hour}, key_count=key_count)
+    hours = form["reservation_hours"].value()
+    context = {
+        "offer": offer,
+        "available": available,
+        "form": form,
+        "notice": notice,
+        "estimate": _estimate(offer.price_per_hour, hours),
+        "hours": hours,
+        "markup": settings.SHOPPER_PRICE_MARKUP_PERCENT,
+        "keys": request.user.ssh_keys.all(),
+    }
+    template = "sessions/rental_rent.html"
+    if request.method == "POST" and _fragment(request):
+        template += "#rent-form"
+    return render(request, template, context)
+
+
+def _to_rental(request: HtmxHttpRequest, rental_id) -> HttpResponse:
+    url = reverse("sessions:detail", args=[rental_id])
+    if request.htmx:
+        return HttpResponseClientRedirect(url)
+    return redirect(url)
+
+
+@require_GET
+@login_required
+def rental_rent_estimate(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
+    offer = get_object_or_404(Offer, pk=offer_id)
+    hours = request.GET.get("reservation_hours", "")
+    context = {
+        "offer": offer,
+        "hours": hours,
+        "estimate": _estimate(offer.price_per_hour, hours),
+        "markup": settings.SHOPPER_PRICE_MARKUP_PERCENT,
+    }
+    return render(request, "sessions/rental_rent.html#rent-estimate", context)
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions
+# --------------------------------------------------------------------------------------------
+@require_GET
+@login_required
+def rental_list(request: HtmxHttpRequest) -> HttpResponse:
+    rentals = Rental.objects.for_user(request.user).select_related("consumer").order_by("-created_at")
+    status = request.GET.get("status", "")
+    if status == "live":
+        rentals = rentals.live()
+    elif status in Status.values:
+        rentals = rentals.filter(status=status)
+    elif status:
+        messages.warning(request, f"Unknown status “{status[:30]}”: showing all sessions.")
+        status = ""
+    page = Paginator(rentals, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "status": status,
+        "statuses": ["live", *Status.values],
+        "show_consumer": request.user.is_staff,
+    }
+    template = "sessions/rental_list.html"
+    if _fragment(request):
+        template += "#rental-table"
+    return render(request, template, context)
+
+
+def _rental_for(request: HttpRequest, rental_id) -> Rental:
+    """The rental if this user may see it (owner; staff see all), else 404."""
+    return get_object_or_404(Rental.objects.for_user(request.user).select_related("consumer"), pk=rental_id)
+
+
+def _status_response(request: HtmxHttpRequest, rental: Rental, notice: str = "") -> HttpResponse:
+    """The status fragment plus the timeline out of band; 286 stops the poll once terminal."""
+    context = _detail_context(request, rental, notice=notice)
+    html = render_to_string("sessions/rental_detail.html#rental-status", context, request)
+    html += render_to_string("sessions/rental_detail.html#rental-timeline", {**context, "oob": True}, request)
+    return HttpResponse(html, status=200 if rental.is_live else 286)
+
+
+def _detail_context(request: HttpRequest, rental: Rental, **extra) -> dict:
+    events = list(rental.events.select_related("actor").order_by("at", "id"))
+    return {
+        "rental": rental,
+        "events": events,
+        "version": _version(rental, events),
+        "is_owner": rental.consumer_id == request.user.pk,
+        **extra,
+    }
+
+
+def _version(rental: Rental, events: list) -> str:
+    """Changes whenever the status block or the timeline would (every change writes an event)."""
+    return f"{rental.status}:{max((e.pk for e in events), default=0)}"
+
+
+@require_GET
+@login_required
+def rental_detail(request: HtmxHttpRequest, rental_id) -> HttpResponse:
+    rental = _rental_for(request, rental_id)
+    if _fragment(request):
+        last = rental.events.order_by("-id").values_list("pk", flat=True).first() or 0
+        if rental.is_live and request.GET.get("v") == f"{rental.status}:{last}":
+            # Nothing changed: 204 leaves the DOM alone, so a selection in the SSH command survives.
+            return HttpResponse(status=204)
+        return _status_response(request, rental)
+    return render(request, "sessions/rental_detail.html", _detail_context(request, rental))
+
+
+def _stop(request: HtmxHttpRequest, rental_id, reason: str) -> HttpResponse:
+    rental = _rental_for(request, rental_id)
+    notice = ""
+    try:
+        services.rental_stop(rental=rental, reason=reason, actor=request.user)
+    except services.AlreadyEnded as exc:
+        notice = exc.message
+    rental.refresh_from_db()
+    if request.htmx:
+        return _status_response(request, rental, notice=notice)
+    if notice:
+        messages.info(request, notice)
+    else:
+        messages.success(
+            request, "Shutting down: the machine is destroyed and billing stops once the provider confirms."
+        )
+    return redirect("sessions:detail", rental_id=rental.pk)
+
+
+@require_POST
+@login_required
+def rental_done(request: HtmxHttpRequest, rental_id) -> HttpResponse:
+    return _stop(request, rental_id, "Done: the work is finished")
+
+
+@require_POST
+@login_required
+def rental_shutdown(request: HtmxHttpRequest, rental_id) -> HttpResponse:
+    return _stop(request, rental_id, f"Force shutdown by {request.user.get_username()}")
+
+
+@require_GET
+@login_required
+def rental_ssh_key(request: HttpRequest, rental_id) -> HttpResponse:
+    rental = _rental_for(request, rental_id)
+    if rental.consumer_id != request.user.pk:
+        raise Http404("No such session.")  # staff see sessions, never someone's private key
+    if not rental.is_live:
+        return HttpResponse(
+            "The key was deleted when the machine was torn down.\n", status=410, content_type="text/plain"
+        )
+    if not rental.has_generated_key:
+        raise Http404("This session has no generated key (you installed your own).")
+    pem = keys.secret_decrypt(rental.ssh_private_key_encrypted)
+    with transaction.atomic():
+        services.rental_event(
+            rental, EventKind.KEY_DOWNLOAD, "Private key downloaded (page)", actor=request.user
+        )
+    response = HttpResponse(pem, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{rental.key_filename}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# --------------------------------------------------------------------------------------------
+# SSH keys
+# --------------------------------------------------------------------------------------------
+@require_http_methods(["GET", "POST"])
+@login_required
+def sshkey_list(request: HttpRequest) -> HttpResponse:
+    form = SSHKeyForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            with transaction.atomic():
+                key = form.save()
+        except IntegrityError:  # the same key added twice at the same moment
+            form.add_error("public_key", "You already registered this key.")
+        else:
+            messages.success(request, f"Added the key “{key.name}” ({key.fingerprint}).")
+            return redirect("sessions:keys")
+    context = {"form": form, "ssh_keys": SSHKey.objects.filter(user=request.user).order_by("name")}
+    return render(request, "sessions/sshkey_list.html", context)
+
+
+@require_POST
+@login_required
+def sshkey_delete(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = get_object_or_404(SSHKey, pk=key_id, user=request.user)
+    key.delete()
+    messages.success(
+        request, f"Removed the key “{key.name}”. Running machines keep the keys they were given."
+    )
+    return redirect("sessions:keys")
