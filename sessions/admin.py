@@ -1,6 +1,52 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
 
+from sessions.lifecycle import rental_extend
 from sessions.models import Alert, Rental, RentalEvent, SSHKey
+from sessions.services import RentalError
+
+
+class OverrideForm(forms.Form):
+    """The admin action's intermediate form: how many hours, and why (required, audited)."""
+
+    hours = forms.DecimalField(min_value=0.25, max_value=168, decimal_places=2, initial=1)
+    reason = forms.CharField(max_length=500, widget=forms.TextInput(attrs={"size": 60}))
+
+
+@admin.action(description="Extend past the hard maximum (with a reason)")
+def extend_past_hard_max(modeladmin, request, queryset):
+    form = OverrideForm(request.POST if "apply" in request.POST else None)
+    if "apply" in request.POST and form.is_valid():
+        done = 0
+        for rental in queryset:
+            try:
+                rental_extend(
+                    rental=rental,
+                    hours=form.cleaned_data["hours"],
+                    reason=form.cleaned_data["reason"],
+                    actor=request.user,
+                )
+                done += 1
+            except (RentalError, ValidationError) as exc:
+                modeladmin.message_user(
+                    request, f"{rental.label}: {getattr(exc, 'message', exc)}", messages.ERROR
+                )
+        if done:
+            modeladmin.message_user(request, f"Extended {done} rental(s); each override is on its timeline.")
+        return None
+    return TemplateResponse(
+        request,
+        "admin/rentals/extend_past_hard_max.html",
+        {
+            **modeladmin.admin_site.each_context(request),
+            "rentals": queryset,
+            "form": form,
+            "title": "Extend past the hard maximum",
+            "opts": modeladmin.model._meta,
+        },
+    )
 
 
 class RentalEventInline(admin.TabularInline):
@@ -35,6 +81,7 @@ class RentalAdmin(admin.ModelAdmin):
     list_select_related = ("consumer",)
     date_hierarchy = "created_at"
     inlines = [RentalEventInline]
+    actions = [extend_past_hard_max]
     exclude = ("ssh_private_key_encrypted", "agent_token_hash")
 
     def get_readonly_fields(self, request, obj=None):

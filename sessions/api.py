@@ -97,6 +97,7 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 image=v.get("image", ""),
                 disk_gb=v.get("disk_gb"),
                 expected_price=v.get("expected_price_per_hour"),
+                generate_key=v.get("generate_key", False),
             )
         except services.RentalError as exc:
             raise as_api_error(exc) from exc

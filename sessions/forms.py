@@ -18,9 +18,8 @@ KEY_GENERATE = "generate"
 
 
 class RentForm(forms.Form):
-    """Rent one offer. The key choices depend on whether the user registered keys, because
-    ``rental_create`` installs the registered keys whenever no key is pasted and generates a
-    pair only for users who have none."""
+    """Rent one offer: reservation hours and where the SSH key comes from (registered keys,
+    a generated pair, or a pasted public key)."""
 
     reservation_hours = forms.DecimalField(
         label="Reservation (hours)",
@@ -60,6 +59,7 @@ class RentForm(forms.Form):
             plural = "s" if key_count != 1 else ""
             choices = [
                 (KEY_REGISTERED, f"Use my registered key{plural} ({key_count})"),
+                (KEY_GENERATE, "Generate a new key pair for me"),
                 (KEY_PASTE, "Paste a public key"),
             ]
         else:
@@ -91,6 +91,10 @@ class RentForm(forms.Form):
         else:
             data["ssh_public_key"] = ""
         return data
+
+    @property
+    def generate_key(self) -> bool:
+        return self.cleaned_data.get("key_source") == KEY_GENERATE
 
     @property
     def public_key(self) -> str | None:

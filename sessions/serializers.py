@@ -13,6 +13,9 @@ class SessionCreateSerializer(serializers.Serializer):
     ssh_public_key = serializers.CharField(
         required=False, allow_blank=True, max_length=16000, trim_whitespace=True
     )
+    generate_key = serializers.BooleanField(
+        required=False, default=False, help_text="Generate a new Ed25519 pair even if you registered keys"
+    )
     image = serializers.CharField(required=False, allow_blank=True, max_length=200)
     disk_gb = serializers.IntegerField(required=False, min_value=1, max_value=10000)
     expected_price_per_hour = serializers.DecimalField(

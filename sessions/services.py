@@ -184,8 +184,14 @@ def offer_recheck(offer: Offer, provider: Provider) -> Offer:
     return offer
 
 
-def _ssh_keys_for(user, ssh_public_key: str | None) -> tuple[list[str], bool]:
+def _ssh_keys_for(user, ssh_public_key: str | None, generate_key: bool) -> tuple[list[str], bool]:
     """(public keys to install, whether a pair must be generated)."""
+    if generate_key:
+        if ssh_public_key:
+            raise ValidationError(
+                {"ssh_public_key": "Give a public key or ask for a generated pair, not both."}
+            )
+        return [], True
     if ssh_public_key:
         try:
             return [keys.public_key_normalize(ssh_public_key)], False
@@ -204,6 +210,7 @@ def rental_create(
     image: str = "",
     disk_gb: int | None = None,
     expected_price: Decimal | None = None,
+    generate_key: bool = False,
 ) -> RentalCreated:
     """Rent an offer: validate, re-check the offer with the provider, then commit the Rental and
     its first event and enqueue provisioning on commit (no instance exists yet).
@@ -216,7 +223,7 @@ def rental_create(
         raise ValidationError({"disk_gb": "disk_gb must be between 1 and 10000."})
     if image and (len(image) > 200 or any(c.isspace() for c in image)):
         raise ValidationError({"image": "Give an image name without spaces (at most 200 characters)."})
-    public_keys, generate = _ssh_keys_for(user, ssh_public_key)
+    public_keys, generate = _ssh_keys_for(user, ssh_public_key, generate_key)
 
     offer = Offer.objects.visible().filter(pk=offer_id).first() if str(offer_id).isdigit() else None
     if offer is None:

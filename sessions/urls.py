@@ -11,7 +11,10 @@ urlpatterns = [
     path("sessions/<uuid:rental_id>/", views.rental_detail, name="detail"),
     path("sessions/<uuid:rental_id>/ssh-key/", views.rental_ssh_key, name="ssh_key"),
     path("sessions/<uuid:rental_id>/done/", views.rental_done, name="done"),
+    path("sessions/<uuid:rental_id>/extend/", views.rental_extend, name="extend"),
     path("sessions/<uuid:rental_id>/shutdown/", views.rental_shutdown, name="shutdown"),
     path("keys/", views.sshkey_list, name="keys"),
+    path("safety/", views.safety, name="safety"),
+    path("safety/alerts/<int:alert_id>/resolve/", views.alert_resolve, name="alert_resolve"),
     path("keys/<int:key_id>/delete/", views.sshkey_delete, name="key_delete"),
 ]

@@ -16,14 +16,15 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from inventory.models import Offer
-from sessions import keys, services
+from sessions import keys, lifecycle, services
 from sessions.forms import RentForm, SSHKeyForm
-from sessions.models import EventKind, Rental, SSHKey, Status
+from sessions.models import Alert, EventKind, Rental, SSHKey, Status
 
 # How long a second submit of the rent form waits for the first one to finish.
 RENT_TOKEN_WAIT_SECONDS = 15.0
@@ -98,6 +99,7 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
                         offer_id=offer.pk,
                         reservation_hours=form.cleaned_data["reservation_hours"],
                         ssh_public_key=form.public_key,
+                        generate_key=form.generate_key,
                         expected_price=form.cleaned_data["expected_price"],
                     )
                 except services.PriceChanged as exc:
@@ -260,6 +262,29 @@ def _stop(request: HtmxHttpRequest, rental_id, reason: str) -> HttpResponse:
 
 @require_POST
 @login_required
+def rental_extend(request: HttpRequest, rental_id) -> HttpResponse:
+    """Extend the reservation; staff may go past the hard maximum with a reason (audited)."""
+    rental = _rental_for(request, rental_id)
+    if rental.consumer_id != request.user.pk and not request.user.is_staff:
+        raise Http404
+    try:
+        rental = lifecycle.rental_extend(
+            rental=rental, hours=request.POST.get("hours", ""), reason=request.POST.get("reason", ""),
+            actor=request.user,
+        )  # fmt: skip
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    except services.RentalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request, f"Extended: the reservation now ends {rental.reservation_ends_at:%Y-%m-%d %H:%M} UTC."
+        )
+    return redirect("sessions:detail", rental_id=rental.pk)
+
+
+@require_POST
+@login_required
 def rental_done(request: HtmxHttpRequest, rental_id) -> HttpResponse:
     return _stop(request, rental_id, "Done: the work is finished")
 
@@ -322,3 +347,29 @@ def sshkey_delete(request: HttpRequest, key_id: int) -> HttpResponse:
         request, f"Removed the key “{key.name}”. Running machines keep the keys they were given."
     )
     return redirect("sessions:keys")
+
+
+@require_GET
+@login_required
+def safety(request: HttpRequest) -> HttpResponse:
+    """Staff: open alerts, every live rental with its deadlines and heartbeat, stuck destroys."""
+    if not request.user.is_staff:
+        raise Http404
+    now = timezone.now()
+    live = Rental.objects.live().select_related("consumer").order_by("hard_max_at")
+    context = {
+        "alerts": Alert.objects.filter(resolved_at__isnull=True).select_related("rental")[:200],
+        "recent_alerts": Alert.objects.filter(resolved_at__isnull=False)[:20],
+        "live": live,
+        "now": now,
+    }
+    return render(request, "sessions/safety.html", context)
+
+
+@require_POST
+@login_required
+def alert_resolve(request: HttpRequest, alert_id: int) -> HttpResponse:
+    if not request.user.is_staff:
+        raise Http404
+    Alert.objects.filter(pk=alert_id, resolved_at__isnull=True).update(resolved_at=timezone.now())
+    return redirect("sessions:safety")

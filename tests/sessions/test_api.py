@@ -143,10 +143,17 @@ def make_rental(user, status=Status.ACTIVE, **kw):
 
     now = timezone.now()
     return Rental.objects.create(
-        consumer=user, provider="apicloud", provider_offer_id="o-1", gpu_type="RTX 4090 24GB", gpu_count=1,
-        price_per_hour=Decimal("0.5000"), status=status, reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12), **kw,
-    )  # fmt: skip
+        consumer=user,
+        provider="apicloud",
+        provider_offer_id="o-1",
+        gpu_type="RTX 4090 24GB",
+        gpu_count=1,
+        price_per_hour=Decimal("0.5000"),
+        status=status,
+        reservation_ends_at=now + timedelta(hours=2),
+        hard_max_at=now + timedelta(hours=12),
+        **kw,
+    )
 
 
 def test_a_user_sees_only_their_own_sessions(api_client, user, other_user):
@@ -248,3 +255,50 @@ def test_a_revoked_or_expired_token_is_refused(user):
     assert c.get("/api/v1/sessions").status_code == 401
     c.credentials(HTTP_AUTHORIZATION="Token nope")
     assert c.get("/api/v1/sessions").status_code == 401
+
+
+def test_a_generated_pair_can_be_asked_for_even_with_registered_keys(
+    api_client, user, offer, django_capture_on_commit_callbacks
+):
+    from sessions.models import SSHKey
+
+    SSHKey.objects.create(user=user, name="laptop", public_key=VALID_KEY, fingerprint="SHA256:x")
+    response = rent(api_client, offer, django_capture_on_commit_callbacks, generate_key=True)
+    assert response.status_code == 201
+    assert response.json()["ssh_private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert VALID_KEY not in Rental.objects.get().ssh_public_key
+    both = rent(
+        api_client, offer, django_capture_on_commit_callbacks, generate_key=True, ssh_public_key=VALID_KEY
+    )
+    assert both.status_code == 400 and "ssh_public_key" in both.json()["detail"]
+
+
+def test_the_safety_page_and_the_admin_override_are_staff_only(client, user, staff):
+    from sessions.models import Alert, AlertKind
+
+    rental = make_rental(user)
+    Alert.objects.create(
+        kind=AlertKind.ORPHAN, provider="apicloud", provider_instance_id="9", message="orphan 9"
+    )
+    client.force_login(user)
+    assert client.get("/safety/").status_code == 404
+    staff.is_superuser = True  # the Django admin also needs model permissions
+    staff.save()
+    client.force_login(staff)
+    html = client.get("/safety/").content.decode()
+    assert "orphan 9" in html and rental.gpu_type in html
+    response = client.post(
+        "/admin/rentals/rental/",
+        {
+            "action": "extend_past_hard_max",
+            "_selected_action": [str(rental.pk)],
+            "apply": "1",
+            "hours": "20",
+            "reason": "long training run",
+        },
+    )
+    assert response.status_code == 302
+    rental.refresh_from_db()
+    event = rental.events.get(kind="override")
+    assert event.actor == staff and event.data["reason"] == "long training run"
+    assert rental.hard_max_at == rental.reservation_ends_at
