@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format bench browser-deps clean
+.PHONY: run test test-fast lint format bench soak browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,3 +40,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) db.sqlite3* .sandbox .run
+
+# 200 rentals with every fault injected, processes killed and restarted along the way.
+soak: $(STAMP)
+	$(BIN)/python -m shopper.chaos --rentals 200 --reservation-minutes 3 --timeout 900

@@ -1,0 +1,205 @@
+"""Chaos run: many rentals against the sandbox cloud with every fault injected, while the worker
+and the safety loop are killed (SIGKILL) and restarted, and the web server restarted.
+
+    python -m shopper.chaos --rentals 50           (the test suite runs a small one)
+    make soak                                       (200 rentals)
+
+Real processes throughout: the sandbox cloud, the web server (the node agents heartbeat to it),
+the django-q2 worker and the safety loop, on a fresh SQLite file (or BENCH_DATABASE_URL). It
+prints leaks (instances left in the sandbox), rentals not terminal, and the worst deadline lag,
+and exits non-zero if any of them breaks its bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAULTS = {
+    "seed": 11,
+    "rules": [
+        {"op": "create", "rate_limit_burst": 3},
+        {"op": ["get", "list"], "error_rate": 0.05, "error_status": 503},
+        {"op": "create", "create_error_but_created": 0.15},
+        {"dialect": "vastai", "create_error_but_created": 0.05, "create_error_mode": "success_false"},
+        {"listing_lag_s": 2},
+        {"destroy_fail_times": 2},
+        {"op": "search", "slow_ms": 100},
+    ],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Procs:
+    """The shopper's processes, each restartable and killable."""
+
+    def __init__(self, env: dict, log_dir: Path, web_port: int):
+        self.env, self.log_dir, self.web_port = env, log_dir, web_port
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.commands = {
+            "worker": [sys.executable, "manage.py", "qcluster"],
+            "safety": [sys.executable, "manage.py", "safety_loop"],
+            "web": [sys.executable, "-m", "shopper.serve", "--port", str(web_port), "--workers", "1"],
+        }
+
+    def start(self, name: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            self.commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True
+        )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the whole process group: nothing gets to clean up."""
+        proc = self.procs.get(name)
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Chaos run against the sandbox cloud.")
+    parser.add_argument("--rentals", type=int, default=50)
+    parser.add_argument("--reservation-minutes", type=float, default=1.5)
+    parser.add_argument("--timeout", type=float, default=420)
+    parser.add_argument("--boot-delay", type=float, default=1.0)
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="shopper-chaos-"))
+    web_port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        DEBUG="False", SHOPPER_TESTING="True", SECRET_KEY="chaos-secret-key-0123456789abcdefghij",
+        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp / 'chaos.sqlite3'}",
+        SHOPPER_FERNET_KEYS="8n7cyPbD0kqf9cJ0kQk3yqXKkXy7Gxh0o6lZ0xg3G2s=",
+        SHOPPER_PUBLIC_URL=f"http://127.0.0.1:{web_port}", ALLOWED_HOSTS="127.0.0.1,localhost",
+        Q_WORKERS="3", Q_SYNC="False", Q_TIMEOUT="300", CHANNEL_LAYER="memory", LOG_LEVEL="WARNING",
+        PROVIDER_MIN_INTERVAL_SECONDS="0.02", PROVIDER_TIMEOUT_SECONDS="10",
+        SHOPPER_POLL_INTERVAL_SECONDS="0.5", SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS="1",
+        SHOPPER_CREATE_SETTLE_SECONDS="15", SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS="60",
+        SHOPPER_BOOT_TIMEOUT_SECONDS="120", SHOPPER_TEARDOWN_BUDGET_SECONDS="60",
+        SHOPPER_DESTROY_MAX_BACKOFF_SECONDS="2", SHOPPER_LIFECYCLE_INTERVAL_SECONDS="2",
+        SHOPPER_RECONCILE_INTERVAL_SECONDS="5", SHOPPER_ORPHAN_GRACE_SECONDS="10",
+        SHOPPER_MAX_LIVE_RENTALS=str(args.rentals + 10),
+    )  # fmt: skip
+    sys.path.insert(0, str(ROOT))
+    from inventory.sandbox.testing import running_sandbox
+
+    with running_sandbox(tmp, boot_delay=args.boot_delay, faults=FAULTS) as sandbox:
+        env.update(
+            VASTAI_API_URL=sandbox.vastai_url, VASTAI_API_KEY="chaos",
+            TENSORDOCK_API_URL=sandbox.tensordock_url, TENSORDOCK_API_TOKEN="chaos", SHOPPER_SANDBOX="True",
+        )  # fmt: skip
+        os.environ.update(env)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "shopper.settings"
+        import django
+
+        django.setup()
+        from django.contrib.auth import get_user_model
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        from inventory.models import Offer
+        from inventory.services import offers_refresh
+        from sessions.models import TERMINAL_STATUSES, Rental, RentalEvent
+        from sessions.services import RentalError, rental_create, rental_stop
+
+        sandbox.set_faults({"rules": []})  # a clean menu; faults apply to the rentals
+        offers_refresh(force=True)
+        sandbox.set_faults(FAULTS)
+        user, _ = get_user_model().objects.get_or_create(username="chaos")
+        procs = Procs(env, tmp, web_port)
+        for name in ("web", "worker", "safety"):
+            procs.start(name)
+        rng = random.Random(7)
+        offers = list(Offer.objects.visible().order_by("?").values_list("pk", flat=True)[: args.rentals * 3])
+        started = time.monotonic()
+        created, refused = [], 0
+        hours = args.reservation_minutes / 60
+        try:
+            for i, offer_id in enumerate(offers):
+                if len(created) >= args.rentals:
+                    break
+                try:
+                    created.append(
+                        rental_create(user=user, offer_id=offer_id, reservation_hours=f"{hours:.4f}").rental
+                    )
+                except RentalError:
+                    refused += 1  # an offer the sandbox no longer has: fine, try another
+                if i == args.rentals // 3:
+                    procs.kill("worker")  # mid-flight: creates in progress die with it
+                    procs.kill("safety")
+                    procs.start("worker")
+                    procs.start("safety")
+                if i == args.rentals // 2:
+                    procs.kill("web")
+                    procs.start("web")
+            # Some users finish early; the rest run into their reservation deadline.
+            for rental in rng.sample(created, k=len(created) // 4):
+                with contextlib.suppress(RentalError):  # already ended by a fault: fine
+                    rental_stop(rental=Rental.objects.get(pk=rental.pk), reason="Done (chaos run)")
+            time.sleep(5)
+            procs.kill("worker")
+            procs.start("worker")
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                left = Rental.objects.exclude(status__in=TERMINAL_STATUSES).count()
+                if not left:
+                    break
+                time.sleep(2)
+            # Reconciliation needs a few cycles to destroy orphans after their grace period.
+            orphan_deadline = time.monotonic() + 60
+            sandbox.set_faults({"rules": []})
+            while sandbox.instances() and time.monotonic() < orphan_deadline:
+                time.sleep(2)
+        finally:
+            procs.stop_all()
+        leaks = sandbox.instances()
+        not_terminal = list(Rental.objects.exclude(status__in=TERMINAL_STATUSES).values_list("pk", "status"))
+        lags = [e.data.get("lag_seconds", 0) for e in RentalEvent.objects.filter(reason="Deadline enforced")]
+        statuses = {}
+        for status in Rental.objects.values_list("status", flat=True):
+            statuses[status] = statuses.get(status, 0) + 1
+        report = {
+            "rentals": len(created), "refused_at_create": refused, "statuses": statuses,
+            "leaks": len(leaks), "not_terminal": len(not_terminal), "deadlines_enforced": len(lags),
+            "worst_deadline_lag_s": round(max(lags, default=0.0), 2),
+            "seconds": round(time.monotonic() - started, 1),
+        }  # fmt: skip
+        print(json.dumps(report, indent=2))
+        if leaks:
+            print("LEAKED:", json.dumps(leaks)[:2000])
+        if not_terminal:
+            print("NOT TERMINAL:", not_terminal[:20])
+        ok = not leaks and not not_terminal and report["worst_deadline_lag_s"] <= 60 and created
+        print("CHAOS OK" if ok else f"CHAOS FAILED (logs in {tmp})")
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
