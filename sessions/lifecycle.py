@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from sessions.alerts import alert_raise
 from sessions.models import AlertKind, EventKind, Rental, Status
-from sessions.services import RentalError, rental_event, rental_stop
+from sessions.services import RentalError, rental_event, rental_request_stop
 
 S = Status
 # Statuses in which deadlines are enforced (stopping is already on its way out).
@@ -66,9 +66,11 @@ def lifecycle_enforce(now: datetime | None = None) -> list[Enforced]:
         deadline, reason = min(passed, key=lambda d: d[0])
         lag = (now - deadline).total_seconds()
         try:
-            rental_stop(rental=rental, reason=f"{reason} at {deadline:%H:%M:%S} UTC")
+            stopped = rental_request_stop(rental=rental, reason=f"{reason} at {deadline:%H:%M:%S} UTC")
         except RentalError:
             continue  # ended meanwhile
+        if not stopped:
+            continue  # someone else stopped it between the query and now: not this deadline's doing
         rental_event(
             rental,
             EventKind.INFO,

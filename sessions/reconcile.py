@@ -91,7 +91,7 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
             provider_instance_id=instance.instance_id,
         )
         result.orphans_found.append(instance.instance_id)
-        if rental is not None:
+        if rental is not None and instance.instance_id not in open_orphans:  # once, when first found
             rental_event(
                 rental, EventKind.ERROR, f"Orphan instance {instance.instance_id} found after the end"
             )
@@ -102,6 +102,12 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
         ):
             Alert.objects.filter(pk=alert.pk).update(resolved_at=now)
             result.orphans_destroyed.append(instance.instance_id)
+    # An orphan whose destroy was accepted earlier may have left the listing since: confirm with
+    # the provider that it is gone before closing its alert.
+    for instance_id, alert in open_orphans.items():
+        if instance_id not in seen_ids and _gone(provider, instance_id):
+            Alert.objects.filter(pk=alert.pk).update(resolved_at=now)
+            result.orphans_destroyed.append(instance_id)
 
     # Ghosts: counted per listing, in bulk (no query per instance).
     present = expecting.filter(provider_instance_id__in=seen_ids)
@@ -123,6 +129,16 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
     return result
 
 
+def _gone(provider, instance_id: str) -> bool:
+    try:
+        provider.get_instance(instance_id)
+    except NotFound:
+        return True
+    except ProviderError:
+        return False
+    return False
+
+
 def _destroy_verified(provider, instance_id: str) -> bool:
     """Destroy, then believe it only when the provider says the instance is gone."""
     try:
@@ -137,7 +153,17 @@ def _destroy_verified(provider, instance_id: str) -> bool:
 
 
 def reconcile_all() -> list[ReconcileResult]:
-    return [reconcile(provider_name=s["name"]) for s in registry.provider_statuses() if s["enabled"]]
+    """Every enabled provider; one provider's unexpected error never skips the others."""
+    results = []
+    for status in registry.provider_statuses():
+        if not status["enabled"]:
+            continue
+        try:
+            results.append(reconcile(provider_name=status["name"]))
+        except Exception as exc:
+            log.exception("reconcile %s failed", status["name"])
+            results.append(ReconcileResult(status["name"], aborted=f"error: {type(exc).__name__}: {exc}"))
+    return results
 
 
 def destroys_stuck_alert(now=None) -> int:

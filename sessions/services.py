@@ -553,16 +553,25 @@ def _stop_after_failure(rental: Rental, reason: str) -> None:
 # --------------------------------------------------------------------------------------------
 def rental_stop(*, rental: Rental, reason: str, actor=None) -> Rental:
     """Done or force shutdown: move to stopping and enqueue teardown. Idempotent while stopping."""
+    rental_request_stop(rental=rental, reason=reason, actor=actor)
+    return rental
+
+
+def rental_request_stop(*, rental: Rental, reason: str, actor=None) -> bool:
+    """rental_stop that tells whether this call moved the rental (False: it was already stopping).
+
+    Raises AlreadyEnded for a terminal rental.
+    """
     while True:
         if rental.status == S.STOPPING:
-            return rental
+            return False
         if rental.status not in LIVE_STATUSES:
             raise AlreadyEnded(f"This session has already ended ({rental.status}).")
         if rental_transition(
             rental, S.STOPPING, reason=reason, actor=actor, stop_requested_at=timezone.now()
         ):
             transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
-            return rental
+            return True
         rental.refresh_from_db()  # lost a race: look again
 
 
@@ -670,13 +679,71 @@ def _mark_destroyed(rental: Rental, detail: str) -> bool:
 # The node agent's start-up (the agent itself arrives with the safety issue)
 # --------------------------------------------------------------------------------------------
 def agent_env(rental: Rental, agent_token: str) -> dict[str, str]:
+    """The node agent's configuration (shopper/agent.py --help); the token travels only here."""
     return {
         "SHOPPER_URL": settings.SHOPPER_PUBLIC_URL,
         "SHOPPER_RENTAL_ID": str(rental.pk),
         "SHOPPER_AGENT_TOKEN": agent_token,
         "SHOPPER_HARD_DEADLINE": rental.hard_max_at.isoformat(),
+        "SHOPPER_HEARTBEAT_SECONDS": str(getattr(settings, "SHOPPER_AGENT_HEARTBEAT_SECONDS", 30)),
+        "SHOPPER_UNREACHABLE_SECONDS": str(getattr(settings, "SHOPPER_AGENT_UNREACHABLE_SECONDS", 900)),
     }
 
 
 def agent_onstart() -> str:
-    return ""
+    """The start-up script: Vast ``onstart`` (bash) or TensorDock runcmd ``bash -c '<exports>...'``.
+
+    It runs with ``agent_env`` in its environment. python3 (not curl/wget, which images may lack)
+    fetches ``$SHOPPER_URL/agent.py`` into a temp dir and starts it in its own session, so it
+    outlives this script, logging next to it. No secret here: the token stays in the environment.
+    """
+    return r"""# Cloud GPU Shopper: start the node agent (heartbeats; powers the node off when it must)
+PY="$(command -v python3 || command -v python || true)"
+if [ -z "$PY" ] || [ -z "${SHOPPER_URL:-}" ]; then
+  echo "shopper-agent: python3 or SHOPPER_URL missing; the node agent is not running" >&2
+  exit 0
+fi
+AGENT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/shopper-agent.XXXXXX")"
+"$PY" - "$AGENT_DIR/agent.py" <<'PYEOF'
+import os, sys, time, urllib.request
+url = os.environ["SHOPPER_URL"].rstrip("/") + "/agent.py"
+for attempt in range(10):
+    try:
+        with urllib.request.urlopen(url, timeout=20) as resp:
+            data = resp.read()
+        if data.startswith(b"#!"):
+            break
+    except Exception as exc:
+        print("shopper-agent: download failed: %s" % exc, file=sys.stderr)
+    time.sleep(min(3 * (attempt + 1), 30))
+else:
+    sys.exit("shopper-agent: could not download " + url)
+with open(sys.argv[1], "wb") as f:
+    f.write(data)
+PYEOF
+[ -s "$AGENT_DIR/agent.py" ] && cd "$AGENT_DIR" || exit 0
+export SHOPPER_AGENT_STATE="${SHOPPER_AGENT_STATE:-$AGENT_DIR/state.json}"
+SETSID="$(command -v setsid || true)"
+nohup $SETSID "$PY" "$AGENT_DIR/agent.py" >>"$AGENT_DIR/agent.log" 2>&1 </dev/null &
+echo "shopper-agent: started (pid $!), log $AGENT_DIR/agent.log"
+"""
+
+
+def rental_heartbeat(*, rental: Rental, data: dict) -> str:
+    """Record a node agent heartbeat (not a status write) and tell the agent what to do.
+
+    "shutdown" when the rental is stopping or past its hard max (then it is also stopped here, so
+    the hard max is enforced even if the lifecycle worker lags); otherwise "continue".
+    """
+    now = timezone.now()
+    Rental.objects.filter(pk=rental.pk).update(last_heartbeat_at=now, last_heartbeat_data=data)
+    if rental.last_heartbeat_at is None:
+        rental_event(rental, EventKind.HEARTBEAT, "The node agent reported in", data=data)
+    rental.last_heartbeat_at, rental.last_heartbeat_data = now, data
+    if rental.status == S.STOPPING:
+        return "shutdown"
+    if now >= rental.hard_max_at:
+        with contextlib.suppress(AlreadyEnded):
+            rental_stop(rental=rental, reason="Hard maximum reached (reported by the node agent)")
+        return "shutdown"
+    return "continue"

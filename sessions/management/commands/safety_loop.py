@@ -28,19 +28,30 @@ class Command(BaseCommand):
         self.running = True
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        summary = recover_on_start()
-        self.stdout.write(
-            f"recovery: {summary['provisioning_resumed']} provisioning and "
-            f"{summary['teardowns_resumed']} teardowns resumed"
-        )
+        recovered = self.recover()
         next_reconcile = time.monotonic() + settings.SHOPPER_RECONCILE_INTERVAL_SECONDS
         while self.running:
+            if not recovered:
+                recovered = self.recover()  # retried each pass: deadlines are enforced meanwhile
             self.tick(reconcile_now=once or time.monotonic() >= next_reconcile)
             if once:
                 return
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + settings.SHOPPER_RECONCILE_INTERVAL_SECONDS
             time.sleep(settings.SHOPPER_LIFECYCLE_INTERVAL_SECONDS)
+
+    def recover(self) -> bool:
+        """Start-up recovery; a failure is logged and never keeps deadlines from being enforced."""
+        try:
+            summary = recover_on_start()
+        except Exception:
+            log.exception("safety loop: start-up recovery failed; retrying on the next pass")
+            return False
+        self.stdout.write(
+            f"recovery: {summary['provisioning_resumed']} provisioning and "
+            f"{summary['teardowns_resumed']} teardowns resumed"
+        )
+        return True
 
     def tick(self, *, reconcile_now: bool) -> None:
         """One pass; an error in one job is logged and never stops the loop."""

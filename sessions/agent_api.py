@@ -1,0 +1,167 @@
+"""The node agent's side of the API: ``POST /api/v1/agent/heartbeat`` and ``GET /agent.py``.
+
+The agent authenticates with its per-rental token (``Authorization: Bearer <token>``), stored as
+``Rental.agent_token_hash`` and revoked when the rental is destroyed. It holds no provider key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.http import HttpResponse
+from django.views.decorators.http import require_GET
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.parsers import JSONParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from sessions import services
+from sessions.models import LIVE_STATUSES, Rental, token_hash
+from shopper.api import error_response
+
+AGENT_FILE = Path(__file__).resolve().parent.parent / "shopper" / "agent.py"
+MAX_GPUS = 16
+GPU_FIELDS = ("util", "mem_used_mb", "mem_total_mb")
+MAX_INT = 2**31 - 1
+
+
+class BadHeartbeat(ValueError):
+    pass
+
+
+def _clean_heartbeat(body: object) -> dict:
+    """The stored heartbeat: known fields only, checked; raises BadHeartbeat with a clear message."""
+    if not isinstance(body, dict):
+        raise BadHeartbeat("The body must be a JSON object.")
+    gpus = body.get("gpus", [])
+    if not isinstance(gpus, list):
+        raise BadHeartbeat("gpus must be a list.")
+    if len(gpus) > MAX_GPUS:
+        raise BadHeartbeat(f"gpus may hold at most {MAX_GPUS} entries.")
+    clean_gpus = []
+    for i, gpu in enumerate(gpus):
+        if not isinstance(gpu, dict):
+            raise BadHeartbeat(f"gpus[{i}] must be an object.")
+        clean = {}
+        for name in GPU_FIELDS:
+            value = gpu.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+                raise BadHeartbeat(f"gpus[{i}].{name} must be a non-negative integer.")
+            clean[name] = value
+        clean_gpus.append(clean)
+    data: dict = {"gpus": clean_gpus}
+    uptime = body.get("uptime_s")
+    if uptime is not None:
+        if isinstance(uptime, bool) or not isinstance(uptime, int | float) or not 0 <= uptime < 10**10:
+            raise BadHeartbeat("uptime_s must be a non-negative number.")
+        data["uptime_s"] = int(uptime)
+    for name in ("agent_time", "rental_id"):
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, str) or len(value) > 64:
+                raise BadHeartbeat(f"{name} must be a short string.")
+            data[name] = value
+    return data
+
+
+def _bearer_token(request) -> str:
+    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+HEARTBEAT_REQUEST = inline_serializer(
+    "AgentHeartbeatRequest",
+    fields={
+        "rental_id": serializers.CharField(required=False),
+        "gpus": serializers.ListField(
+            child=inline_serializer(
+                "AgentGpu",
+                fields={
+                    "util": serializers.IntegerField(min_value=0),
+                    "mem_used_mb": serializers.IntegerField(min_value=0),
+                    "mem_total_mb": serializers.IntegerField(min_value=0),
+                },
+            ),
+            max_length=MAX_GPUS,
+            required=False,
+        ),
+        "agent_time": serializers.CharField(required=False),
+        "uptime_s": serializers.IntegerField(min_value=0, required=False),
+    },
+)
+HEARTBEAT_RESPONSE = inline_serializer(
+    "AgentHeartbeatResponse",
+    fields={
+        "action": serializers.ChoiceField(choices=["continue", "shutdown"]),
+        "hard_max_at": serializers.DateTimeField(),
+        "reservation_ends_at": serializers.DateTimeField(),
+    },
+)
+
+
+class AgentHeartbeatView(APIView):
+    """Authenticates itself with the agent token: no user session, no API token."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    parser_classes = [JSONParser]  # documents the body; post() reads request.body itself
+
+    @extend_schema(
+        summary="Node agent heartbeat",
+        description=(
+            "Called every 30 s by the node agent (`/agent.py`) running on the rented machine. "
+            "Authenticate with `Authorization: Bearer <agent token>`: the per-rental token the "
+            "machine received in `SHOPPER_AGENT_TOKEN`, valid while the rental is live and revoked "
+            "at teardown. `action` is `shutdown` when the rental is stopping or past its hard max "
+            "(the agent then powers the machine off), else `continue`."
+        ),
+        auth=[],
+        request=HEARTBEAT_REQUEST,
+        responses={
+            200: HEARTBEAT_RESPONSE,
+            400: OpenApiResponse(description="Malformed body: `{detail, code}`; nothing is recorded"),
+            401: OpenApiResponse(description="`invalid_agent_token`: missing, unknown or revoked"),
+        },
+        tags=["agent"],
+    )
+    def post(self, request):
+        token = _bearer_token(request)
+        rental = (
+            Rental.objects.filter(agent_token_hash=token_hash(token), status__in=LIVE_STATUSES).first()
+            if token
+            else None
+        )
+        if rental is None:
+            response = error_response(
+                "A valid agent token is required (Authorization: Bearer <token>).", "invalid_agent_token", 401
+            )
+            response["WWW-Authenticate"] = 'Bearer realm="agent"'
+            return response
+        try:
+            body = json.loads(request.body or b"null")
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+            return error_response("The body must be a JSON object (this is not valid JSON).", "invalid", 400)
+        try:
+            data = _clean_heartbeat(body)
+        except BadHeartbeat as exc:
+            return error_response(str(exc), "invalid", 400)
+        action = services.rental_heartbeat(rental=rental, data=data)
+        return Response(
+            {
+                "action": action,
+                "hard_max_at": rental.hard_max_at.isoformat(),
+                "reservation_ends_at": rental.reservation_ends_at.isoformat(),
+            }
+        )
+
+
+@require_GET
+def agent_script(request):
+    """The node agent itself; no auth: it holds no secret (the token arrives in the environment)."""
+    response = HttpResponse(AGENT_FILE.read_bytes(), content_type="text/x-python; charset=utf-8")
+    response["Content-Disposition"] = 'inline; filename="agent.py"'
+    return response
