@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reservation-minutes", type=float, default=1.5)
     parser.add_argument("--timeout", type=float, default=420)
     parser.add_argument("--boot-delay", type=float, default=1.0)
+    parser.add_argument("--report-lags", action="store_true", help="include every deadline lag in the report")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="shopper-chaos-"))
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             "worst_deadline_lag_s": round(max(lags, default=0.0), 2),
             "seconds": round(time.monotonic() - started, 1),
         }  # fmt: skip
+        if args.report_lags:
+            report["lags"] = lags
         print(json.dumps(report, indent=2))
         if leaks:
             print("LEAKED:", json.dumps(leaks)[:2000])
