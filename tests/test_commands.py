@@ -30,7 +30,9 @@ def test_sync_schedules_is_idempotent_and_removes_retired_jobs(db):
 
     from shopper.schedules import SCHEDULES
 
-    Schedule.objects.create(name="sessions.retired_job", func="x.y", schedule_type=Schedule.MINUTES, minutes=1)
+    Schedule.objects.create(
+        name="sessions.retired_job", func="x.y", schedule_type=Schedule.MINUTES, minutes=1
+    )
     Schedule.objects.create(name="hand-made", func="x.y", schedule_type=Schedule.MINUTES, minutes=5)
     call_command("sync_schedules", stdout=StringIO())
     call_command("sync_schedules", stdout=StringIO())
