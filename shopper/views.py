@@ -7,6 +7,7 @@ from django.db import connection
 from django.db.utils import DatabaseError
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.response import Response
@@ -27,7 +28,11 @@ def home(request):
     return render(request, "home.html", context)
 
 
-@extend_schema(summary="Liveness, database and provider status", auth=[])
+@extend_schema(
+    summary="Liveness, database and provider status",
+    auth=[],
+    responses={200: OpenApiTypes.OBJECT, 503: OpenApiTypes.OBJECT},
+)
 @api_view(["GET"])
 @authentication_classes([])
 @permission_classes([])

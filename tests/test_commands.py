@@ -38,3 +38,33 @@ def test_sync_schedules_is_idempotent_and_removes_retired_jobs(db):
     call_command("sync_schedules", stdout=StringIO())
     names = set(Schedule.objects.values_list("name", flat=True))
     assert names == {s["name"] for s in SCHEDULES} | {"hand-made"}
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPPER_TESTING")}
+    env.update(DEBUG="False", SECRET_KEY="x" * 30 + "production-like-secret-key-0123456789",
+               SHOPPER_FERNET_KEYS="8n7cyPbD0kqf9cJ0kQk3yqXKkXy7Gxh0o6lZ0xg3G2s=", ADMIN_EMAILS="ops@example.com",
+               ALLOWED_HOSTS="shopper.example.com")  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "no issues" in run.stdout
+
+
+def test_a_missing_fernet_key_stops_a_production_start():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SHOPPER_TESTING", "SHOPPER_FERNET_KEYS")}
+    env.update(DEBUG="False", SECRET_KEY="y" * 50)
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert run.returncode != 0 and "shopper.E001" in run.stderr
