@@ -32,6 +32,6 @@ def shopper_settings_check(app_configs, **kwargs):
             Warning(
                 "ADMIN_EMAILS is empty: safety alerts (orphans, ghosts, stuck destroys) are not emailed.",
                 id="shopper.W001",
-            )  # fmt: skip
+            )
         )
     return problems

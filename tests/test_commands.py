@@ -46,13 +46,20 @@ def test_check_deploy_is_clean_with_production_settings():
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPPER_TESTING")}
-    env.update(DEBUG="False", SECRET_KEY="x" * 30 + "production-like-secret-key-0123456789",
-               SHOPPER_FERNET_KEYS="8n7cyPbD0kqf9cJ0kQk3yqXKkXy7Gxh0o6lZ0xg3G2s=", ADMIN_EMAILS="ops@example.com",
-               ALLOWED_HOSTS="shopper.example.com")  # fmt: skip
+    env.update(
+        DEBUG="False",
+        SECRET_KEY="x" * 30 + "production-like-secret-key-0123456789",
+        SHOPPER_FERNET_KEYS="8n7cyPbD0kqf9cJ0kQk3yqXKkXy7Gxh0o6lZ0xg3G2s=",
+        ADMIN_EMAILS="ops@example.com",
+        ALLOWED_HOSTS="shopper.example.com",
+    )
     run = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "no issues" in run.stdout
 
