@@ -694,8 +694,9 @@ def agent_onstart() -> str:
     """The start-up script: Vast ``onstart`` (bash) or TensorDock runcmd ``bash -c '<exports>...'``.
 
     It runs with ``agent_env`` in its environment. python3 (not curl/wget, which images may lack)
-    fetches ``$SHOPPER_URL/agent.py`` into a temp dir and starts it in its own session, so it
-    outlives this script, logging next to it. No secret here: the token stays in the environment.
+    fetches ``$SHOPPER_URL/agent.py`` into a fresh ``mktemp -d`` directory (under $TMPDIR, else
+    $HOME, else /tmp) and starts it in its own session, so it outlives this script, logging to
+    ``agent.log`` next to it. No secret here: the token stays in the environment.
     """
     return r"""# Cloud GPU Shopper: start the node agent (heartbeats; powers the node off when it must)
 PY="$(command -v python3 || command -v python || true)"
@@ -703,7 +704,8 @@ if [ -z "$PY" ] || [ -z "${SHOPPER_URL:-}" ]; then
   echo "shopper-agent: python3 or SHOPPER_URL missing; the node agent is not running" >&2
   exit 0
 fi
-AGENT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/shopper-agent.XXXXXX")"
+# A fresh directory under $HOME (found next to the user's files, gone with a sandbox machine's files)
+AGENT_DIR="$(mktemp -d "${TMPDIR:-${HOME:-/tmp}}/shopper-agent.XXXXXX" 2>/dev/null || mktemp -d)"
 "$PY" - "$AGENT_DIR/agent.py" <<'PYEOF'
 import os, sys, time, urllib.request
 url = os.environ["SHOPPER_URL"].rstrip("/") + "/agent.py"

@@ -7,6 +7,7 @@ from rest_framework.routers import SimpleRouter
 from inventory import api as inventory_api
 from inventory import views as inventory_views
 from inventory.api import InventoryViewSet
+from sessions.agent_api import AgentHeartbeatView, agent_script
 from sessions.api import SessionViewSet
 from shopper import views
 
@@ -18,6 +19,7 @@ api_urlpatterns = [
     # Before the router: the cached fast path for the hottest read (same answers as the viewset).
     path("inventory", inventory_api.inventory_list, name="inventory-list-fast"),
     path("health", views.health, name="api-health"),
+    path("agent/heartbeat", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     *router.urls,
@@ -25,6 +27,7 @@ api_urlpatterns = [
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("agent.py", agent_script, name="agent-script"),
     path("offers/", inventory_views.offer_list, name="offer_list"),
     path("", include("sessions.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
