@@ -455,9 +455,11 @@ def _instance_after_create_error(rental: Rental, provider: Provider, exc: Provid
         # guess; stopping keeps looking (teardown finds the label or confirms it absent).
         _stop_after_failure(rental, f"Create failed ({exc.code}) and the label lookup did not answer")
         return ""
-    if rental.status == S.PROVISIONING:
-        rental_transition(rental, S.FAILED, reason=f"Could not create the instance: {exc.message}"[:500],
-                          ended_at=timezone.now())  # fmt: skip
+    if rental.status == S.PROVISIONING and rental_transition(
+        rental, S.FAILED, reason=f"Could not create the instance: {exc.message}"[:500],
+        data={PROVISION_FAILED: True}, ended_at=timezone.now(),
+    ):  # fmt: skip
+        _offer_failure_check(rental)
     return ""
 
 
@@ -543,9 +545,32 @@ def _stop_after_failure(rental: Rental, reason: str) -> None:
     if (
         rental.status in LIVE_STATUSES
         and rental.status != S.STOPPING
-        and rental_transition(rental, S.STOPPING, reason=reason, stop_requested_at=timezone.now())
+        and rental_transition(
+            rental, S.STOPPING, reason=reason, data={PROVISION_FAILED: True}, stop_requested_at=timezone.now()
+        )
     ):
         transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
+        _offer_failure_check(rental)
+
+
+# Offer failure suppression: an offer that failed to provision this often in the window is
+# hidden from the menu for the window (stale inventory is common, TensorDock's above all).
+PROVISION_FAILED = "provision_failed"
+OFFER_FAILURE_LIMIT = 3
+OFFER_FAILURE_WINDOW = timedelta(minutes=30)
+
+
+def _offer_failure_check(rental: Rental) -> None:
+    if not rental.offer_id:
+        return
+    now = timezone.now()
+    failures = RentalEvent.objects.filter(
+        rental__offer_id=rental.offer_id,
+        at__gte=now - OFFER_FAILURE_WINDOW,
+        **{f"data__{PROVISION_FAILED}": True},
+    ).count()
+    if failures >= OFFER_FAILURE_LIMIT:
+        Offer.objects.filter(pk=rental.offer_id).update(hidden_until=now + OFFER_FAILURE_WINDOW)
 
 
 # --------------------------------------------------------------------------------------------

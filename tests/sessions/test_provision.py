@@ -14,6 +14,7 @@ from inventory.providers.base import (
     AuthFailed,
     InsufficientFunds,
     OfferUnavailable,
+    PermanentError,
     RateLimited,
     Transient,
 )
@@ -513,3 +514,29 @@ def test_a_stop_while_booting_ends_the_wait_and_teardown_destroys_it(
     assert rental.status == S.DESTROYED
     assert fake.instances == {}
     assert transitions(rental)[-2:] == [(S.BOOTING, S.STOPPING), (S.STOPPING, S.DESTROYED)]
+
+
+def test_an_offer_that_failed_three_times_in_30_minutes_is_hidden_for_30_minutes(fake, offer, user, settings):
+    """Issue 4: offer failure suppression."""
+    from datetime import timedelta
+
+    import time_machine
+    from django.utils import timezone
+
+    from inventory.models import Offer
+    from sessions.services import OFFER_FAILURE_LIMIT, rental_create, rental_provision
+
+    settings.SHOPPER_MAX_LIVE_RENTALS = 100
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as traveller:
+        for attempt in range(OFFER_FAILURE_LIMIT):
+            assert Offer.objects.visible().filter(pk=offer.pk).exists(), attempt
+            fake.fail["create"] = [PermanentError("invalid_args: bad image")]
+            rental = rental_create(user=user, offer_id=offer.pk, reservation_hours=1).rental
+            rental_provision(rental_id=rental.pk)
+            rental.refresh_from_db()
+            assert rental.status == S.FAILED
+            traveller.shift(timedelta(minutes=5))
+        assert not Offer.objects.visible().filter(pk=offer.pk).exists()
+        traveller.shift(timedelta(minutes=31))
+        assert Offer.objects.visible().filter(pk=offer.pk).exists()
