@@ -22,26 +22,17 @@ def _manage(*args: str, env: dict) -> None:
     subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
 
+def _spawn(cmd: list[str], env: dict, **kwargs) -> subprocess.Popen:
+    # Own process group: on the way out the whole group (qcluster's forked workers too) can go.
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **kwargs)
+
+
 def _start_sandbox(env: dict, port: int) -> tuple[subprocess.Popen, str]:
     state_dir = ROOT / ".sandbox"
     state_dir.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "inventory.sandbox",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--state-file",
-            str(state_dir / "state.sqlite3"),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    state = str(state_dir / "state.sqlite3")
+    cmd = [PY, "-m", "inventory.sandbox", "--host", "127.0.0.1", "--port", str(port), "--state-file", state]
+    proc = _spawn(cmd, env, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -63,7 +54,12 @@ def _start_sandbox(env: dict, port: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("The sandbox cloud did not report ready within 60 s.")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (e.g. from a supervisor or `timeout`) stops like Ctrl-C
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     env = dict(os.environ)
     env.setdefault("DEBUG", "True")
     env.setdefault("SECRET_KEY", "dev-only-make-run-key-not-for-production")
@@ -99,28 +95,20 @@ def main() -> None:
         _manage("sync_schedules", env=env)
         _manage("create_demo_admin", env=env)
         _manage("refresh_offers", env=env)
-        procs.append(
-            (
-                "web",
-                subprocess.Popen(
-                    [
-                        PY,
-                        "-m",
-                        "shopper.serve",
-                        "--host",
-                        host,
-                        "--port",
-                        str(port),
-                        "--workers",
-                        env.get("WEB_WORKERS", "2"),
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                ),
-            )
-        )
-        procs.append(("worker", subprocess.Popen([PY, "manage.py", "qcluster"], cwd=ROOT, env=env)))
-        procs.append(("safety", subprocess.Popen([PY, "manage.py", "safety_loop"], cwd=ROOT, env=env)))
+        web = [
+            PY,
+            "-m",
+            "shopper.serve",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            env.get("WEB_WORKERS", "2"),
+        ]
+        procs.append(("web", _spawn(web, env)))
+        procs.append(("worker", _spawn([PY, "manage.py", "qcluster"], env)))
+        procs.append(("safety", _spawn([PY, "manage.py", "safety_loop"], env)))
         print(
             "\n"
             "  Cloud GPU Shopper is running.\n"
@@ -137,14 +125,15 @@ def main() -> None:
     except KeyboardInterrupt:
         print("\nStopping…")
     finally:
-        for _, proc in reversed(procs):
+        for name, proc in reversed(procs):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT if _ == "worker" else signal.SIGTERM)
+                proc.send_signal(signal.SIGINT if name == "worker" else signal.SIGTERM)
         for _, proc in procs:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                # Its own children too (qcluster forks workers): the whole process group.
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
