@@ -16,17 +16,14 @@ import pytest
 import requests
 
 AUTH = {"Authorization": "Bearer test-key"}
-FIXTURE_DIRS = (
-    Path("/work/shared/providers/fixtures"),
-    Path(__file__).resolve().parents[1] / "fixtures" / "providers",
-)
+FIXTURE_DIRS = (Path(__file__).resolve().parents[1] / "fixtures" / "providers",)
 
 
 def fixture(name: str) -> Any:
     for d in FIXTURE_DIRS:
         if (d / name).exists():
             return json.loads((d / name).read_text())
-    pytest.skip(f"fixture {name} not available")
+    pytest.fail(f"fixture {name} is missing from tests/fixtures/providers/")
 
 
 def make_key(tmp_path: Path, name: str = "id_ed25519") -> tuple[Path, str]:
@@ -49,7 +46,7 @@ def ssh(
 ):
     """Run the real OpenSSH client against the sandbox."""
     if not shutil.which("ssh"):
-        pytest.skip("OpenSSH client not installed")
+        pytest.fail("the OpenSSH client (ssh) is required: apt-get install openssh-client")
     argv = ["ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port)]
     for opt in (
         "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes",
@@ -74,7 +71,7 @@ def ssh(
 def scp(port: int, key: Path, local: Path, remote: str, *, user: str = "root") -> subprocess.CompletedProcess:
     """Copy a file up with the real scp client (SFTP protocol, the OpenSSH 9 default)."""
     if not shutil.which("scp"):
-        pytest.skip("OpenSSH scp not installed")
+        pytest.fail("the OpenSSH client (scp) is required: apt-get install openssh-client")
     argv = ["scp", "-F", "/dev/null", "-i", str(key), "-P", str(port), "-o", "StrictHostKeyChecking=no"]
     argv += ["-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
     return subprocess.run(
