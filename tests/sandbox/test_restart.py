@@ -49,7 +49,8 @@ def test_state_survives_crash_and_restart(tmp_path: Path):
             )
         )
         wait_for(lambda: ssh(port, key, "cat /root/boots").stdout == "booted\n")
-        node_pids = marked_pids("vastai", iid)
+        # The start-up shell forks `sleep` right after the echo: wait for it rather than race it.
+        node_pids = wait_for(lambda: marked_pids("vastai", iid))
         assert node_pids
 
         sb.crash()
