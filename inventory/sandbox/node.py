@@ -15,7 +15,7 @@ shells are not rewritten, but start in the fake home). SFTP/SCP is chrooted to `
 ``scp x root@host:/root/x`` lands in the same place. ``authorized_keys`` files in the fake homes are
 what the SSH endpoint accepts, exactly as sshd would.
 
-Every process started for an instance carries ``SANDBOX_INSTANCE=<dialect>/<id>`` in its
+Every process started for an instance carries ``SANDBOX_INSTANCE=<sandbox>/<dialect>/<id>`` in its
 environment; destroy/power-off kills the process groups it knows of *and* any process whose
 environment has that marker, so daemons that ``setsid`` away are found too.
 """
@@ -23,6 +23,7 @@ environment has that marker, so daemons that ``setsid`` away are found too.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -170,12 +171,21 @@ def key_blobs(text: str) -> set[bytes]:
     return blobs
 
 
+def instance_marker(instances_dir: Path, dialect: str, instance_id: object) -> str:
+    """The SANDBOX_INSTANCE value of every process started for one instance of one sandbox."""
+    sandbox = hashlib.sha1(str(Path(instances_dir).resolve()).encode()).hexdigest()[:10]
+    return f"{sandbox}/{dialect}/{instance_id}"
+
+
 class Node:
     """Directories, scripts, environment and processes of one instance."""
 
     def __init__(self, base_dir: Path, record: dict, admin_url_file: Path):
         self.record = record
         self.key = f"{record['dialect']}/{record['id']}"
+        # Unique per sandbox (its instances dir): two sandboxes on one machine (parallel tests)
+        # number their instances alike and must never kill each other's processes.
+        self.marker = instance_marker(base_dir, record["dialect"], record["id"])
         self.dir = base_dir / f"{record['dialect']}-{record['id']}"
         self.bin = self.dir / "bin"
         self.fs = self.dir / "fs"
@@ -249,7 +259,7 @@ class Node:
             "LOGNAME": user,
             "SHELL": "/bin/bash" if Path("/bin/bash").exists() else "/bin/sh",
             "LANG": "C.UTF-8",
-            "SANDBOX_INSTANCE": self.key,
+            "SANDBOX_INSTANCE": self.marker,
             "SANDBOX_FS_ROOT": str(self.fs),
             "SANDBOX_PYTHON": sys.executable,
         }
@@ -312,7 +322,7 @@ class Node:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             return False
-        return f"\0SANDBOX_INSTANCE={self.key}\0".encode() in b"\0" + environ + b"\0"
+        return f"\0SANDBOX_INSTANCE={self.marker}\0".encode() in b"\0" + environ + b"\0"
 
     def _marked_pids(self) -> list[int]:
         me = os.getpid()

@@ -166,9 +166,12 @@ def td_ssh_port(detail: dict) -> int:
     return next(f["external_port"] for f in detail["portForwards"] if f["internal_port"] == 22)
 
 
-def marked_pids(dialect: str, instance_id: object) -> list[int]:
-    """Live processes the sandbox started for an instance (they carry SANDBOX_INSTANCE)."""
-    marker = f"\0SANDBOX_INSTANCE={dialect}/{instance_id}\0".encode()
+def marked_pids(sb, dialect: str, instance_id: object) -> list[int]:
+    """Live processes sandbox ``sb`` started for an instance (they carry SANDBOX_INSTANCE)."""
+    from inventory.sandbox.node import instance_marker
+
+    value = instance_marker(sb.state_file.parent / "instances", dialect, instance_id)
+    marker = f"\0SANDBOX_INSTANCE={value}\0".encode()
     pids = []
     for name in Path("/proc").iterdir():
         if not name.name.isdigit():

@@ -50,7 +50,7 @@ def test_state_survives_crash_and_restart(tmp_path: Path):
         )
         wait_for(lambda: ssh(port, key, "cat /root/boots").stdout == "booted\n")
         # The start-up shell forks `sleep` right after the echo: wait for it rather than race it.
-        node_pids = wait_for(lambda: marked_pids("vastai", iid))
+        node_pids = wait_for(lambda: marked_pids(sb, "vastai", iid))
         assert node_pids
 
         sb.crash()
@@ -65,7 +65,7 @@ def test_state_survives_crash_and_restart(tmp_path: Path):
         out = ssh(port, key, "nvidia-smi -L; cat /root/boots")
         assert out.returncode == 0 and out.stdout.endswith("booted\n")  # onstart did not run again
         assert ssh(td_port, key, "true", user="user").returncode == 0
-        assert marked_pids("vastai", iid) == node_pids  # the machine's processes outlived the API
+        assert marked_pids(sb, "vastai", iid) == node_pids  # the machine's processes outlived the API
         # same catalog, the rented ask still rented
         after = vast_search(vast, {"order": [["dph_total", "asc"]], "limit": 50})
         expected = [o["id"] for o in before if o["id"] != ask][:49]
@@ -75,5 +75,5 @@ def test_state_survives_crash_and_restart(tmp_path: Path):
         sb.restart()  # graceful this time
         assert ssh(port, key, "true").returncode == 0
         assert requests.delete(f"{vast}/api/v0/instances/{iid}/", headers=AUTH).status_code == 200
-        wait_for(lambda: not marked_pids("vastai", iid), timeout=5)
+        wait_for(lambda: not marked_pids(sb, "vastai", iid), timeout=5)
         assert [i["id"] for i in sb.instances()] == [tid]

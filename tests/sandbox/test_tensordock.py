@@ -112,7 +112,7 @@ def test_lifecycle_keys_runcmd_destroy(sandbox, tmp_path: Path):
     assert requests.get(f"{base}/instances/{iid}", headers=AUTH).status_code == 404
     assert requests.delete(f"{base}/instances/{iid}", headers=AUTH).status_code == 404
     assert not port_open(port)
-    wait_for(lambda: not marked_pids("tensordock", iid), timeout=5)
+    wait_for(lambda: not marked_pids(sandbox, "tensordock", iid), timeout=5)
     assert requests.get(f"{base}/instances", headers=AUTH).json() == {"data": {"instances": []}}
     assert _stock(base, location_id, v0) == stock
 

@@ -151,7 +151,7 @@ def test_instance_lifecycle_ssh_onstart_destroy(sandbox, tmp_path: Path):
     assert d.status_code == 200 and d.json() == {"success": True, "msg": "Instance destroyed successfully"}
     assert vast_get(base, iid) is None
     assert not port_open(port)
-    wait_for(lambda: not marked_pids("vastai", iid), timeout=5)
+    wait_for(lambda: not marked_pids(sandbox, "vastai", iid), timeout=5)
     gone = requests.delete(f"{base}/api/v0/instances/{iid}/", json={}, headers=AUTH)
     assert gone.status_code == 404 and gone.json()["error"] == "no_such_instance"
     assert sandbox.instances() == []
@@ -187,12 +187,12 @@ def test_poweroff_from_the_node(sandbox, tmp_path: Path):
     requests.post(f"{base}/api/v0/instances/{iid}/ssh/", json={"ssh_key": pub}, headers=AUTH)
     inst = wait_for(lambda: (i := vast_get(base, iid)) and i["actual_status"] == "running" and i)
     port = inst["ssh_port"]
-    assert marked_pids("vastai", iid)  # the onstart sleep
+    assert marked_pids(sandbox, "vastai", iid)  # the onstart sleep
     ssh(port, key, "shutdown -h now")
     inst = wait_for(lambda: (i := vast_get(base, iid)) and i["actual_status"] == "exited" and i)
     assert inst["ports"] is None and inst["intended_status"] == "running"
     assert not port_open(port)
-    wait_for(lambda: not marked_pids("vastai", iid), timeout=5)
+    wait_for(lambda: not marked_pids(sandbox, "vastai", iid), timeout=5)
     listed = requests.get(f"{base}/api/v1/instances/", headers=AUTH).json()
     assert [i["id"] for i in listed["instances"]] == [iid]  # still billed (disk) until destroyed
     assert requests.delete(f"{base}/api/v0/instances/{iid}/", headers=AUTH).status_code == 200
