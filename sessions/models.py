@@ -94,7 +94,8 @@ class Rental(models.Model):
     reservation_ends_at = models.DateTimeField()
     hard_max_at = models.DateTimeField()
     stop_requested_at = models.DateTimeField(null=True, blank=True)
-    # Lease of the teardown task that is working on this rental (one at a time).
+    # Leases of the provisioning and teardown tasks working on this rental (one of each at a time).
+    provision_claimed_until = models.DateTimeField(null=True, blank=True)
     teardown_claimed_until = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     reservation_warned_at = models.DateTimeField(null=True, blank=True)

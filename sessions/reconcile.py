@@ -187,9 +187,10 @@ def recover_on_start() -> dict:
 
     Provisioning resumes where it stopped (the label is looked up before any create, so no
     second instance); stopping rentals get their teardown back; stale teardown leases of the
-    dead worker are released first.
+    dead worker are released first (this assumes one safety loop per deployment).
     """
     Rental.objects.filter(status=S.STOPPING).update(teardown_claimed_until=None)
+    Rental.objects.exclude(provision_claimed_until=None).update(provision_claimed_until=None)
     results = reconcile_all()
     resumed = 0
     for rental_id in Rental.objects.filter(

@@ -333,7 +333,28 @@ def rental_provision(*, rental_id) -> None:
 
     Idempotent: it re-reads the rental and resumes from its status, and never creates a second
     instance (the label is looked up before any create when a previous attempt may have sent one).
+    One worker at a time holds the rental's provisioning lease; a duplicate delivery returns.
     """
+    in_flight = (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING)
+    now = timezone.now()
+    lease = (
+        settings.SHOPPER_BOOT_TIMEOUT_SECONDS + settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS
+        + settings.SHOPPER_CREATE_SETTLE_SECONDS + 2 * settings.PROVIDER_TIMEOUT_SECONDS + 60
+    )  # fmt: skip
+    claimed = (
+        Rental.objects.filter(pk=rental_id, status__in=in_flight)
+        .filter(Q(provision_claimed_until__isnull=True) | Q(provision_claimed_until__lt=now))
+        .update(provision_claimed_until=now + timedelta(seconds=lease))
+    )
+    if not claimed:
+        return  # ended, or another worker is provisioning it
+    try:
+        _provision(rental_id)
+    finally:
+        Rental.objects.filter(pk=rental_id).update(provision_claimed_until=None)
+
+
+def _provision(rental_id) -> None:
     rental = Rental.objects.filter(pk=rental_id).first()
     if rental is None or rental.status not in (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING):
         return
