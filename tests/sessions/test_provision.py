@@ -540,3 +540,19 @@ def test_an_offer_that_failed_three_times_in_30_minutes_is_hidden_for_30_minutes
         assert not Offer.objects.visible().filter(pk=offer.pk).exists()
         traveller.shift(timedelta(minutes=31))
         assert Offer.objects.visible().filter(pk=offer.pk).exists()
+
+
+def test_a_second_provisioning_task_returns_while_the_first_holds_the_lease(fake, rented):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    held_until = timezone.now() + timedelta(minutes=5)
+    Rental.objects.filter(pk=rented.pk).update(provision_claimed_until=held_until)
+    calls_before = fake.ops()
+    rental = provision(rented)
+    assert rental.status == S.PENDING and fake.ops() == calls_before  # no provider call at all
+    assert rental.provision_claimed_until == held_until  # the other worker's lease is untouched
+    Rental.objects.filter(pk=rented.pk).update(provision_claimed_until=timezone.now() - timedelta(seconds=1))
+    rental = provision(rented)
+    assert rental.status == S.ACTIVE and rental.provision_claimed_until is None  # expired lease: taken over
