@@ -74,7 +74,7 @@ class Rental(models.Model):
     vram_gb = models.PositiveIntegerField(default=0)
     location = models.CharField(max_length=128, blank=True)
     price_per_hour = models.DecimalField(max_digits=10, decimal_places=4, help_text="Provider price")
-    markup_percent = models.DecimalField(max_digits=6, decimal_places=2, default=0)
+    markup_percent = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal("0"))
     image = models.CharField(max_length=200, blank=True)
     disk_gb = models.PositiveIntegerField(null=True, blank=True)
 

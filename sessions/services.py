@@ -255,6 +255,12 @@ def rental_create(
                 f"The team has reached its limit of {settings.SHOPPER_MAX_LIVE_RENTALS} live machines; "
                 "stop one or ask an admin to raise SHOPPER_MAX_LIVE_RENTALS."
             )
+        # Budgets, in this transaction and under the same lock (raises BudgetExceeded, 403).
+        # Imported here, not at module level: imports point costs -> sessions (DESIGN.md).
+        from costs.services import budget_reserve, rental_estimate
+
+        estimate = rental_estimate(price_per_hour=offer.price_per_hour, hours=hours)
+        budget_reserve(user=user, estimated_cost=estimate, now=now)
         rental = Rental.objects.create(
             consumer=user,
             offer=offer,

@@ -217,15 +217,16 @@ def _detail_context(request: HttpRequest, rental: Rental, **extra) -> dict:
     return {
         "rental": rental,
         "events": events,
-        "version": _version(rental, events),
+        "version": _version(rental, max((e.pk for e in events), default=0)),
         "is_owner": rental.consumer_id == request.user.pk,
         **extra,
     }
 
 
-def _version(rental: Rental, events: list) -> str:
-    """Changes whenever the status block or the timeline would (every change writes an event)."""
-    return f"{rental.status}:{max((e.pk for e in events), default=0)}"
+def _version(rental: Rental, last_event_id: int) -> str:
+    """Changes whenever the status block or the timeline would: every change writes an event,
+    and the running cost moves by the cent."""
+    return f"{rental.status}:{last_event_id}:{rental.cost_so_far()}"
 
 
 @require_GET
@@ -234,7 +235,7 @@ def rental_detail(request: HtmxHttpRequest, rental_id) -> HttpResponse:
     rental = _rental_for(request, rental_id)
     if _fragment(request):
         last = rental.events.order_by("-id").values_list("pk", flat=True).first() or 0
-        if rental.is_live and request.GET.get("v") == f"{rental.status}:{last}":
+        if rental.is_live and request.GET.get("v") == _version(rental, last):
             # Nothing changed: 204 leaves the DOM alone, so a selection in the SSH command survives.
             return HttpResponse(status=204)
         return _status_response(request, rental)

@@ -12,6 +12,8 @@ SCHEDULES: list[dict] = [
     # offers_refresh itself honours the 60 s cache and the rate-limit backoff per provider.
     {"name": "inventory.refresh_offers", "func": "inventory.tasks.refresh_offers", "minutes": 1},
     {"name": "sessions.resume_stopping", "func": "sessions.tasks.resume_stopping", "minutes": 1},
+    {"name": "costs.accrue", "func": "costs.tasks.accrue", "minutes": 1},
+    {"name": "costs.check_budgets", "func": "costs.tasks.check_budgets", "minutes": 1},
 ]
 
 MANAGED_PREFIXES = ("inventory.", "sessions.", "costs.", "shopper.")

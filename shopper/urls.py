@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from costs import api as costs_api
 from inventory import api as inventory_api
 from inventory import views as inventory_views
 from inventory.api import InventoryViewSet
@@ -20,6 +21,7 @@ api_urlpatterns = [
     path("inventory", inventory_api.inventory_list, name="inventory-list-fast"),
     path("health", views.health, name="api-health"),
     path("agent/heartbeat", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
+    path("costs", costs_api.costs, name="api-costs"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     *router.urls,
@@ -30,6 +32,7 @@ urlpatterns = [
     path("agent.py", agent_script, name="agent-script"),
     path("offers/", inventory_views.offer_list, name="offer_list"),
     path("", include("sessions.urls")),
+    path("costs/", include("costs.urls")),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -238,11 +238,31 @@ def test_an_unchanged_poll_is_a_204(client_logged_in, user):
     rental = make_rental(user, Status.BOOTING)
     event = RentalEvent.objects.create(rental=rental, to_status="booting", reason="x")
     url = f"/sessions/{rental.pk}/"
-    assert client_logged_in.get(url, {"v": f"booting:{event.pk}"}, HTTP_HX_REQUEST="true").status_code == 204
+    assert (
+        client_logged_in.get(url, {"v": f"booting:{event.pk}:0.00"}, HTTP_HX_REQUEST="true").status_code
+        == 204
+    )
     later = RentalEvent.objects.create(rental=rental, kind=EventKind.INFO, reason="news")
-    response = client_logged_in.get(url, {"v": f"booting:{event.pk}"}, HTTP_HX_REQUEST="true")
+    response = client_logged_in.get(url, {"v": f"booting:{event.pk}:0.00"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200 and "news" in response.content.decode()
-    assert f"booting:{later.pk}" in response.content.decode()
+    assert f"booting:{later.pk}:0.00" in response.content.decode()
+
+
+def test_the_running_cost_refreshes_on_the_session_page(client_logged_in, user):
+    """Issue 5: each session page shows its running cost live (the poll answers when it moves)."""
+    from datetime import timedelta
+
+    import time_machine
+    from django.utils import timezone
+
+    start = timezone.now()
+    rental = make_rental(user, Status.ACTIVE)
+    Rental.objects.filter(pk=rental.pk).update(active_since=start, price_per_hour=Decimal("3.6000"))
+    event = RentalEvent.objects.create(rental=rental, to_status="active", reason="x")
+    url = f"/sessions/{rental.pk}/"
+    with time_machine.travel(start + timedelta(seconds=60), tick=False):
+        response = client_logged_in.get(url, {"v": f"active:{event.pk}:0.00"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and "$0.06" in response.content.decode()
 
 
 def test_a_bad_session_id_is_a_404(client_logged_in):
