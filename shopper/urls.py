@@ -10,6 +10,7 @@ from inventory import views as inventory_views
 from inventory.api import InventoryViewSet
 from sessions.agent_api import AgentHeartbeatView, agent_script
 from sessions.api import SessionViewSet
+from sessions.consumers import RentalConsumer
 from shopper import views
 
 router = SimpleRouter(trailing_slash=False)
@@ -30,6 +31,8 @@ api_urlpatterns = [
 urlpatterns = [
     path("", views.home, name="home"),
     path("agent.py", agent_script, name="agent-script"),
+    path("tokens/", views.tokens, name="tokens"),
+    path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
     path("offers/", inventory_views.offer_list, name="offer_list"),
     path("", include("sessions.urls")),
     path("costs/", include("costs.urls")),
@@ -39,4 +42,4 @@ urlpatterns = [
     path("api/v1/", include(api_urlpatterns)),
 ]
 
-websocket_urlpatterns: list = []
+websocket_urlpatterns: list = [path("ws/rentals/", RentalConsumer.as_asgi())]

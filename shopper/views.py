@@ -1,33 +1,191 @@
-"""Project-level pages and endpoints: home, health."""
+"""Project-level pages and endpoints: the home dashboard, API tokens, health."""
 
 from __future__ import annotations
 
+import logging
+from decimal import Decimal
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.db import connection
 from django.db.utils import DatabaseError
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.middleware import HtmxDetails
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.response import Response
 
 from inventory.services import offers_freshness
+from shopper.auth import TOKEN_CACHE_PREFIX
+from shopper.forms import ApiTokenForm
+from shopper.models import ApiToken
+
+log = logging.getLogger(__name__)
+
+LIVE_LIMIT = 20
+RECENT_LIMIT = 10
+TEAM_LIVE_LIMIT = 100
+CENT = Decimal("0.01")
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def _fragment(request: HtmxHttpRequest) -> bool:
+    return bool(request.htmx) and not request.htmx.boosted and not request.htmx.history_restore_request
+
+
+# --------------------------------------------------------------------------------------------
+# Home dashboard
+# --------------------------------------------------------------------------------------------
+def _meter(scope: dict | None) -> dict | None:
+    """The context of costs/budget_meter.html for one scope of ``budget_status`` (None: no budget)."""
+    if not scope:
+        return None
+    limit, spent, reserved = scope["limit"], scope["spent"], scope["reserved"]
+    spent_w = min(float(spent / limit * 100), 100.0) if limit else 100.0
+    reserved_w = min(float(reserved / limit * 100), 100.0 - spent_w) if limit else 0.0
+    percent = scope["percent"]
+    return {
+        "limit": limit,
+        "spent": spent,
+        "reserved": reserved,
+        "remaining": scope["remaining"],
+        "percent": percent,
+        "spent_w": f"{spent_w:.2f}",
+        "reserved_w": f"{reserved_w:.2f}",
+        "level": "over" if percent >= 100 else "warn" if percent >= 80 else "ok",
+    }
+
+
+def _month_spend(records) -> Decimal:
+    """This month's charged spend of ``records``, rounded once (as the budget's "spent" is)."""
+    from costs.services import group_records
+
+    return sum((row["amount"] for row in group_records(records, "month")), Decimal(0)).quantize(CENT)
 
 
 @require_GET
 @login_required
-def home(request):
-    from sessions.models import Rental
+def home(request: HtmxHttpRequest) -> HttpResponse:
+    """My live and recent sessions and my spend this month; staff also see the whole team.
 
-    rentals = Rental.objects.filter(consumer=request.user)
+    A bounded number of queries whatever the number of rentals: one per table, plus the
+    budget and spend reads of ``costs.services`` (no per-row queries: cost so far is computed
+    from the row itself).
+    """
+    # costs → sessions → inventory; the project package wires them (imported here, not at
+    # import time, so that loading shopper.urls does not depend on the apps' import order).
+    from costs import services as costs
+    from sessions.models import LIVE_STATUSES, Rental
+
+    user, now = request.user, timezone.now()
+    mine = Rental.objects.filter(consumer=user)
     context = {
-        "live_rentals": rentals.live().order_by("-created_at")[:20],
-        "recent_rentals": rentals.exclude(id__in=rentals.live().values("id")).order_by("-created_at")[:10],
+        "now": now,
+        "live_rentals": list(mine.live().order_by("-created_at")[:LIVE_LIMIT]),
     }
+    if _fragment(request):
+        return render(request, "home.html#live-sessions", context)
+
+    start = costs.month_start(now)
+    end = costs.next_month(start)
+    budgets = costs.budget_status(user=user, now=now)
+    if user.is_staff:  # the team's spend records hold mine too: read them once
+        team_records = costs.spend_records(start=start, end=end, now=now)
+        name = user.get_username()
+        my_records = [r for r in team_records if r.consumer == name]
+    else:
+        my_records = costs.spend_records(start=start, end=end, user=user, now=now)
+    context.update(
+        recent_rentals=list(mine.exclude(status__in=LIVE_STATUSES).order_by("-created_at")[:RECENT_LIMIT]),
+        month=start,
+        my_spend=_month_spend(my_records),
+        my_budget=_meter(budgets["user"]),
+    )
+    if user.is_staff:
+        people = costs.group_records(team_records, "consumer")
+        context.update(
+            team_live=list(
+                Rental.objects.live().select_related("consumer").order_by("-created_at")[:TEAM_LIVE_LIMIT]
+            ),
+            team_spend=_month_spend(team_records),
+            team_people=sorted(people, key=lambda row: -row["amount"])[:10],
+            team_budget=_meter(budgets["team"]),
+        )
     return render(request, "home.html", context)
 
 
+# --------------------------------------------------------------------------------------------
+# API tokens
+# --------------------------------------------------------------------------------------------
+def _tokens_context(request: HttpRequest, **extra) -> dict:
+    tokens = ApiToken.objects.filter(user=request.user).order_by("-created_at")
+    return {"tokens": tokens, "now": timezone.now(), **extra}
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def tokens(request: HtmxHttpRequest) -> HttpResponse:
+    """List my API tokens and create one. The raw key is in this POST's response only: it is
+    never stored (only its hash), put in the session or shown again."""
+    form = ApiTokenForm(request.POST or None, user=request.user)
+    if request.method == "POST":
+        if not form.is_valid():
+            return render(request, "shopper/tokens.html", _tokens_context(request, form=form), status=400)
+        token, raw = ApiToken.issue(
+            user=request.user, name=form.cleaned_data["name"], expires_at=form.expires_at
+        )
+        log.info(
+            "api token created: user=%s name=%r prefix=%s id=%s expires_at=%s",
+            request.user.get_username(),
+            token.name,
+            token.prefix,
+            token.pk,
+            token.expires_at.isoformat() if token.expires_at else "never",
+        )
+        context = _tokens_context(request, form=ApiTokenForm(user=request.user), new_token=token, raw_key=raw)
+        response = render(request, "shopper/tokens.html", context)
+        response["Cache-Control"] = "no-store"  # the key must not sit in a cache or the back button
+        return response
+    return render(request, "shopper/tokens.html", _tokens_context(request, form=form))
+
+
+@require_POST
+@login_required
+def token_revoke(request: HtmxHttpRequest, token_id: int) -> HttpResponse:
+    """Revoke one of my tokens (404 for anyone else's). It stops working at once: the database
+    row first, then the inventory fast path's cache entry in this process."""
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    if token.revoked_at is None:
+        ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        cache.delete(f"{TOKEN_CACHE_PREFIX}{token.key_hash}")
+        log.info(
+            "api token revoked: user=%s name=%r prefix=%s id=%s",
+            request.user.get_username(),
+            token.name,
+            token.prefix,
+            token.pk,
+        )
+        message = f"Revoked the token “{token.name}” ({token.prefix}…). Scripts using it now get 401."
+    else:
+        message = f"The token “{token.name}” was already revoked."
+    if _fragment(request):
+        context = _tokens_context(request, message=message)
+        return render(request, "shopper/tokens.html#token-table", context)
+    messages.success(request, message)
+    return redirect("tokens")
+
+
+# --------------------------------------------------------------------------------------------
+# Health
+# --------------------------------------------------------------------------------------------
 @extend_schema(
     summary="Liveness, database and provider status",
     auth=[],
