@@ -627,6 +627,16 @@ def rental_request_stop(*, rental: Rental, reason: str, actor=None) -> bool:
         rental.refresh_from_db()  # lost a race: look again
 
 
+def rentals_stop_all(*, actor, reason: str) -> int:
+    """The kill switch: move every live rental to stopping (teardown follows). Returns how many
+    this call stopped."""
+    stopped = 0
+    for rental in Rental.objects.live().exclude(status=S.STOPPING):
+        with contextlib.suppress(AlreadyEnded):
+            stopped += rental_request_stop(rental=rental, reason=reason, actor=actor)
+    return stopped
+
+
 def rental_teardown(*, rental_id, budget_seconds: float | None = None) -> bool:
     """Destroy the instance and poll until the provider confirms it is gone, then ``destroyed``.
 

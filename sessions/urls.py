@@ -15,6 +15,7 @@ urlpatterns = [
     path("sessions/<uuid:rental_id>/shutdown/", views.rental_shutdown, name="shutdown"),
     path("keys/", views.sshkey_list, name="keys"),
     path("safety/", views.safety, name="safety"),
+    path("safety/kill-switch/", views.safety_kill_switch, name="kill_switch"),
     path("safety/alerts/<int:alert_id>/resolve/", views.alert_resolve, name="alert_resolve"),
     path("keys/<int:key_id>/delete/", views.sshkey_delete, name="key_delete"),
 ]

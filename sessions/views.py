@@ -363,6 +363,7 @@ def safety(request: HttpRequest) -> HttpResponse:
         "recent_alerts": Alert.objects.filter(resolved_at__isnull=False)[:20],
         "live": live,
         "now": now,
+        "kill_phrase": KILL_SWITCH_PHRASE,
     }
     return render(request, "sessions/safety.html", context)
 
@@ -373,4 +374,23 @@ def alert_resolve(request: HttpRequest, alert_id: int) -> HttpResponse:
     if not request.user.is_staff:
         raise Http404
     Alert.objects.filter(pk=alert_id, resolved_at__isnull=True).update(resolved_at=timezone.now())
+    return redirect("sessions:safety")
+
+
+KILL_SWITCH_PHRASE = "STOP ALL"
+
+
+@require_POST
+@login_required
+def safety_kill_switch(request: HttpRequest) -> HttpResponse:
+    """Staff: stop every live rental, after the phrase is typed (a mis-click must not do it)."""
+    if not request.user.is_staff:
+        raise Http404
+    if request.POST.get("confirm", "").strip() != KILL_SWITCH_PHRASE:
+        messages.error(request, f"Nothing was stopped: type {KILL_SWITCH_PHRASE} exactly to confirm.")
+        return redirect("sessions:safety")
+    stopped = services.rentals_stop_all(
+        actor=request.user, reason=f"Kill switch used by {request.user.get_username()}"
+    )
+    messages.warning(request, f"Kill switch: {stopped} live rental(s) are being shut down.")
     return redirect("sessions:safety")

@@ -302,3 +302,25 @@ def test_the_safety_page_and_the_admin_override_are_staff_only(client, user, sta
     event = rental.events.get(kind="override")
     assert event.actor == staff and event.data["reason"] == "long training run"
     assert rental.hard_max_at == rental.reservation_ends_at
+
+
+def test_the_kill_switch_needs_the_phrase_and_then_stops_every_live_rental(client, user, other_user, staff):
+    live = [make_rental(user), make_rental(other_user, status=Status.BOOTING)]
+    ended = make_rental(user, status=Status.DESTROYED)
+    client.force_login(user)
+    assert client.post("/safety/kill-switch/", {"confirm": "STOP ALL"}).status_code == 404
+    client.force_login(staff)
+    client.post("/safety/kill-switch/", {"confirm": "stop"})
+    assert {r.status for r in Rental.objects.filter(pk__in=[r.pk for r in live])} == {
+        Status.ACTIVE,
+        Status.BOOTING,
+    }
+    response = client.post("/safety/kill-switch/", {"confirm": "STOP ALL"})
+    assert response.status_code == 302
+    assert set(Rental.objects.filter(pk__in=[r.pk for r in live]).values_list("status", flat=True)) == {
+        "stopping"
+    }
+    ended.refresh_from_db()
+    assert ended.status == Status.DESTROYED
+    event = RentalEvent.objects.filter(rental=live[0], to_status="stopping").get()
+    assert event.actor == staff and "Kill switch" in event.reason
