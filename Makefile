@@ -37,6 +37,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m shopper.bench
+	$(BIN)/python -m shopper.bench_live --sockets 200 --events 100 --interval 0.1
 
 clean:
 	rm -rf $(VENV) db.sqlite3* .sandbox .run
