@@ -12,6 +12,8 @@ from sessions.agent_api import AgentHeartbeatView, agent_script
 from sessions.api import SessionViewSet
 from sessions.consumers import RentalConsumer
 from shopper import views
+from shopper.metrics import metrics_view
+from shopper.throttling import ThrottledLoginView
 
 router = SimpleRouter(trailing_slash=False)
 router.register("inventory", InventoryViewSet, basename="inventory")
@@ -29,14 +31,16 @@ api_urlpatterns = [
 ]
 
 urlpatterns = [
+    path("metrics", metrics_view, name="metrics"),
     path("", views.home, name="home"),
     path("agent.py", agent_script, name="agent-script"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
+    path("audit/", views.audit, name="audit"),
     path("offers/", inventory_views.offer_list, name="offer_list"),
     path("", include("sessions.urls")),
     path("costs/", include("costs.urls")),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", ThrottledLoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_urlpatterns)),

@@ -216,3 +216,20 @@ def health(request):
     return Response(
         {"status": "ok", "database": "ok", "sandbox": freshness["sandbox"], "providers": providers}
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Audit log
+# --------------------------------------------------------------------------------------------
+@require_GET
+@login_required
+def audit(request: HttpRequest) -> HttpResponse:
+    """Staff: one audit log over rental events, API tokens and admin edits (shopper/audit.py).
+    Anyone else gets a 404, as on the safety page; bad filters are shown as messages."""
+    from django.http import Http404
+
+    from shopper.audit import audit_context
+
+    if not request.user.is_staff:
+        raise Http404
+    return render(request, "shopper/audit.html", audit_context(request.GET))

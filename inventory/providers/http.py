@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import requests
+from prometheus_client import Counter, Histogram
 
 from .base import AuthFailed, RateLimited, Transient
 
@@ -37,6 +39,60 @@ SNIPPET_CHARS = 300
 # midnight), not a throttle: retrying within seconds cannot help, so it is raised at once.
 QUOTA_ERROR_CODES = frozenset({"search_quota_exceeded"})
 MONEY_PLACES = Decimal("0.0001")
+
+# Per-process provider call metrics (shopper/metrics.py exposes them on /metrics). One sample per
+# HTTP attempt: a 429 that is retried counts once as rate_limited, then once for the retry.
+PROVIDER_REQUESTS = Counter(
+    "shopper_provider_requests",
+    "Provider API calls by provider, operation and outcome.",
+    ["provider", "operation", "outcome"],
+)
+PROVIDER_REQUEST_SECONDS = Histogram(
+    "shopper_provider_request_seconds",
+    "Provider API call latency in seconds (one HTTP attempt).",
+    ["provider", "operation"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+_VERSION_SEGMENT = re.compile(r"^v\d+$")
+# Collections whose next path segment is always an id, whatever it looks like.
+_ID_AFTER = frozenset({"asks", "instances", "bundles", "machines", "templates"})
+
+
+def operation_name(method: str, path: str) -> str:
+    """``method`` plus the path as a template without ids: ``GET /api/v0/instances/{id}/``.
+
+    A segment is an id when it follows a known collection name or contains a digit (API version
+    segments such as ``v0`` excepted), so label values stay few whatever ids the calls carry.
+    """
+    parts = path.split("?", 1)[0].split("/")
+    out: list[str] = []
+    for i, seg in enumerate(parts):
+        previous = parts[i - 1] if i else ""
+        is_id = seg and (
+            previous in _ID_AFTER or (any(c.isdigit() for c in seg) and not _VERSION_SEGMENT.match(seg))
+        )
+        out.append("{id}" if is_id else seg)
+    return f"{method.upper()} {'/'.join(out)}"
+
+
+def _outcome(status: int) -> str:
+    if 200 <= status < 300:
+        return "ok"
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth_failed"
+    if status >= 500:
+        return "server_error"
+    return "client_error"
+
+
+def _record(provider_name: str, operation: str, outcome: str, started: float) -> None:
+    try:
+        PROVIDER_REQUESTS.labels(provider_name, operation, outcome).inc()
+        PROVIDER_REQUEST_SECONDS.labels(provider_name, operation).observe(time.monotonic() - started)
+    except Exception:  # metrics must never break a provider call
+        log.debug("provider metrics not recorded", exc_info=True)
 
 
 @dataclass
@@ -144,22 +200,28 @@ def request(
     url = provider.base_url + path
     headers = {"Authorization": f"Bearer {provider.api_key}", "Accept": "application/json"}
     attempt = 0
+    operation = operation_name(method, path)
     while True:
         provider.limiter.wait()
+        started = time.monotonic()
         try:
             raw = provider.session.request(
                 method, url, json=json, params=params, headers=headers, timeout=provider.timeout
             )
         except requests.Timeout as exc:
+            _record(provider.name, operation, "timeout", started)
             raise Transient(f"{provider.name} {method} {path}: timed out after {provider.timeout}s") from exc
         except requests.ConnectionError as exc:
+            _record(provider.name, operation, "connection_error", started)
             detail = redact(type(exc).__name__ + ": " + str(exc), provider.api_key)
             raise Transient(f"{provider.name} {method} {path}: connection failed: {detail}") from exc
         except requests.RequestException as exc:
+            _record(provider.name, operation, "request_error", started)
             detail = redact(type(exc).__name__ + ": " + str(exc), provider.api_key)
             raise Transient(f"{provider.name} {method} {path}: request failed: {detail}") from exc
 
         resp = _parse(raw)
+        _record(provider.name, operation, _outcome(resp.status), started)
         log.debug("%s %s %s -> %s", provider.name, method, path, resp.status)
         if resp.status == 429:
             if resp.error_code in QUOTA_ERROR_CODES:

@@ -22,7 +22,7 @@ AGENT = Path(__file__).resolve().parents[2] / "shopper" / "agent.py"
 TOKEN = "agent-secret-token-0123456789"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Poll until ``predicate()`` is truthy (bounded); returns its value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -143,11 +143,11 @@ class AgentRun:
             timeout=20,
         )
 
-    def powered_off(self, timeout: float = 10.0) -> str:
+    def powered_off(self, timeout: float = 30.0) -> str:
         wait_for(self.marker.exists, timeout)
         return self.marker.read_text().strip()
 
-    def wait_exit(self, timeout: float = 10.0) -> int:
+    def wait_exit(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
