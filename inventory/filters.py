@@ -59,7 +59,7 @@ class OfferFilterSet(filters.FilterSet):
         decimal_places=4,
         label="Max price ($/h)",
     )
-    provider = filters.ChoiceFilter(choices=provider_choices, label="Provider")
+    provider = filters.ChoiceFilter(choices=provider_choices, label="Provider", empty_label="All providers")
     location = filters.CharFilter(lookup_expr="icontains", max_length=64, label="Location")
     min_reliability = filters.NumberFilter(
         field_name="reliability", lookup_expr="gte", min_value=0, max_value=1, label="Min reliability (0–1)"

@@ -625,3 +625,15 @@ def test_deleting_someone_elses_key_is_a_404(client_logged_in, other_user):
     assert client_logged_in.post(f"/keys/{key.pk}/delete/").status_code == 404
     assert client_logged_in.get(f"/keys/{key.pk}/delete/").status_code == 405
     assert SSHKey.objects.filter(pk=key.pk).exists()
+
+
+def test_a_404_is_a_real_page_and_an_ended_session_pushes_away_its_extend_form(
+    client_logged_in, user, other_user
+):
+    theirs = make_rental(other_user, Status.ACTIVE)
+    response = client_logged_in.get(f"/sessions/{theirs.pk}/")
+    assert response.status_code == 404 and "Browse offers" in response.content.decode()
+    mine = make_rental(user, Status.STOPPING)
+    html = client_logged_in.get(f"/sessions/{mine.pk}/").content.decode()
+    assert f'id="rental-{mine.pk}-extend" hx-swap-oob="true" hidden' in html
+    assert "Extend the reservation" not in html
