@@ -284,7 +284,9 @@ def rental_create(
             rental=rental,
             from_status="",
             to_status=S.PENDING,
-            reason=f"Rented by {user.get_username()} for {hours.normalize():f} h at ${offer.price_per_hour}/h",
+            reason=(
+                f"Rented by {user.get_username()} for {hours.normalize():f} h at ${offer.price_per_hour}/h"
+            ),
             actor=user,
             data={
                 "offer_id": offer.pk,
