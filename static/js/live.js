@@ -41,13 +41,17 @@
     htmx.trigger(document.body, "rental-changed", { rental: msg.rental, event: msg.event });
   }
 
+  var refusals = 0;  // handshakes refused in a row (Daphne reports a refused handshake as 1006)
+
   function connect() {
-    var socket = new WebSocket(url());
-    socket.onopen = function () { attempts = 0; live.connected = true; };
+    var socket = new WebSocket(url()), opened = false;
+    socket.onopen = function () { attempts = 0; refusals = 0; opened = true; live.connected = true; };
     socket.onmessage = onMessage;
     socket.onclose = function (e) {
       live.connected = false;
       if (e.code === 4401 || e.code === 4404) return;  // logged out / not yours: polling carries on
+      // Never opened three times running: the server refuses us (logged out, not ours); stop trying.
+      if (!opened && ++refusals >= 3) return;
       attempts += 1;
       var delay = Math.min(30000, 500 * Math.pow(2, attempts));
       setTimeout(connect, delay / 2 + Math.random() * delay / 2);
