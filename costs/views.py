@@ -280,7 +280,9 @@ def _time_chart(period: Period, rows: list[dict], monthly: bool) -> dict:
     return _column_chart(points)
 
 
-def _budget_meter(status: dict | None) -> dict | None:
+def budget_meter(status: dict | None) -> dict | None:
+    """The context of costs/budget_meter.html for one scope of ``budget_status`` (None: no budget);
+    the costs page and the dashboard both draw their bars with it."""
     if not status:
         return None
     limit, spent = status.get("limit") or ZERO, status.get("spent") or ZERO
@@ -366,8 +368,8 @@ def spend(request: HtmxHttpRequest) -> HttpResponse:
         context.update(
             period=scope.period,
             budget_title=f"{name} budget",
-            personal_budget=_budget_meter(status.get("user")),
-            team_budget=_budget_meter(status.get("team")),
+            personal_budget=budget_meter(status.get("user")),
+            team_budget=budget_meter(status.get("team")),
         )
     template = "costs/spend.html"
     if _fragment(request):

@@ -44,26 +44,6 @@ def _fragment(request: HtmxHttpRequest) -> bool:
 # --------------------------------------------------------------------------------------------
 # Home dashboard
 # --------------------------------------------------------------------------------------------
-def _meter(scope: dict | None) -> dict | None:
-    """The context of costs/budget_meter.html for one scope of ``budget_status`` (None: no budget)."""
-    if not scope:
-        return None
-    limit, spent, reserved = scope["limit"], scope["spent"], scope["reserved"]
-    spent_w = min(float(spent / limit * 100), 100.0) if limit else 100.0
-    reserved_w = min(float(reserved / limit * 100), 100.0 - spent_w) if limit else 0.0
-    percent = scope["percent"]
-    return {
-        "limit": limit,
-        "spent": spent,
-        "reserved": reserved,
-        "remaining": scope["remaining"],
-        "percent": percent,
-        "spent_w": f"{spent_w:.2f}",
-        "reserved_w": f"{reserved_w:.2f}",
-        "level": "over" if percent >= 100 else "warn" if percent >= 80 else "ok",
-    }
-
-
 def _month_spend(records) -> Decimal:
     """This month's charged spend of ``records``, rounded once (as the budget's "spent" is)."""
     from costs.services import group_records
@@ -83,6 +63,7 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
     # costs → sessions → inventory; the project package wires them (imported here, not at
     # import time, so that loading shopper.urls does not depend on the apps' import order).
     from costs import services as costs
+    from costs.views import budget_meter
     from sessions.models import LIVE_STATUSES, Rental
 
     user, now = request.user, timezone.now()
@@ -107,7 +88,7 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
         recent_rentals=list(mine.exclude(status__in=LIVE_STATUSES).order_by("-created_at")[:RECENT_LIMIT]),
         month=start,
         my_spend=_month_spend(my_records),
-        my_budget=_meter(budgets["user"]),
+        my_budget=budget_meter(budgets["user"]),
     )
     if user.is_staff:
         people = costs.group_records(team_records, "consumer")
@@ -117,7 +98,7 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
             ),
             team_spend=_month_spend(team_records),
             team_people=sorted(people, key=lambda row: -row["amount"])[:10],
-            team_budget=_meter(budgets["team"]),
+            team_budget=budget_meter(budgets["team"]),
         )
     return render(request, "home.html", context)
 
