@@ -8,6 +8,7 @@ are stopped with it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,14 @@ def main() -> None:
             key_file.write_text(Fernet.generate_key().decode())
             key_file.chmod(0o600)
         env["SHOPPER_FERNET_KEYS"] = key_file.read_text().strip()
+
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Provider-call metrics of the worker and the safety loop show on the web's /metrics
+        # (prometheus_client multiprocess mode); the directory must start empty every run.
+        metrics_dir = ROOT / ".run" / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     use_sandbox = not (env.get("VASTAI_API_KEY") or env.get("TENSORDOCK_API_TOKEN"))
     if use_sandbox:

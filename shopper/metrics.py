@@ -5,8 +5,9 @@ Two kinds of metric:
 * computed from the database at scrape time by ``ShopperCollector`` (rentals, alerts, feeds,
   deadline lag, spend), so they are right whichever process did the work;
 * in-process provider call metrics, defined where calls happen (``inventory.providers.http``)
-  and re-exported here. With several processes, set ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client
-  multiprocess mode) to aggregate them across the web server and the workers.
+  and re-exported here. With ``PROMETHEUS_MULTIPROC_DIR`` set (prometheus_client multiprocess
+  mode; docker-compose.yml and ``make run`` set it) they are summed over every process that
+  writes to that directory: the web server, the worker and the safety loop.
 
 Access (DESIGN.md security): ``Authorization: Bearer <METRICS_TOKEN>`` when METRICS_TOKEN is set;
 otherwise only loopback clients. Nothing here renders a provider key.

@@ -242,6 +242,12 @@ SHOPPER_PUBLIC_URL = env.str("SHOPPER_PUBLIC_URL", default="http://127.0.0.1:800
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+# The SMTP server of the smtp backend (in a container, localhost has none).
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="shopper@localhost")
 ADMINS = [("Admin", a) for a in env.list("ADMIN_EMAILS", default=[])]
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import requests
@@ -246,3 +251,53 @@ def test_provider_calls_are_counted(scrape):
     # Ids never become label values (a timestamp sample may contain the digits by chance).
     labels = " ".join(re.findall(r"\{[^}]*\}", text))
     assert "4242" not in labels and "k-secret-123456" not in text
+
+
+# One provider call, made the way the worker makes it, in a process of its own.
+PROVIDER_CALL_SCRIPT = """
+import os, requests, responses
+from inventory.providers.vastai import VastAI
+
+class NoWait:
+    def wait(self): pass
+    def penalize(self, retry_after=None): return 0.0
+    def relax(self): pass
+
+vast = VastAI(base_url="https://vast.test", api_key="k", timeout=5, session=requests.Session())
+vast.limiter = NoWait()
+with responses.RequestsMock() as rsps:
+    rsps.get("https://vast.test/api/v0/instances/4242/",
+             json={"instances": {"id": 4242, "label": "shopper-x", "actual_status": "running"}})
+    vast.get_instance("4242")
+print(os.getpid())
+"""
+
+
+def test_provider_calls_of_other_processes_appear_in_multiprocess_mode(scrape, tmp_path, monkeypatch):
+    """docker-compose.yml and `make run` set PROMETHEUS_MULTIPROC_DIR: the calls the worker and
+    the safety loop make are served by the web process's /metrics."""
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    pids = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", PROVIDER_CALL_SCRIPT],
+            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        pids.append(done.stdout.strip())
+
+    # Files are named by host and pid: containers sharing the directory repeat pids.
+    host = socket.gethostname().replace("_", "-")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted(f"{kind}_{host}-{pid}.db" for kind in ("counter", "histogram") for pid in pids)
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    text = scrape()
+    operation = "GET /api/v0/instances/{id}/"
+    assert (
+        value(text, "shopper_provider_requests_total", provider="vastai", operation=operation, outcome="ok")
+        == 2
+    )
+    assert value(text, "shopper_provider_request_seconds_count", provider="vastai", operation=operation) == 2
+    # The database collector is still there beside them.
+    assert "shopper_rentals_stuck_stopping" in text

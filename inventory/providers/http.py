@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import requests
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, values
 
 from .base import AuthFailed, RateLimited, Transient
 
@@ -42,6 +44,12 @@ MONEY_PLACES = Decimal("0.0001")
 
 # Per-process provider call metrics (shopper/metrics.py exposes them on /metrics). One sample per
 # HTTP attempt: a 429 that is retried counts once as rate_limited, then once for the retry.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Multiprocess mode names each process's file by pid, but docker-compose shares the directory
+    # between containers, whose pids repeat: two processes writing one file would corrupt it.
+    # Host name plus pid is unique. Set before the first .labels() call creates a value.
+    _host = socket.gethostname().replace("_", "-")  # "_" separates the file name's parts
+    values.ValueClass = values.MultiProcessValue(lambda: f"{_host}-{os.getpid()}")
 PROVIDER_REQUESTS = Counter(
     "shopper_provider_requests",
     "Provider API calls by provider, operation and outcome.",
