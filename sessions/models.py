@@ -40,6 +40,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.FAILED: frozenset(),
 }
 LIVE_STATUSES = frozenset(s for s in S if s not in (S.DESTROYED, S.FAILED))
+# Provisioning has not finished: a worker (holding the provisioning lease) is taking it to active.
+IN_FLIGHT_STATUSES = (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING)
 TERMINAL_STATUSES = frozenset({S.DESTROYED, S.FAILED})
 # Statuses in which the provider bills us (until destruction is confirmed).
 BILLING_STATUSES = frozenset({S.ACTIVE, S.STOPPING})

@@ -19,13 +19,22 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from inventory import providers as registry
 from inventory.providers.base import NotFound, ProviderError
 from sessions.alerts import alert_raise
-from sessions.models import LABEL_PREFIX, LIVE_STATUSES, Alert, AlertKind, EventKind, Rental, Status
+from sessions.models import (
+    IN_FLIGHT_STATUSES,
+    LABEL_PREFIX,
+    LIVE_STATUSES,
+    Alert,
+    AlertKind,
+    EventKind,
+    Rental,
+    Status,
+)
 from sessions.services import enqueue, rental_event, rental_stop, rentals_resume_stopping
 
 log = logging.getLogger(__name__)
@@ -183,19 +192,21 @@ def destroys_stuck_alert(now=None) -> int:
 
 
 def recover_on_start() -> dict:
-    """Worker start-up: reconcile, then resume every rental a dead worker left half-way.
+    """Safety-loop start-up: reconcile, then resume every rental a dead worker left half-way.
 
     Provisioning resumes where it stopped (the label is looked up before any create, so no
-    second instance); stopping rentals get their teardown back; stale teardown leases of the
-    dead worker are released first (this assumes one safety loop per deployment).
+    second instance); stopping rentals get their teardown back. A rental whose lease a worker is
+    still renewing is left to that worker, so restarting the safety loop alone is safe; a dead
+    worker's lease expires within SHOPPER_LEASE_SECONDS and the loop's sweep resumes it then.
     """
-    Rental.objects.filter(status=S.STOPPING).update(teardown_claimed_until=None)
-    Rental.objects.exclude(provision_claimed_until=None).update(provision_claimed_until=None)
     results = reconcile_all()
+    now = timezone.now()
     resumed = 0
-    for rental_id in Rental.objects.filter(
-        status__in=(S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING)
-    ).values_list("pk", flat=True):
+    for rental_id in (
+        Rental.objects.filter(status__in=IN_FLIGHT_STATUSES)
+        .filter(Q(provision_claimed_until__isnull=True) | Q(provision_claimed_until__lt=now))
+        .values_list("pk", flat=True)
+    ):
         enqueue("sessions.tasks.provision", rental_id)
         resumed += 1
     stopping = rentals_resume_stopping()

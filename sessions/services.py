@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,6 +42,7 @@ from inventory.providers.base import (
 )
 from sessions import keys
 from sessions.models import (
+    IN_FLIGHT_STATUSES,
     LIVE_STATUSES,
     TRANSITIONS,
     EventKind,
@@ -325,6 +327,65 @@ def _sleep(seconds: float) -> None:
         time.sleep(seconds)
 
 
+class LeaseLost(Exception):
+    """Another worker took this rental's provisioning or teardown over: ours stopped renewing
+    its lease long enough for it to expire (a stalled process), so ours must stop working."""
+
+
+# The leases the current thread holds, innermost last: (rental id, field, until). A stack because
+# a teardown can run inline inside provisioning (a synchronous queue). Provisioning and teardown
+# renew their lease at every wait, so a lease is short and a dead worker's work is taken over
+# within SHOPPER_LEASE_SECONDS, while a live worker is never displaced; nothing clears leases.
+_held = threading.local()
+
+
+def _leases() -> list:
+    if not hasattr(_held, "leases"):
+        _held.leases = []
+    return _held.leases
+
+
+def _lease_claim(rental_id, field: str, statuses) -> bool:
+    """Take the lease in ``field`` if no live worker holds it (compare-and-swap on its expiry)."""
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.SHOPPER_LEASE_SECONDS)
+    claimed = (
+        Rental.objects.filter(pk=rental_id, status__in=statuses)
+        .filter(Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__lt": now}))
+        .update(**{field: until})
+    )
+    _leases().append((rental_id, field, until) if claimed else None)
+    return bool(claimed)
+
+
+def _lease_renew() -> None:
+    """Extend the innermost lease this thread holds; LeaseLost if it is no longer ours. The
+    expiry we wrote is the proof of ownership: a worker that took the lease over wrote another."""
+    leases = _leases()
+    if not leases or leases[-1] is None:
+        return
+    rental_id, field, until = leases[-1]
+    renewed = timezone.now() + timedelta(seconds=settings.SHOPPER_LEASE_SECONDS)
+    if not Rental.objects.filter(pk=rental_id, **{field: until}).update(**{field: renewed}):
+        leases[-1] = None
+        raise LeaseLost(f"{field} of rental {rental_id} was taken over")
+    leases[-1] = (rental_id, field, renewed)
+
+
+def _lease_release() -> None:
+    """Pop the innermost claim; give the lease back if it is still ours."""
+    lease = _leases().pop() if _leases() else None
+    if lease is not None:
+        rental_id, field, until = lease
+        Rental.objects.filter(pk=rental_id, **{field: until}).update(**{field: None})
+
+
+def _wait(seconds: float) -> None:
+    """A wait inside provisioning or teardown: renew the lease first, so the work stays ours."""
+    _lease_renew()
+    _sleep(seconds)
+
+
 def _provider(rental: Rental) -> Provider:
     return registry.get_provider(rental.provider)
 
@@ -343,28 +404,36 @@ def rental_provision(*, rental_id) -> None:
     instance (the label is looked up before any create when a previous attempt may have sent one).
     One worker at a time holds the rental's provisioning lease; a duplicate delivery returns.
     """
-    in_flight = (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING)
-    now = timezone.now()
-    lease = (
-        settings.SHOPPER_BOOT_TIMEOUT_SECONDS + settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS
-        + settings.SHOPPER_CREATE_SETTLE_SECONDS + 2 * settings.PROVIDER_TIMEOUT_SECONDS + 60
-    )  # fmt: skip
-    claimed = (
-        Rental.objects.filter(pk=rental_id, status__in=in_flight)
-        .filter(Q(provision_claimed_until__isnull=True) | Q(provision_claimed_until__lt=now))
-        .update(provision_claimed_until=now + timedelta(seconds=lease))
-    )
-    if not claimed:
-        return  # ended, or another worker is provisioning it
+    claimed = _lease_claim(rental_id, "provision_claimed_until", IN_FLIGHT_STATUSES)
     try:
-        _provision(rental_id)
+        if claimed:  # else ended, or another worker is provisioning it
+            _provision(rental_id)
+    except LeaseLost:
+        log.warning("provisioning of %s stopped: another worker took it over", rental_id)
     finally:
-        Rental.objects.filter(pk=rental_id).update(provision_claimed_until=None)
+        _lease_release()
+
+
+def rentals_resume_provisioning() -> int:
+    """Enqueue provisioning for every in-flight rental no live worker holds (the safety loop's
+    sweep and start-up recovery): a worker that died mid-way, or a task the broker lost, leaves
+    its rental with an expired lease or none. A duplicate delivery is harmless (the lease)."""
+    now = timezone.now()
+    ids = list(
+        Rental.objects.filter(status__in=IN_FLIGHT_STATUSES)
+        # Not ones created a moment ago: their first task is still on its way.
+        .filter(created_at__lt=now - timedelta(seconds=settings.SHOPPER_LEASE_SECONDS))
+        .filter(Q(provision_claimed_until__isnull=True) | Q(provision_claimed_until__lt=now))
+        .values_list("pk", flat=True)
+    )
+    for rental_id in ids:
+        enqueue("sessions.tasks.provision", rental_id)
+    return len(ids)
 
 
 def _provision(rental_id) -> None:
     rental = Rental.objects.filter(pk=rental_id).first()
-    if rental is None or rental.status not in (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING):
+    if rental is None or rental.status not in IN_FLIGHT_STATUSES:
         return
     provider = _provider(rental)
     # Already provisioning on entry: an earlier attempt may have sent the create before dying.
@@ -412,7 +481,7 @@ def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = Fals
         elif not _create_may_be_in_flight(rental):
             break
         else:
-            _sleep(max(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS, 0.01))
+            _wait(max(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS, 0.01))
     if not instance_id:
         agent_token = secrets.token_urlsafe(32)
         Rental.objects.filter(pk=rental.pk).update(agent_token_hash=token_hash(agent_token))
@@ -465,7 +534,7 @@ def _instance_after_create_error(rental: Rental, provider: Provider, exc: Provid
     confirmed_empty = False
     for attempt in range(max(1, lookups)):
         if attempt:
-            _sleep(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS)
+            _wait(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS)
         try:
             instance = _find_by_label(provider, rental)
         except ProviderError:
@@ -528,7 +597,7 @@ def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData |
         if timezone.now() >= deadline:
             _stop_after_failure(rental, "The instance did not start within the boot timeout")
             return None
-        _sleep(settings.SHOPPER_POLL_INTERVAL_SECONDS)
+        _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
 
 
 def _verify_key(rental: Rental) -> str | None:
@@ -560,7 +629,7 @@ def _ssh_verify(rental: Rental) -> None:
                 reason = "SSH is up; log in with your own key"
         except SSHCheckFailed as exc:
             last_error = str(exc)
-            _sleep(settings.SHOPPER_POLL_INTERVAL_SECONDS)
+            _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
             continue
         rental_transition(
             rental, S.ACTIVE, reason=reason, data={"check": output.strip()[:500]}, active_since=timezone.now()
@@ -647,19 +716,17 @@ def rental_teardown(*, rental_id, budget_seconds: float | None = None) -> bool:
     caller, or the periodic sweep, runs it again).
     """
     budget = budget_seconds if budget_seconds is not None else settings.SHOPPER_TEARDOWN_BUDGET_SECONDS
-    now = timezone.now()
-    claimed = (
-        Rental.objects.filter(pk=rental_id, status=S.STOPPING)
-        .filter(Q(teardown_claimed_until__isnull=True) | Q(teardown_claimed_until__lt=now))
-        .update(teardown_claimed_until=now + timedelta(seconds=budget + 60))
-    )
-    rental = Rental.objects.filter(pk=rental_id).first()
-    if not claimed or rental is None:
-        return rental is not None and rental.status == S.DESTROYED  # another worker is on it
+    claimed = _lease_claim(rental_id, "teardown_claimed_until", (S.STOPPING,))
     try:
+        rental = Rental.objects.filter(pk=rental_id).first()
+        if not claimed or rental is None:
+            return rental is not None and rental.status == S.DESTROYED  # another worker is on it
         return _teardown(rental, budget)
+    except LeaseLost:
+        log.warning("teardown of %s stopped: another worker took it over", rental_id)
+        return False
     finally:
-        Rental.objects.filter(pk=rental_id).update(teardown_claimed_until=None)
+        _lease_release()
 
 
 def _teardown(rental: Rental, budget: float) -> bool:
@@ -678,7 +745,7 @@ def _teardown(rental: Rental, budget: float) -> bool:
             return _mark_destroyed(rental, detail)
         if time.monotonic() + backoff > deadline:
             return False
-        _sleep(backoff)
+        _wait(backoff)
         backoff = min(max(backoff * 2, 1), settings.SHOPPER_DESTROY_MAX_BACKOFF_SECONDS)
         rental.refresh_from_db()
         if rental.status != S.STOPPING:

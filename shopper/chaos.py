@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         SHOPPER_DESTROY_MAX_BACKOFF_SECONDS="2", SHOPPER_LIFECYCLE_INTERVAL_SECONDS="2",
         SHOPPER_RECONCILE_INTERVAL_SECONDS="5", SHOPPER_ORPHAN_GRACE_SECONDS="10",
         SHOPPER_MAX_LIVE_RENTALS=str(args.rentals + 10),
+        # Short leases: work a killed worker held is taken over (and tested) within the run.
+        SHOPPER_LEASE_SECONDS="30",
     )  # fmt: skip
     sys.path.insert(0, str(ROOT))
     from inventory.sandbox.testing import running_sandbox

@@ -228,6 +228,10 @@ SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS = env.float("SHOPPER_LABEL_LOOKUP_INTERVAL
 # A create may still be on the wire this long after provisioning began (provider timeout + lag).
 SHOPPER_CREATE_SETTLE_SECONDS = env.int("SHOPPER_CREATE_SETTLE_SECONDS", default=120)
 SHOPPER_TEARDOWN_BUDGET_SECONDS = env.int("SHOPPER_TEARDOWN_BUDGET_SECONDS", default=600)
+# A provisioning or teardown task renews its lease on the rental at every wait; a lease not renewed
+# this long belongs to a dead (or stalled) worker and the safety loop hands the work to another.
+# Longer than the longest single step: one provider call with its 429 retries, or one SSH login.
+SHOPPER_LEASE_SECONDS = env.int("SHOPPER_LEASE_SECONDS", default=180)
 SHOPPER_DESTROY_MAX_BACKOFF_SECONDS = env.int("SHOPPER_DESTROY_MAX_BACKOFF_SECONDS", default=60)
 SHOPPER_RESERVATION_WARNING_MINUTES = env.int("SHOPPER_RESERVATION_WARNING_MINUTES", default=15)
 SHOPPER_LIFECYCLE_INTERVAL_SECONDS = env.float("SHOPPER_LIFECYCLE_INTERVAL_SECONDS", default=5.0)

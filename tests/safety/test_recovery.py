@@ -1,8 +1,8 @@
 """Safety rule 6 (start-up recovery) and the alert for destroys that stay unconfirmed (rule 3).
 
-Recovery releases the dead worker's teardown leases, reconciles, re-enqueues provisioning for
-rentals left half-way and teardown for stopping ones. A worker killed between sending the create
-and storing the instance id must end with exactly one instance."""
+Recovery reconciles, then re-enqueues provisioning for rentals left half-way and teardown for
+stopping ones, except those whose lease a live worker is still renewing. A worker killed between
+sending the create and storing the instance id must end with exactly one instance."""
 
 from __future__ import annotations
 
@@ -56,11 +56,17 @@ def test_recovery_resumes_in_flight_provisioning_and_teardowns(
         inst = fake.add_instance(rental.label, state="running")
         rental.provider_instance_id = inst.instance_id
         rental.save(update_fields=["provider_instance_id"])
-    lease = START + timedelta(minutes=9)  # held by the worker that died
-    stopping = make_rental(
-        S.STOPPING, stop_requested_at=START - timedelta(minutes=1), teardown_claimed_until=lease
+    held = START + timedelta(seconds=90)  # a live worker is renewing this lease
+    stopping_held = make_rental(
+        S.STOPPING, stop_requested_at=START - timedelta(minutes=1), teardown_claimed_until=held
+    )
+    stopping_expired = make_rental(
+        S.STOPPING,
+        stop_requested_at=START - timedelta(minutes=1),
+        teardown_claimed_until=START - timedelta(seconds=1),
     )
     stopping_free = make_rental(S.STOPPING, stop_requested_at=START - timedelta(minutes=2))
+    provisioning_held = make_rental(S.PROVISIONING, provision_claimed_until=held)
     untouched = [active_rental(), make_rental(S.DESTROYED), make_rental(S.FAILED)]
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -72,30 +78,36 @@ def test_recovery_resumes_in_flight_provisioning_and_teardowns(
     assert summary["reconciled"][0].aborted == ""
     assert sorted((f, str(a)) for f, a in fake.enqueued) == sorted(
         [(PROVISION, str(r.pk)) for r in in_flight.values()]
-        + [(TEARDOWN, str(stopping.pk)), (TEARDOWN, str(stopping_free.pk))]
+        + [(TEARDOWN, str(stopping_expired.pk)), (TEARDOWN, str(stopping_free.pk))]
     )
-    assert fresh(stopping).teardown_claimed_until is None
+    # A restart of the safety loop alone never takes work from a worker that is still on it.
+    assert fresh(stopping_held).teardown_claimed_until == held
+    assert fresh(provisioning_held).provision_claimed_until == held
     assert all(str(r.pk) not in {str(a) for _, a in fake.enqueued} for r in untouched)
     assert [fresh(r).status for r in untouched] == [S.ACTIVE, S.DESTROYED, S.FAILED]
 
 
-def test_a_stale_teardown_lease_is_cleared_and_the_teardown_then_finishes(
-    fake, active_rental, django_capture_on_commit_callbacks
+def test_a_dead_workers_teardown_lease_expires_and_the_teardown_then_finishes(
+    fake, active_rental, settings, django_capture_on_commit_callbacks
 ):
     rental = active_rental()
     services.rental_stop(rental=rental, reason="Done")
     fake.enqueued.clear()
     # The worker that claimed the teardown died holding the lease.
-    type(rental).objects.filter(pk=rental.pk).update(teardown_claimed_until=START + timedelta(minutes=11))
+    until = START + timedelta(seconds=settings.SHOPPER_LEASE_SECONDS)
+    type(rental).objects.filter(pk=rental.pk).update(teardown_claimed_until=until)
     assert rental_teardown(rental_id=rental.pk) is False  # the lease blocks everyone else
-
     with django_capture_on_commit_callbacks(execute=True):
         recover_on_start()
+    assert fake.enqueued == []  # nothing proves yet that its worker is dead
 
-    assert fresh(rental).teardown_claimed_until is None
+    fake.sleep(settings.SHOPPER_LEASE_SECONDS + 1)  # no renewal: the lease has expired
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.rentals_resume_stopping() == 1
     assert fake.enqueued == [(TEARDOWN, rental.pk)]
     run_enqueued(fake, django_capture_on_commit_callbacks)
     assert fresh(rental).status == S.DESTROYED
+    assert fresh(rental).teardown_claimed_until is None
     assert fake.instances == {}
 
 

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand
 
 from sessions.lifecycle import lifecycle_enforce
 from sessions.reconcile import destroys_stuck_alert, reconcile_all, recover_on_start
-from sessions.services import rentals_resume_stopping
+from sessions.services import rentals_resume_provisioning, rentals_resume_stopping
 
 log = logging.getLogger("sessions.safety")
 
@@ -57,7 +57,12 @@ class Command(BaseCommand):
         """One pass; an error in one job is logged and never stops the loop."""
         jobs = [("lifecycle", lifecycle_enforce), ("destroy alerts", destroys_stuck_alert)]
         if reconcile_now:
-            jobs += [("reconcile", reconcile_all), ("resume stopping", rentals_resume_stopping)]
+            jobs += [
+                ("reconcile", reconcile_all),
+                ("resume stopping", rentals_resume_stopping),
+                # A worker that died mid-way (or a task the broker lost) left its lease to expire.
+                ("resume provisioning", rentals_resume_provisioning),
+            ]
         for name, job in jobs:
             try:
                 result = job()
