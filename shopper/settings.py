@@ -276,6 +276,6 @@ LOGGING = {
             "filters": ["request_id", "redact"],
         }
     },
+    # django-q2 logs as "django-q" through these handlers too, at the root's level.
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django_q": {"level": "WARNING"}},
 }
