@@ -12,7 +12,7 @@ gets one copy, from the relay of the process it is connected to, instead of one 
 
 Groups (before the process prefix):
 
-* ``rental-<pk>``        owners watching the rental's page: status + timeline fragments
+* ``rental-<pk>``        owners watching the rental's page: status + timeline + machine fragments
 * ``rental-<pk>.staff``  staff watching someone else's rental (no private-key link)
 * ``user-<id>``          every socket of that user: a bare "rental changed" notice (list page)
 * ``staff``              every staff socket: the same notice for every rental
@@ -51,6 +51,7 @@ REORDER_WINDOW_SECONDS = 5.0
 ERROR_BACKOFF_SECONDS = 2.0
 STATUS = "sessions/rental_detail.html#rental-status"
 TIMELINE = "sessions/rental_detail.html#rental-timeline"
+MACHINE = "sessions/rental_detail.html#rental-machine"
 PROCESS_TOKEN = uuid.uuid4().hex[:12]
 
 
@@ -74,14 +75,14 @@ STAFF_GROUP = "staff"
 # Rendering (sync: call through database_sync_to_async)
 # --------------------------------------------------------------------------------------------
 def render_rental(rental: Rental, *, owner_view: bool) -> str:
-    """The status and timeline fragments, out of band, exactly as the page renders them."""
+    """The status, timeline and machine fragments, out of band, exactly as the page renders them."""
     from sessions.views import _detail_context  # the page's context, so push == poll == page
 
     viewer = SimpleNamespace(user=SimpleNamespace(pk=rental.consumer_id if owner_view else None))
     context = _detail_context(viewer, rental, oob=True)
     # No request: the forms' {% csrf_token %} is empty; htmx posts them with the X-CSRFToken
     # header from <body hx-headers>, and live.js puts the hidden input back for plain submits.
-    return render_to_string(STATUS, context) + render_to_string(TIMELINE, context)
+    return "".join(render_to_string(name, context) for name in (STATUS, TIMELINE, MACHINE))
 
 
 def message(rental_id, event_id: int, html: str = "") -> str:

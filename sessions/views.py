@@ -205,10 +205,12 @@ def _rental_for(request: HttpRequest, rental_id) -> Rental:
 
 
 def _status_response(request: HtmxHttpRequest, rental: Rental, notice: str = "") -> HttpResponse:
-    """The status fragment plus the timeline out of band; 286 stops the poll once terminal."""
+    """The status fragment plus the timeline and machine panel out of band; 286 stops the poll
+    once terminal."""
     context = _detail_context(request, rental, notice=notice)
     html = render_to_string("sessions/rental_detail.html#rental-status", context, request)
-    html += render_to_string("sessions/rental_detail.html#rental-timeline", {**context, "oob": True}, request)
+    for name in ("rental-timeline", "rental-machine"):
+        html += render_to_string(f"sessions/rental_detail.html#{name}", {**context, "oob": True}, request)
     return HttpResponse(html, status=200 if rental.is_live else 286)
 
 

@@ -1,27 +1,35 @@
+"""Fixtures of the whole suite: the three users, API clients, offers, the fake provider, queued tasks.
+
+Rows are built with the factories of tests/factories.py; the scriptable fake provider lives in
+tests/fakes.py.
+"""
+
 from __future__ import annotations
 
-from decimal import Decimal
+import itertools
 
 import pytest
-from django.utils import timezone
 from rest_framework.test import APIClient
 
+from sessions import services
 from shopper.models import ApiToken
+from tests import fakes
+from tests.factories import OfferFactory, UserFactory
 
 
 @pytest.fixture
-def user(django_user_model):
-    return django_user_model.objects.create_user("alice", "alice@example.com", "pw-alice-123")
+def user(db):
+    return UserFactory(username="alice")  # password pw-alice-123
 
 
 @pytest.fixture
-def other_user(django_user_model):
-    return django_user_model.objects.create_user("bob", "bob@example.com", "pw-bob-123")
+def other_user(db):
+    return UserFactory(username="bob")
 
 
 @pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user("carol", "carol@example.com", "pw-carol-123", is_staff=True)
+def staff(db):
+    return UserFactory(username="carol", is_staff=True)
 
 
 @pytest.fixture
@@ -31,38 +39,54 @@ def client_logged_in(client, user):
 
 
 @pytest.fixture
-def api_client(user):
-    _, raw = ApiToken.issue(user=user, name="tests")
-    c = APIClient()
-    c.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
-    return c
+def token_client(db):
+    """token_client(user, name="tests") -> an APIClient sending a fresh API token of ``user``."""
+
+    def make(user, name: str = "tests") -> APIClient:
+        _, raw = ApiToken.issue(user=user, name=name)
+        c = APIClient()
+        c.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+        return c
+
+    return make
+
+
+@pytest.fixture
+def api_client(user, token_client):
+    return token_client(user)
 
 
 @pytest.fixture
 def make_offer(db):
-    from inventory.models import Offer
+    """make_offer(**fields) -> an Offer (tests.factories.OfferFactory); ids offer-1, offer-2, … per test."""
+    ids = itertools.count(1)
 
-    counter = {"n": 0}
-
-    def make(**kw) -> Offer:
-        counter["n"] += 1
-        price = Decimal(str(kw.pop("price_per_hour", "1.0000")))
-        count = kw.pop("gpu_count", 1)
-        defaults = dict(
-            provider="vastai",
-            provider_offer_id=f"offer-{counter['n']}",
-            gpu_type="RTX 4090 24GB",
-            vram_gb=24,
-            location="Oregon, US",
-            reliability=Decimal("0.9900"),
-            fetched_at=timezone.now(),
-        )
-        defaults.update(kw)
-        return Offer.objects.create(
-            gpu_count=count, price_per_hour=price, price_per_gpu_hour=Offer.per_gpu(price, count), **defaults
-        )
+    def make(**kw):
+        kw.setdefault("provider_offer_id", f"offer-{next(ids)}")
+        return OfferFactory(**kw)
 
     return make
+
+
+@pytest.fixture
+def fake_cloud(settings):
+    """fake_cloud(name="fakecloud", display_name="Fake Cloud") -> the :class:`tests.fakes.Cloud`
+    behind a fake provider registered (and enabled) under ``name`` until the test ends."""
+
+    def install(name: str = "fakecloud", display_name: str = "Fake Cloud") -> fakes.Cloud:
+        setattr(settings, f"{name.upper()}_API_KEY", "k")
+        return fakes.install(name, display_name)
+
+    yield install
+    fakes.uninstall()
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list:
+    """The background tasks the code under test enqueued, as (function path, *args); none run."""
+    calls: list = []
+    monkeypatch.setattr(services, "enqueue", lambda func, *args: calls.append((func, *args)))
+    return calls
 
 
 @pytest.fixture(autouse=True)

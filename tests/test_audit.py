@@ -9,30 +9,15 @@ import pytest
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.urls import reverse
-from django.utils import timezone
 
 from costs.models import Budget
-from sessions.models import EventKind, Rental, RentalEvent, Status
+from sessions.models import EventKind, RentalEvent
 from shopper import audit
 from shopper.models import ApiToken
+from tests.factories import RentalFactory
 
 pytestmark = pytest.mark.django_db
 URL = "/audit/"
-
-
-def make_rental(user) -> Rental:
-    now = timezone.now()
-    return Rental.objects.create(
-        consumer=user,
-        provider="vastai",
-        provider_offer_id="o-1",
-        gpu_type="RTX 4090 24GB",
-        gpu_count=1,
-        price_per_hour=Decimal("1.0000"),
-        status=Status.ACTIVE,
-        reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12),
-    )
 
 
 def event(rental, kind, at, actor=None, reason="r") -> RentalEvent:
@@ -46,7 +31,7 @@ def at(day: int, hour: int = 12) -> datetime:
 @pytest.fixture
 def log(user, other_user, staff):
     """One of each source on distinct days of March 2025."""
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user)
     event(rental, EventKind.TRANSITION, at(1), reason="pending → provisioning")
     event(rental, EventKind.KEY_DOWNLOAD, at(2), actor=user, reason="Private key downloaded (page)")
     event(rental, EventKind.EXTEND, at(3), actor=user, reason="Extended by 2 h")
@@ -154,7 +139,7 @@ def test_an_unknown_user_is_a_message_and_an_empty_list(client, staff, log):
 
 def test_paging_across_sources_is_exact(client, user, staff):
     """120 entries interleaved over two sources: the pages are the global order, sliced."""
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user)
     start = at(1, 0)
     expected = []
     for i in range(120):
@@ -181,7 +166,7 @@ def test_paging_across_sources_is_exact(client, user, staff):
 
 
 def test_queries_are_bounded(client, staff, user, django_assert_max_num_queries):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user)
     for i in range(60):
         event(rental, EventKind.KEY_DOWNLOAD, at(1) + timedelta(seconds=i), actor=user)
         ApiToken.issue(user=user, name=f"t{i}")

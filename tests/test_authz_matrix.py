@@ -32,7 +32,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
@@ -45,11 +44,12 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from sessions import keys, live, services
+from sessions import keys, live
 from sessions.models import Alert, AlertKind, Rental, RentalEvent, SSHKey, Status
 from shopper.asgi import application
 from shopper.models import ApiToken
 from shopper.urls import websocket_urlpatterns
+from tests.factories import RentalFactory, SSHKeyFactory
 
 PUBLIC, AGENT, METRICS, LOGIN, OWNER_OR_STAFF, OWNER_ONLY, STAFF, ADMIN, WEBSOCKET = (
     "public", "agent", "metrics", "login", "owner_or_staff", "owner_only", "staff", "admin", "websocket",
@@ -155,33 +155,23 @@ def test_every_route_is_classified():
 # The world: the owner's objects, one token per role, queued tasks recorded
 # --------------------------------------------------------------------------------------------
 @pytest.fixture
-def world(db, user, other_user, staff, make_offer, monkeypatch):
-    queued: list = []
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: queued.append((func, *args)))
+def world(db, user, other_user, staff, make_offer, enqueued):
     now = timezone.now()
     offer = make_offer()
     public, pem = keys.keypair_generate("test")
-    rental = Rental.objects.create(
+    rental = RentalFactory(
         consumer=user,
         offer=offer,
-        provider=offer.provider,
-        provider_offer_id=offer.provider_offer_id,
-        gpu_type=offer.gpu_type,
-        gpu_count=1,
-        vram_gb=24,
-        price_per_hour=Decimal("1.0000"),
-        status=Status.ACTIVE,
+        now=now,
         active_since=now - timedelta(minutes=5),
         ssh_host="10.0.0.1",
         ssh_port=22,
         ssh_public_key=public,
-        ssh_private_key_encrypted=keys.secret_encrypt(pem),
-        reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12),
+        private_key=pem,
         agent_token_hash="0" * 64,
     )
     target_token, _ = ApiToken.issue(user=user, name="revoke me")
-    ssh_key = SSHKey.objects.create(user=user, name="laptop", public_key=public, fingerprint="SHA256:x")
+    ssh_key = SSHKeyFactory(user=user, public_key=public)
     alert = Alert.objects.create(kind=AlertKind.GHOST, rental=rental, message="ghost")
     api_keys = {
         role: ApiToken.issue(user=who, name=f"matrix {role}")[1]
@@ -203,7 +193,7 @@ def world(db, user, other_user, staff, make_offer, monkeypatch):
     }
     return SimpleNamespace(
         rental=rental, pem=pem, offer=offer, token=target_token, ssh_key=ssh_key, alert=alert,
-        api_keys=api_keys, users=users, values=values, queued=queued,
+        api_keys=api_keys, users=users, values=values, queued=enqueued,
     )  # fmt: skip
 
 
@@ -392,18 +382,7 @@ def _cookie(user) -> str:
 )
 def test_websocket_access(user, other_user, staff, role, expected):
     users = {"anonymous": None, "owner": user, "other": other_user, "staff": staff}
-    now = timezone.now()
-    rental = Rental.objects.create(
-        consumer=user,
-        provider="vastai",
-        provider_offer_id="o-1",
-        gpu_type="RTX 4090 24GB",
-        gpu_count=1,
-        price_per_hour=Decimal("1.0000"),
-        status=Status.BOOTING,
-        reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12),
-    )
+    rental = RentalFactory(consumer=user, status=Status.BOOTING)
     headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
     if users[role] is not None:
         headers.append((b"cookie", f"sessionid={_cookie(users[role])}".encode()))

@@ -15,6 +15,7 @@ from django.utils import timezone
 from costs.models import Budget
 from costs.services import month_start
 from sessions.models import Rental, Status
+from tests.factories import RentalFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -24,24 +25,21 @@ def make_rental(user, status=Status.ACTIVE, *, gpu="RTX 4090 24GB", hours_active
     ``status`` says otherwise. Kept inside the current month so its spend counts this month."""
     now = timezone.now()
     active = max(now - timedelta(hours=hours_active), month_start(now))
+    billed = status in (Status.ACTIVE, Status.STOPPING, Status.DESTROYED)
+    ended = status in (Status.DESTROYED, Status.FAILED)
     fields = dict(
         consumer=user,
-        provider="vastai",
-        provider_offer_id="o-1",
-        gpu_type=gpu,
-        gpu_count=1,
-        price_per_hour=Decimal("2.0000"),
-        markup_percent=Decimal("0"),
         status=status,
+        gpu_type=gpu,
+        price_per_hour=Decimal("2.0000"),
+        now=now,
+        reservation_hours=1.5,
+        hard_max_hours=10,
         created_at=active - timedelta(minutes=2),
-        active_since=active if status in (Status.ACTIVE, Status.STOPPING, Status.DESTROYED) else None,
-        reservation_ends_at=now + timedelta(hours=1, minutes=30),
-        hard_max_at=now + timedelta(hours=10),
+        active_since=active if billed else None,
+        ended_at=now - timedelta(minutes=1) if ended else None,
     )
-    if status in (Status.DESTROYED, Status.FAILED):
-        fields["ended_at"] = now - timedelta(minutes=1)
-    fields.update(kw)
-    return Rental.objects.create(**fields)
+    return RentalFactory(**{**fields, **kw})
 
 
 def test_anonymous_is_sent_to_login(client):
@@ -134,11 +132,9 @@ def test_non_staff_never_get_the_team_section(client_logged_in, other_user):
 
 
 @pytest.mark.parametrize("is_staff", [False, True])
-def test_query_count_does_not_grow_with_rentals(
-    client, django_user_model, django_assert_max_num_queries, is_staff
-):
-    me = django_user_model.objects.create_user("dana", password="pw-dana-123", is_staff=is_staff)
-    others = [django_user_model.objects.create_user(f"u{i}", password="pw-xyz-123") for i in range(4)]
+def test_query_count_does_not_grow_with_rentals(client, django_assert_max_num_queries, is_staff):
+    me = UserFactory(username="dana", is_staff=is_staff)
+    others = UserFactory.create_batch(4)
     Budget.objects.create(user=me, monthly_limit=Decimal("500.00"))
     Budget.objects.create(user=None, monthly_limit=Decimal("5000.00"))
     client.force_login(me)

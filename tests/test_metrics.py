@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from inventory.models import ProviderFeed
 from inventory.providers import base
 from inventory.providers.http import operation_name
-from sessions.models import Alert, EventKind, Rental, RentalEvent
+from sessions.models import Alert, EventKind, RentalEvent
 from shopper.metrics import PROVIDER_REQUESTS
+from tests.factories import RentalFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -63,27 +64,6 @@ def scrape(client, settings):
         return resp.content.decode()
 
     return get
-
-
-@pytest.fixture
-def make_rental(user):
-    def make(status: str, provider: str = "vastai", **kw) -> Rental:
-        now = timezone.now()
-        fields = dict(
-            consumer=user,
-            provider=provider,
-            provider_offer_id="o-1",
-            gpu_type="RTX 4090 24GB",
-            gpu_count=1,
-            price_per_hour=Decimal("0.5000"),
-            reservation_ends_at=now + timedelta(hours=1),
-            hard_max_at=now + timedelta(hours=12),
-            status=status,
-        )
-        fields.update(kw)
-        return Rental.objects.create(**fields)
-
-    return make
 
 
 # ------------------------------------------------------------------------------- access
@@ -134,15 +114,17 @@ def test_empty_database_values(scrape):
     assert value(text, "shopper_spend_per_hour_usd") == 0.0
 
 
-def test_database_values(scrape, make_rental):
+def test_database_values(scrape, user):
     now = timezone.now()
-    make_rental("active")
-    make_rental("active", price_per_hour=Decimal("1.2500"), markup_percent=Decimal("10"))
-    make_rental("booting", provider="tensordock")
-    make_rental("stopping", stop_requested_at=now - timedelta(minutes=20))
-    make_rental("stopping", stop_requested_at=now - timedelta(minutes=2))
-    make_rental("destroyed", ended_at=now)
-    failed_destroy = make_rental("failed")
+    RentalFactory(consumer=user, status="active")
+    RentalFactory(
+        consumer=user, status="active", price_per_hour=Decimal("1.2500"), markup_percent=Decimal("10")
+    )
+    RentalFactory(consumer=user, status="booting", provider="tensordock")
+    RentalFactory(consumer=user, status="stopping", stop_requested_at=now - timedelta(minutes=20))
+    RentalFactory(consumer=user, status="stopping", stop_requested_at=now - timedelta(minutes=2))
+    RentalFactory(consumer=user, status="destroyed", ended_at=now)
+    failed_destroy = RentalFactory(consumer=user, status="failed")
     Alert.objects.create(kind="orphan", provider="vastai", message="orphan 1")
     Alert.objects.create(kind="orphan", provider="vastai", message="orphan 2")
     Alert.objects.create(kind="ghost", message="ghost")
@@ -182,8 +164,8 @@ def test_database_values(scrape, make_rental):
     assert value(text, "shopper_spend_per_hour_usd") == pytest.approx(2.875)
 
 
-def test_scrape_uses_few_queries(scrape, make_rental, django_assert_max_num_queries):
-    make_rental("active")
+def test_scrape_uses_few_queries(scrape, user, django_assert_max_num_queries):
+    RentalFactory(consumer=user, status="active")
     with django_assert_max_num_queries(10):
         scrape()
 

@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from decimal import Decimal
 from io import StringIO
 
 import pytest
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
-from django.utils import timezone
 
 from sessions import keys
-from sessions.models import Rental, Status
+from sessions.models import Rental
+from tests.factories import RentalFactory
 
 pytestmark = pytest.mark.django_db
 
 OLD = Fernet.generate_key().decode()
 NEW = Fernet.generate_key().decode()
 STRANGER = Fernet.generate_key().decode()
-
-
-def make_rental(user, secret: str = "") -> Rental:
-    now = timezone.now()
-    return Rental.objects.create(
-        consumer=user,
-        provider="vastai",
-        provider_offer_id="o-1",
-        gpu_type="RTX 4090 24GB",
-        gpu_count=1,
-        price_per_hour=Decimal("1.0000"),
-        status=Status.ACTIVE,
-        reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12),
-        ssh_private_key_encrypted=secret,
-    )
 
 
 def run(*args) -> str:
@@ -52,8 +34,8 @@ def stored(rental) -> str:
 def old_secrets(settings, user):
     """Three secrets under the old key, one rental without a key; then the new key is added first."""
     settings.SHOPPER_FERNET_KEYS = [OLD]
-    rentals = [make_rental(user, keys.secret_encrypt(f"pem-{i}")) for i in range(3)]
-    make_rental(user)
+    rentals = [RentalFactory(consumer=user, private_key=f"pem-{i}") for i in range(3)]
+    RentalFactory(consumer=user)
     settings.SHOPPER_FERNET_KEYS = [NEW, OLD]
     return rentals
 
@@ -89,7 +71,7 @@ def test_dry_run_counts_and_writes_nothing(settings, old_secrets):
 
 def test_an_undecryptable_secret_is_reported_left_alone_and_the_command_fails(settings, user, old_secrets):
     settings.SHOPPER_FERNET_KEYS = [STRANGER]
-    lost = make_rental(user, keys.secret_encrypt("lost"))
+    lost = RentalFactory(consumer=user, private_key="lost")
     lost_token = stored(lost)
     settings.SHOPPER_FERNET_KEYS = [NEW, OLD]
     err = StringIO()
@@ -103,7 +85,7 @@ def test_an_undecryptable_secret_is_reported_left_alone_and_the_command_fails(se
 
 def test_dry_run_also_reports_undecryptable_secrets(settings, user):
     settings.SHOPPER_FERNET_KEYS = [STRANGER]
-    make_rental(user, keys.secret_encrypt("lost"))
+    RentalFactory(consumer=user, private_key="lost")
     settings.SHOPPER_FERNET_KEYS = [NEW]
     with pytest.raises(CommandError, match="cannot be decrypted"):
         run("--dry-run")

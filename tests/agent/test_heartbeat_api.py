@@ -6,7 +6,6 @@ import ast
 import json
 import sys
 from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 import time_machine
@@ -14,7 +13,8 @@ from django.utils import timezone
 
 from sessions import services
 from sessions.agent_api import AGENT_FILE
-from sessions.models import EventKind, Rental, RentalEvent, Status, token_hash
+from sessions.models import EventKind, Rental, RentalEvent, Status
+from tests.factories import RentalFactory
 
 URL = "/api/v1/agent/heartbeat"
 GOOD = {
@@ -27,32 +27,12 @@ GOOD = {
 
 @pytest.fixture
 def make_rental(db, user):
+    """make_rental(status=ACTIVE, token="tok", **fields): a started rental whose agent holds ``token``."""
+
     def make(status=Status.ACTIVE, token="tok", **kw) -> Rental:
-        now = timezone.now()
-        fields = dict(
-            consumer=user,
-            provider="vastai",
-            provider_offer_id="123",
-            gpu_type="RTX 4090 24GB",
-            gpu_count=1,
-            price_per_hour=Decimal("0.5000"),
-            status=status,
-            active_since=now,
-            reservation_ends_at=now + timedelta(hours=2),
-            hard_max_at=now + timedelta(hours=12),
-            agent_token_hash=token_hash(token) if token else "",
-        )
-        fields.update(kw)
-        return Rental.objects.create(**fields)
+        return RentalFactory(consumer=user, status=status, agent_token=token, running=True, **kw)
 
     return make
-
-
-@pytest.fixture
-def enqueued(monkeypatch):
-    calls = []
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: calls.append((func, *args)))
-    return calls
 
 
 def beat(client, body=GOOD, token="tok", raw=None, **headers):

@@ -1,30 +1,16 @@
 """The CLI in-process against a live server: pytest-django's ``live_server`` serves the real app
 over HTTP on a thread; the CLI's ``main`` talks to it with ``requests`` like it would to prod.
 
-The provider is faked at the registry seam (as in tests/sessions/test_api.py) and
+The provider is faked at the registry seam (tests/fakes.py, as in tests/sessions/test_api.py) and
 ``sessions.services.enqueue`` records tasks instead of running them, so nothing provisions.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
-from inventory import providers as registry
-from inventory.providers.base import OfferData, Provider
-from sessions import services
 from shopper import cli
 from shopper.models import ApiToken
-
-
-class CliCloud(Provider):
-    name = "clicloud"
-    display_name = "CLI Cloud"
-    price = Decimal("1.2000")
-
-    def get_offer(self, offer_id):
-        return OfferData("clicloud", offer_id, "RTX 4090 24GB", 2, 24, CliCloud.price)
 
 
 @pytest.fixture(autouse=True)
@@ -40,13 +26,10 @@ def home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def cloud(settings, monkeypatch):
-    registry.register_provider("clicloud", f"{__name__}.CliCloud")
-    settings.CLICLOUD_API_KEY = "k"
-    enqueued = []
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: enqueued.append((func, *args)))
-    yield enqueued
-    registry.unregister_provider("clicloud")
+def cloud(fake_cloud, enqueued):
+    """The fake provider (tests/fakes.py) answers offer o-1 at $1.20/h; returns the tasks enqueued."""
+    fake_cloud("clicloud", "CLI Cloud").add_offer("o-1", "1.2000", gpu_count=2)
+    return enqueued
 
 
 @pytest.fixture

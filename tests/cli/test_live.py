@@ -14,30 +14,13 @@ from django.utils import timezone
 from sessions import services
 from sessions.models import Rental, Status
 from shopper import cli
+from tests.factories import RentalFactory
 
 VALID_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq7vQ7N4fK8m0s6p7D0J8u1g9xk8aZq6JQnq1m6tq1a me@laptop"
 
 
 def mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def make_rental(user, status=Status.ACTIVE, **kw) -> Rental:
-    now = timezone.now()
-    fields = dict(
-        consumer=user,
-        provider="clicloud",
-        provider_offer_id="o-1",
-        gpu_type="RTX 4090 24GB",
-        gpu_count=1,
-        price_per_hour=Decimal("0.5000"),
-        markup_percent=Decimal("0"),
-        status=status,
-        reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12),
-    )
-    fields.update(kw)
-    return Rental.objects.create(**fields)
 
 
 # --- inventory ------------------------------------------------------------------------------
@@ -249,8 +232,8 @@ def test_the_key_is_never_overwritten(home):
 
 # --- sessions, show, done, shutdown, extend -------------------------------------------------
 def test_sessions_lists_mine_in_a_table(shopper, run, user, other_user):
-    mine = make_rental(user, active_since=timezone.now() - timedelta(hours=1))
-    make_rental(other_user)
+    mine = RentalFactory(consumer=user, provider="clicloud", active_since=timezone.now() - timedelta(hours=1))
+    RentalFactory(consumer=other_user)
     code, out, _ = run("sessions")
     assert code == 0
     lines = out.splitlines()
@@ -263,7 +246,7 @@ def test_sessions_lists_mine_in_a_table(shopper, run, user, other_user):
 
 
 def test_show_prints_details_and_accepts_a_unique_prefix(shopper, run, user, other_user):
-    rental = make_rental(user, ssh_host="203.0.113.5", ssh_port=41201, ssh_user="root")
+    rental = RentalFactory(consumer=user, ssh_host="203.0.113.5", ssh_port=41201, ssh_user="root")
     code, out, _ = run("show", str(rental.pk)[:6])
     assert code == 0
     assert "id:" in out and str(rental.pk) in out and "status:" in out and "active" in out
@@ -272,7 +255,7 @@ def test_show_prints_details_and_accepts_a_unique_prefix(shopper, run, user, oth
     services.rental_event(rental, "info", "hello")
     assert "hello" in run("show", str(rental.pk), "--events")[1]
 
-    theirs = make_rental(other_user)
+    theirs = RentalFactory(consumer=other_user)
     code, _, err = run("show", str(theirs.pk))
     assert code == 3 and err == "error: Not found. (not_found)\n"
     code, _, err = run("show", str(theirs.pk)[:8])
@@ -284,15 +267,15 @@ def test_show_prints_details_and_accepts_a_unique_prefix(shopper, run, user, oth
 def test_an_ambiguous_prefix_is_refused(shopper, run, user):
     import uuid
 
-    make_rental(user, id=uuid.UUID("abcd0000-0000-4000-8000-000000000001"))
-    make_rental(user, id=uuid.UUID("abcd1111-0000-4000-8000-000000000002"))
+    RentalFactory(consumer=user, id=uuid.UUID("abcd0000-0000-4000-8000-000000000001"))
+    RentalFactory(consumer=user, id=uuid.UUID("abcd1111-0000-4000-8000-000000000002"))
     code, _, err = run("done", "abcd")
     assert code == 1 and "matches 2 sessions" in err
     assert set(Rental.objects.values_list("status", flat=True)) == {Status.ACTIVE}
 
 
 def test_done_then_done_again_is_the_servers_409(shopper, run, user, cloud):
-    rental = make_rental(user, active_since=timezone.now())
+    rental = RentalFactory(consumer=user, running=True)
     code, out, _ = run("done", str(rental.pk))
     assert code == 0 and "stopping" in out
     rental.refresh_from_db()
@@ -303,7 +286,7 @@ def test_done_then_done_again_is_the_servers_409(shopper, run, user, cloud):
 
 
 def test_shutdown_forces_teardown_and_is_harmless_twice(shopper, run, user, cloud):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user)
     code, out, _ = run("shutdown", str(rental.pk))
     assert code == 0 and "Shutdown requested" in out
     assert Rental.objects.get().status == Status.STOPPING
@@ -313,7 +296,7 @@ def test_shutdown_forces_teardown_and_is_harmless_twice(shopper, run, user, clou
 
 
 def test_extend_moves_the_reservation_and_past_the_hard_max_is_exit_2(shopper, run, user):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user)
     before = rental.reservation_ends_at
     code, out, _ = run("extend", str(rental.pk), "--hours", "1", "--reason", "one more epoch")
     assert code == 0 and "extended" in out
@@ -329,8 +312,9 @@ def test_extend_moves_the_reservation_and_past_the_hard_max_is_exit_2(shopper, r
 # --- costs ----------------------------------------------------------------------------------
 def test_costs_prints_totals_and_series(shopper, run, user):
     now = timezone.now()
-    make_rental(
-        user,
+    RentalFactory(
+        consumer=user,
+        provider="clicloud",
         status=Status.DESTROYED,
         price_per_hour=Decimal("1.5000"),
         active_since=now - timedelta(hours=3),

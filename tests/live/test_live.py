@@ -9,41 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
-from django.utils import timezone
 
 from sessions import live, services
-from sessions.models import Rental, RentalEvent, Status
+from sessions.models import RentalEvent, Status
 from shopper.asgi import application
+from tests.factories import RentalFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 DEADLINE = 2.0  # DESIGN.md: a worker's change reaches an open page within 2 s
-
-
-def make_rental(user, status=Status.BOOTING, **kw) -> Rental:
-    now = timezone.now()
-    fields = dict(
-        consumer=user,
-        provider="vastai",
-        provider_offer_id="o-1",
-        gpu_type="RTX 4090 24GB",
-        gpu_count=1,
-        vram_gb=24,
-        price_per_hour=Decimal("1.2000"),
-        status=status,
-        reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12),
-    )
-    fields.update(kw)
-    return Rental.objects.create(**fields)
 
 
 def cookie_for(user) -> str:
@@ -106,7 +86,7 @@ def test_an_anonymous_socket_is_closed_4401():
 
 
 def test_someone_elses_rental_is_closed_4404_and_their_list_socket_hears_nothing(user, other_user):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, status=Status.BOOTING)
     cookie_user = cookie_for(other_user)
 
     async def run():
@@ -129,7 +109,7 @@ def test_someone_elses_rental_is_closed_4404_and_their_list_socket_hears_nothing
 # Pushes
 # --------------------------------------------------------------------------------------------
 def test_the_owner_sees_a_workers_change_within_two_seconds(user, user_cookie):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, status=Status.BOOTING)
     first = RentalEvent.objects.create(rental=rental, from_status="provisioning", to_status="booting")
 
     async def run():
@@ -147,7 +127,7 @@ def test_the_owner_sees_a_workers_change_within_two_seconds(user, user_cookie):
         )
         html = msg["html"]
         assert f'id="rental-{rental.pk}-status"' in html and f'id="rental-{rental.pk}-timeline"' in html
-        assert html.count('hx-swap-oob="true"') == 2
+        assert html.count('hx-swap-oob="true"') == 3  # status, timeline, machine panel
         assert "status-verifying" in html and "Booted; checking SSH login" in html
         # The list notice for the user group comes too (the list table re-fetches on it).
         notice = await receive_until(comm, lambda m: m["type"] == "rental.changed" and not m["html"])
@@ -158,9 +138,7 @@ def test_the_owner_sees_a_workers_change_within_two_seconds(user, user_cookie):
 
 
 def test_the_owner_fragment_is_the_page_fragment(user):
-    rental = make_rental(
-        user, Status.ACTIVE, ssh_host="203.0.113.7", ssh_port=40022, active_since=timezone.now()
-    )
+    rental = RentalFactory(consumer=user, reachable=True)
     html = live.render_rental(rental, owner_view=True)
     page = Client()
     page.force_login(user)
@@ -170,7 +148,7 @@ def test_the_owner_fragment_is_the_page_fragment(user):
 
 
 def test_a_list_socket_hears_about_each_of_its_rentals(user, user_cookie):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, status=Status.BOOTING)
 
     async def run():
         comm = socket(user_cookie)
@@ -185,10 +163,7 @@ def test_a_list_socket_hears_about_each_of_its_rentals(user, user_cookie):
 
 
 def test_staff_may_watch_any_rental_without_the_owners_key_link(user, user_cookie, staff_cookie):
-    from sessions import keys
-
-    pem = keys.keypair_generate("t")[1]
-    rental = make_rental(user, ssh_private_key_encrypted=keys.secret_encrypt(pem))
+    rental = RentalFactory(consumer=user, status=Status.BOOTING, with_key=True)
 
     async def run():
         watcher = socket(staff_cookie, rental=rental.pk)
@@ -214,7 +189,7 @@ def test_staff_may_watch_any_rental_without_the_owners_key_link(user, user_cooki
 # Reconnecting
 # --------------------------------------------------------------------------------------------
 def test_a_reconnect_with_an_old_since_gets_the_current_state_at_once(user, user_cookie):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, status=Status.BOOTING)
     seen = RentalEvent.objects.create(rental=rental, from_status="provisioning", to_status="booting")
     # While the page was offline, the worker moved on.
     services.rental_transition(rental, Status.VERIFYING, reason="Booted")
@@ -249,8 +224,8 @@ def test_a_reconnect_with_an_old_since_gets_the_current_state_at_once(user, user
 # The relay itself
 # --------------------------------------------------------------------------------------------
 def test_the_relay_renders_only_for_watched_rentals_and_relays_late_commits(user, other_user, monkeypatch):
-    watched_rental = make_rental(user)
-    other = make_rental(other_user)
+    watched_rental = RentalFactory(consumer=user, status=Status.BOOTING)
+    other = RentalFactory(consumer=other_user, status=Status.BOOTING)
     relay = live.Relay()
     relay._floor = 0
     watched = {live.rental_group(watched_rental.pk, owner_view=True), live.user_group(user.pk)}
@@ -302,7 +277,7 @@ def test_the_relay_stops_when_the_last_socket_leaves(user_cookie):
 # The pages wire it up
 # --------------------------------------------------------------------------------------------
 def test_the_pages_carry_the_socket_and_the_since(client, user):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, status=Status.BOOTING)
     event = RentalEvent.objects.create(rental=rental, to_status="booting")
     client.force_login(user)
     detail = client.get(f"/sessions/{rental.pk}/").content.decode()

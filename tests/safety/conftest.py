@@ -17,11 +17,9 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from sessions import reconcile
 from sessions.models import Rental, RentalEvent, Status
-from shopper.models import ApiToken
 from tests.sessions.conftest import *  # noqa: F403  (fake, offer, make_rental, rent, helpers)
 
 ADMIN_EMAIL = "ops@example.com"
@@ -66,19 +64,13 @@ def active_rental(make_rental, fake):
 
 
 @pytest.fixture
-def staff_client(staff):
-    _, raw = ApiToken.issue(user=staff, name="staff-tests")
-    c = APIClient()
-    c.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
-    return c
+def staff_client(staff, token_client):
+    return token_client(staff, "staff-tests")
 
 
 @pytest.fixture
-def other_client(other_user):
-    _, raw = ApiToken.issue(user=other_user, name="other-tests")
-    c = APIClient()
-    c.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
-    return c
+def other_client(other_user, token_client):
+    return token_client(other_user, "other-tests")
 
 
 def deadline_events(rental: Rental) -> list[RentalEvent]:

@@ -6,37 +6,21 @@ from decimal import Decimal
 
 import pytest
 
-from inventory import providers as registry
-from inventory.providers.base import OfferData, Provider
 from sessions import services
 from sessions.models import Rental, RentalEvent, Status
+from tests.factories import RentalFactory, SSHKeyFactory
 
 pytestmark = pytest.mark.django_db
 
 VALID_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq7vQ7N4fK8m0s6p7D0J8u1g9xk8aZq6JQnq1m6tq1a me@laptop"
 
 
-class ApiCloud(Provider):
-    name = "apicloud"
-    display_name = "API Cloud"
-    price = Decimal("1.2000")
-    gone = False
-
-    def get_offer(self, offer_id):
-        if ApiCloud.gone:
-            return None
-        return OfferData("apicloud", offer_id, "RTX 4090 24GB", 2, 24, ApiCloud.price)
-
-
 @pytest.fixture(autouse=True)
-def cloud(settings, monkeypatch):
-    registry.register_provider("apicloud", f"{__name__}.ApiCloud")
-    settings.APICLOUD_API_KEY = "k"
-    ApiCloud.price, ApiCloud.gone = Decimal("1.2000"), False
-    enqueued = []
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: enqueued.append((func, *args)))
-    yield enqueued
-    registry.unregister_provider("apicloud")
+def provider(fake_cloud, enqueued):
+    """The fake provider of this module's offer: o-1, 2 × RTX 4090 24GB at $1.20/h."""
+    cloud = fake_cloud("apicloud", "API Cloud")
+    cloud.add_offer("o-1", "1.2000", gpu_count=2)
+    return cloud
 
 
 @pytest.fixture
@@ -51,7 +35,7 @@ def rent(api_client, offer, django_capture_on_commit_callbacks, **body):
 
 
 def test_it_rents_with_a_generated_key_shown_once(
-    api_client, offer, cloud, django_capture_on_commit_callbacks
+    api_client, offer, enqueued, django_capture_on_commit_callbacks
 ):
     response = rent(api_client, offer, django_capture_on_commit_callbacks)
     assert response.status_code == 201, response.json()
@@ -63,7 +47,7 @@ def test_it_rents_with_a_generated_key_shown_once(
     assert body["ssh_private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     rental = Rental.objects.get(pk=body["id"])
     assert body["ssh_private_key"] not in rental.ssh_private_key_encrypted  # encrypted at rest
-    assert cloud == [("sessions.tasks.provision", rental.pk)]
+    assert enqueued == [("sessions.tasks.provision", rental.pk)]
     again = api_client.get(f"/api/v1/sessions/{rental.pk}").json()
     assert "ssh_private_key" not in again
 
@@ -88,13 +72,15 @@ def test_it_uses_a_given_public_key(api_client, offer, django_capture_on_commit_
         ({"offer_id": ""}, "offer_id"),
     ],
 )
-def test_bad_input_is_a_400_that_names_the_field_and_creates_nothing(api_client, offer, cloud, body, field):
+def test_bad_input_is_a_400_that_names_the_field_and_creates_nothing(
+    api_client, offer, enqueued, body, field
+):
     payload = {"offer_id": str(offer.pk), "reservation_hours": 2, **body}
     response = api_client.post("/api/v1/sessions", payload, format="json")
     assert response.status_code == 400, response.json()
     assert field in response.json()["detail"]
     assert response.json()["code"] == "invalid"
-    assert not Rental.objects.exists() and not cloud
+    assert not Rental.objects.exists() and not enqueued
 
 
 def test_an_unknown_offer_is_a_404(api_client, offer):
@@ -105,8 +91,8 @@ def test_an_unknown_offer_is_a_404(api_client, offer):
     assert response.json()["code"] == "not_found"
 
 
-def test_a_vanished_offer_is_a_409_offer_unavailable(api_client, offer):
-    ApiCloud.gone = True
+def test_a_vanished_offer_is_a_409_offer_unavailable(api_client, offer, provider):
+    del provider.offers["o-1"]
     response = api_client.post(
         "/api/v1/sessions", {"offer_id": offer.pk, "reservation_hours": 1}, format="json"
     )
@@ -116,8 +102,8 @@ def test_a_vanished_offer_is_a_409_offer_unavailable(api_client, offer):
     assert offer.available is False and not Rental.objects.exists()
 
 
-def test_a_changed_price_is_a_409_and_the_menu_learns_the_new_price(api_client, offer):
-    ApiCloud.price = Decimal("1.5000")
+def test_a_changed_price_is_a_409_and_the_menu_learns_the_new_price(api_client, offer, provider):
+    provider.add_offer("o-1", "1.5000", gpu_count=2)
     response = api_client.post(
         "/api/v1/sessions", {"offer_id": offer.pk, "reservation_hours": 1}, format="json"
     )
@@ -136,29 +122,9 @@ def test_the_live_instance_cap_is_a_409(api_client, offer, settings, django_capt
     assert Rental.objects.count() == 1
 
 
-def make_rental(user, status=Status.ACTIVE, **kw):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    now = timezone.now()
-    return Rental.objects.create(
-        consumer=user,
-        provider="apicloud",
-        provider_offer_id="o-1",
-        gpu_type="RTX 4090 24GB",
-        gpu_count=1,
-        price_per_hour=Decimal("0.5000"),
-        status=status,
-        reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12),
-        **kw,
-    )
-
-
 def test_a_user_sees_only_their_own_sessions(api_client, user, other_user):
-    mine = make_rental(user)
-    theirs = make_rental(other_user)
+    mine = RentalFactory(consumer=user)
+    theirs = RentalFactory(consumer=other_user)
     listed = [r["id"] for r in api_client.get("/api/v1/sessions").json()["results"]]
     assert listed == [str(mine.pk)]
     for path in ("", "/events", "/ssh-key"):
@@ -173,8 +139,8 @@ def test_a_user_sees_only_their_own_sessions(api_client, user, other_user):
 def test_staff_see_everyone_and_filter(staff, user, other_user):
     from rest_framework.test import APIClient
 
-    make_rental(user)
-    make_rental(other_user, status=Status.DESTROYED)
+    RentalFactory(consumer=user)
+    RentalFactory(consumer=other_user, status=Status.DESTROYED)
     c = APIClient()
     c.force_authenticate(staff)
     assert c.get("/api/v1/sessions").json()["count"] == 2
@@ -189,19 +155,19 @@ def test_an_invalid_session_id_is_a_404(api_client):
 
 
 def test_done_moves_to_stopping_and_enqueues_teardown_and_done_twice_is_fine(
-    api_client, user, cloud, django_capture_on_commit_callbacks
+    api_client, user, enqueued, django_capture_on_commit_callbacks
 ):
-    rental = make_rental(user, active_since=None)
+    rental = RentalFactory(consumer=user, active_since=None)
     with django_capture_on_commit_callbacks(execute=True):
         response = api_client.post(f"/api/v1/sessions/{rental.pk}/done")
     assert response.status_code == 202 and response.json()["status"] == "stopping"
-    assert cloud == [("sessions.tasks.teardown", rental.pk)]
+    assert enqueued == [("sessions.tasks.teardown", rental.pk)]
     assert api_client.post(f"/api/v1/sessions/{rental.pk}/done").status_code == 202
     assert RentalEvent.objects.filter(rental=rental, to_status="stopping").count() == 1
 
 
 def test_done_after_the_end_is_a_409_and_delete_is_a_harmless_202(api_client, user):
-    rental = make_rental(user, status=Status.DESTROYED)
+    rental = RentalFactory(consumer=user, status=Status.DESTROYED)
     response = api_client.post(f"/api/v1/sessions/{rental.pk}/done")
     assert response.status_code == 409 and response.json()["code"] == "already_ended"
     response = api_client.delete(f"/api/v1/sessions/{rental.pk}")
@@ -211,10 +177,10 @@ def test_done_after_the_end_is_a_409_and_delete_is_a_harmless_202(api_client, us
 def test_the_key_download_is_owner_only_audited_and_gone_after_teardown(api_client, user, staff):
     from rest_framework.test import APIClient
 
-    from sessions.keys import keypair_generate, secret_encrypt
+    from sessions.keys import keypair_generate
 
     public, private = keypair_generate("t")
-    rental = make_rental(user, ssh_public_key=public, ssh_private_key_encrypted=secret_encrypt(private))
+    rental = RentalFactory(consumer=user, ssh_public_key=public, private_key=private)
     response = api_client.get(f"/api/v1/sessions/{rental.pk}/ssh-key")
     assert response.status_code == 200 and response.content.decode() == private
     assert rental.events.filter(kind="key_download", actor=user).count() == 1
@@ -226,7 +192,7 @@ def test_the_key_download_is_owner_only_audited_and_gone_after_teardown(api_clie
 
 
 def test_events_are_the_timeline(api_client, user):
-    rental = make_rental(user, status=Status.PENDING)
+    rental = RentalFactory(consumer=user, status=Status.PENDING)
     services.rental_transition(rental, Status.PROVISIONING, reason="Creating")
     events = api_client.get(f"/api/v1/sessions/{rental.pk}/events").json()
     assert [(e["from_status"], e["to_status"], e["reason"]) for e in events] == [
@@ -235,7 +201,7 @@ def test_events_are_the_timeline(api_client, user):
 
 
 def test_an_active_session_shows_the_ssh_handoff(api_client, user):
-    rental = make_rental(user, ssh_host="203.0.113.5", ssh_port=41201, ssh_user="root")
+    rental = RentalFactory(consumer=user, ssh_host="203.0.113.5", ssh_port=41201, ssh_user="root")
     body = api_client.get(f"/api/v1/sessions/{rental.pk}").json()
     assert body["ssh"] == {"host": "203.0.113.5", "port": 41201, "user": "root",
                            "command": "ssh -p 41201 root@203.0.113.5"}  # fmt: skip
@@ -260,9 +226,7 @@ def test_a_revoked_or_expired_token_is_refused(user):
 def test_a_generated_pair_can_be_asked_for_even_with_registered_keys(
     api_client, user, offer, django_capture_on_commit_callbacks
 ):
-    from sessions.models import SSHKey
-
-    SSHKey.objects.create(user=user, name="laptop", public_key=VALID_KEY, fingerprint="SHA256:x")
+    SSHKeyFactory(user=user, public_key=VALID_KEY)
     response = rent(api_client, offer, django_capture_on_commit_callbacks, generate_key=True)
     assert response.status_code == 201
     assert response.json()["ssh_private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
@@ -276,7 +240,7 @@ def test_a_generated_pair_can_be_asked_for_even_with_registered_keys(
 def test_the_safety_page_and_the_admin_override_are_staff_only(client, user, staff):
     from sessions.models import Alert, AlertKind
 
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user)
     Alert.objects.create(
         kind=AlertKind.ORPHAN, provider="apicloud", provider_instance_id="9", message="orphan 9"
     )
@@ -305,8 +269,8 @@ def test_the_safety_page_and_the_admin_override_are_staff_only(client, user, sta
 
 
 def test_the_kill_switch_needs_the_phrase_and_then_stops_every_live_rental(client, user, other_user, staff):
-    live = [make_rental(user), make_rental(other_user, status=Status.BOOTING)]
-    ended = make_rental(user, status=Status.DESTROYED)
+    live = [RentalFactory(consumer=user), RentalFactory(consumer=other_user, status=Status.BOOTING)]
+    ended = RentalFactory(consumer=user, status=Status.DESTROYED)
     client.force_login(user)
     assert client.post("/safety/kill-switch/", {"confirm": "STOP ALL"}).status_code == 404
     client.force_login(staff)

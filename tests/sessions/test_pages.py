@@ -10,10 +10,9 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from inventory import providers as registry
-from inventory.providers.base import OfferData, Provider
-from sessions import keys, services, views
+from sessions import keys, views
 from sessions.models import EventKind, Rental, RentalEvent, SSHKey, Status
+from tests.factories import RentalFactory, SSHKeyFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -21,57 +20,17 @@ VALID_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq7vQ7N4fK8m0s6p7D0J8u1g9xk8aZ
 OTHER_KEY = keys.keypair_generate("desk")[0]
 
 
-class PageCloud(Provider):
-    name = "pagecloud"
-    display_name = "Page Cloud"
-    price = Decimal("1.2000")
-    gone = False
-
-    def get_offer(self, offer_id):
-        if PageCloud.gone:
-            return None
-        return OfferData("pagecloud", offer_id, "RTX 4090 24GB", 2, 24, PageCloud.price)
-
-
 @pytest.fixture(autouse=True)
-def enqueued(settings, monkeypatch):
-    registry.register_provider("pagecloud", f"{__name__}.PageCloud")
-    settings.PAGECLOUD_API_KEY = "k"
-    PageCloud.price, PageCloud.gone = Decimal("1.2000"), False
-    calls: list = []
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: calls.append((func, *args)))
-    yield calls
-    registry.unregister_provider("pagecloud")
+def provider(fake_cloud, enqueued):
+    """The fake provider of this module's offer: o-1, 2 × RTX 4090 24GB at $1.20/h."""
+    cloud = fake_cloud("pagecloud", "Page Cloud")
+    cloud.add_offer("o-1", "1.2000", gpu_count=2)
+    return cloud
 
 
 @pytest.fixture
 def offer(make_offer):
     return make_offer(provider="pagecloud", provider_offer_id="o-1", gpu_count=2, price_per_hour="1.2000")
-
-
-def make_rental(user, status=Status.ACTIVE, **kw) -> Rental:
-    now = timezone.now()
-    fields = dict(
-        consumer=user,
-        provider="pagecloud",
-        provider_offer_id="o-1",
-        gpu_type="RTX 4090 24GB",
-        gpu_count=2,
-        vram_gb=24,
-        price_per_hour=Decimal("1.2000"),
-        status=status,
-        reservation_ends_at=now + timedelta(hours=2),
-        hard_max_at=now + timedelta(hours=12),
-    )
-    if status == Status.ACTIVE:
-        fields.update(ssh_host="203.0.113.7", ssh_port=40022, ssh_user="root", active_since=now)
-    fields.update(kw)
-    return Rental.objects.create(**fields)
-
-
-def with_key(user, status=Status.ACTIVE, **kw) -> Rental:
-    pem = keys.keypair_generate("t")[1]
-    return make_rental(user, status, ssh_private_key_encrypted=keys.secret_encrypt(pem), **kw)
 
 
 def rent_form(client, offer, **data):
@@ -110,7 +69,7 @@ def post_rent(client, offer, django_capture_on_commit_callbacks, **data):
     ],
 )
 def test_anonymous_visitors_are_sent_to_login(client, user, method, path):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, reachable=True)
     response = getattr(client, method)(path.format(id=rental.pk))
     assert response.status_code == 302
     assert response["Location"].startswith("/login/")
@@ -127,7 +86,7 @@ def test_anonymous_visitors_are_sent_to_login(client, user, method, path):
     ],
 )
 def test_another_users_session_is_a_404(client, user, other_user, method, path, enqueued):
-    rental = with_key(user)
+    rental = RentalFactory(consumer=user, reachable=True, with_key=True)
     client.force_login(other_user)
     response = getattr(client, method)(path.format(id=rental.pk))
     assert response.status_code == 404
@@ -137,8 +96,8 @@ def test_another_users_session_is_a_404(client, user, other_user, method, path, 
 
 
 def test_the_list_shows_only_my_sessions(client_logged_in, user, other_user):
-    mine = make_rental(user, gpu_type="H100 SXM 80GB")
-    make_rental(other_user, gpu_type="A100 PCIE 40GB")
+    mine = RentalFactory(consumer=user, reachable=True, gpu_type="H100 SXM 80GB")
+    RentalFactory(consumer=other_user, reachable=True, gpu_type="A100 PCIE 40GB")
     html = client_logged_in.get("/sessions/").content.decode()
     assert "H100 SXM 80GB" in html and "A100 PCIE 40GB" not in html
     assert f"/sessions/{mine.pk}/" in html
@@ -146,8 +105,8 @@ def test_the_list_shows_only_my_sessions(client_logged_in, user, other_user):
 
 
 def test_staff_see_everyones_sessions_with_the_consumer(client, staff, user, other_user):
-    make_rental(user, gpu_type="H100 SXM 80GB")
-    make_rental(other_user, gpu_type="A100 PCIE 40GB")
+    RentalFactory(consumer=user, reachable=True, gpu_type="H100 SXM 80GB")
+    RentalFactory(consumer=other_user, reachable=True, gpu_type="A100 PCIE 40GB")
     client.force_login(staff)
     html = client.get("/sessions/").content.decode()
     assert "H100 SXM 80GB" in html and "A100 PCIE 40GB" in html
@@ -155,8 +114,14 @@ def test_staff_see_everyones_sessions_with_the_consumer(client, staff, user, oth
 
 
 def test_the_list_filters_by_status_and_shows_cost_so_far(client_logged_in, user):
-    make_rental(user, gpu_type="H100 SXM 80GB", active_since=timezone.now() - timedelta(minutes=90))
-    make_rental(user, Status.DESTROYED, gpu_type="A100 PCIE 40GB", ended_at=timezone.now())
+    RentalFactory(
+        consumer=user,
+        reachable=True,
+        gpu_type="H100 SXM 80GB",
+        price_per_hour=Decimal("1.2000"),
+        active_since=timezone.now() - timedelta(minutes=90),
+    )
+    RentalFactory(consumer=user, status=Status.DESTROYED, gpu_type="A100 PCIE 40GB", ended_at=timezone.now())
     html = client_logged_in.get("/sessions/", {"status": "active"}).content.decode()
     assert "H100 SXM 80GB" in html and "A100 PCIE 40GB" not in html
     assert "$1.80" in html  # 1.20/h × 1.5 h
@@ -167,14 +132,14 @@ def test_the_list_filters_by_status_and_shows_cost_so_far(client_logged_in, user
 
 
 def test_an_unknown_status_filter_is_explained_not_a_500(client_logged_in, user):
-    make_rental(user)
+    RentalFactory(consumer=user, reachable=True)
     response = client_logged_in.get("/sessions/", {"status": "sleeping"})
     assert response.status_code == 200
     assert "Unknown status" in response.content.decode()
 
 
 def test_an_htmx_request_gets_only_the_table(client_logged_in, user):
-    make_rental(user)
+    RentalFactory(consumer=user, reachable=True)
     html = client_logged_in.get("/sessions/", HTTP_HX_REQUEST="true").content.decode()
     assert html.lstrip().startswith('<section id="rental-table"') and "<html" not in html
 
@@ -183,7 +148,9 @@ def test_an_htmx_request_gets_only_the_table(client_logged_in, user):
 # Detail
 # --------------------------------------------------------------------------------------------
 def test_the_owner_sees_status_ssh_command_key_link_and_timeline(client_logged_in, user):
-    rental = with_key(user, status_detail="SSH login verified; the machine is yours")
+    rental = RentalFactory(
+        consumer=user, reachable=True, with_key=True, status_detail="SSH login verified; the machine is yours"
+    )
     RentalEvent.objects.create(rental=rental, from_status="verifying", to_status="active", reason="SSH ok")
     response = client_logged_in.get(f"/sessions/{rental.pk}/")
     html = response.content.decode()
@@ -199,14 +166,14 @@ def test_the_owner_sees_status_ssh_command_key_link_and_timeline(client_logged_i
 
 
 def test_the_ssh_command_waits_for_active(client_logged_in, user):
-    rental = make_rental(user, Status.BOOTING, ssh_host="203.0.113.7", ssh_port=40022)
+    rental = RentalFactory(consumer=user, status=Status.BOOTING, ssh_host="203.0.113.7", ssh_port=40022)
     html = client_logged_in.get(f"/sessions/{rental.pk}/").content.decode()
     assert "ssh -p 40022" not in html
     assert "appears here as soon as the machine is ready" in html
 
 
 def test_staff_see_someones_session_without_the_key_link(client, staff, user):
-    rental = with_key(user)
+    rental = RentalFactory(consumer=user, reachable=True, with_key=True)
     client.force_login(staff)
     response = client.get(f"/sessions/{rental.pk}/")
     html = response.content.decode()
@@ -217,7 +184,7 @@ def test_staff_see_someones_session_without_the_key_link(client, staff, user):
 
 
 def test_a_terminal_session_does_not_poll(client_logged_in, user):
-    rental = make_rental(user, Status.DESTROYED, ended_at=timezone.now())
+    rental = RentalFactory(consumer=user, status=Status.DESTROYED, ended_at=timezone.now())
     html = client_logged_in.get(f"/sessions/{rental.pk}/").content.decode()
     assert "hx-trigger" not in html
     assert "Force shutdown" not in html
@@ -226,7 +193,7 @@ def test_a_terminal_session_does_not_poll(client_logged_in, user):
 
 
 def test_the_poll_returns_the_status_fragment_and_the_timeline_out_of_band(client_logged_in, user):
-    rental = make_rental(user, Status.BOOTING)
+    rental = RentalFactory(consumer=user, status=Status.BOOTING)
     response = client_logged_in.get(f"/sessions/{rental.pk}/", HTTP_HX_REQUEST="true")
     html = response.content.decode()
     assert response.status_code == 200 and "<html" not in html
@@ -235,7 +202,7 @@ def test_the_poll_returns_the_status_fragment_and_the_timeline_out_of_band(clien
 
 
 def test_an_unchanged_poll_is_a_204(client_logged_in, user):
-    rental = make_rental(user, Status.BOOTING)
+    rental = RentalFactory(consumer=user, status=Status.BOOTING)
     event = RentalEvent.objects.create(rental=rental, to_status="booting", reason="x")
     url = f"/sessions/{rental.pk}/"
     assert (
@@ -256,7 +223,7 @@ def test_the_running_cost_refreshes_on_the_session_page(client_logged_in, user):
     from django.utils import timezone
 
     start = timezone.now()
-    rental = make_rental(user, Status.ACTIVE)
+    rental = RentalFactory(consumer=user, reachable=True)
     Rental.objects.filter(pk=rental.pk).update(active_since=start, price_per_hour=Decimal("3.6000"))
     event = RentalEvent.objects.create(rental=rental, to_status="active", reason="x")
     url = f"/sessions/{rental.pk}/"
@@ -276,7 +243,7 @@ def test_a_bad_session_id_is_a_404(client_logged_in):
 def test_done_moves_to_stopping_and_enqueues_teardown(
     client_logged_in, user, enqueued, django_capture_on_commit_callbacks
 ):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, reachable=True)
     with django_capture_on_commit_callbacks(execute=True):
         response = client_logged_in.post(f"/sessions/{rental.pk}/done/")
     assert response.status_code == 302 and response["Location"] == f"/sessions/{rental.pk}/"
@@ -288,7 +255,7 @@ def test_done_moves_to_stopping_and_enqueues_teardown(
 
 
 def test_done_again_is_a_message_not_a_500(client_logged_in, user, enqueued):
-    rental = make_rental(user, Status.DESTROYED, ended_at=timezone.now())
+    rental = RentalFactory(consumer=user, status=Status.DESTROYED, ended_at=timezone.now())
     response = client_logged_in.post(f"/sessions/{rental.pk}/done/", follow=True)
     assert response.status_code == 200
     assert "already ended" in response.content.decode()
@@ -296,7 +263,7 @@ def test_done_again_is_a_message_not_a_500(client_logged_in, user, enqueued):
 
 
 def test_done_while_stopping_changes_nothing(client_logged_in, user, enqueued):
-    rental = make_rental(user, Status.STOPPING)
+    rental = RentalFactory(consumer=user, status=Status.STOPPING)
     response = client_logged_in.post(f"/sessions/{rental.pk}/done/")
     assert response.status_code == 302
     assert not enqueued and not rental.events.exists()
@@ -305,7 +272,7 @@ def test_done_while_stopping_changes_nothing(client_logged_in, user, enqueued):
 def test_htmx_done_returns_the_updated_status_fragment(
     client_logged_in, user, django_capture_on_commit_callbacks
 ):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, reachable=True)
     with django_capture_on_commit_callbacks(execute=True):
         response = client_logged_in.post(f"/sessions/{rental.pk}/done/", HTTP_HX_REQUEST="true")
     html = response.content.decode()
@@ -315,7 +282,7 @@ def test_htmx_done_returns_the_updated_status_fragment(
 
 
 def test_htmx_done_on_an_ended_session_says_so(client_logged_in, user):
-    rental = make_rental(user, Status.FAILED, ended_at=timezone.now())
+    rental = RentalFactory(consumer=user, status=Status.FAILED, ended_at=timezone.now())
     response = client_logged_in.post(f"/sessions/{rental.pk}/done/", HTTP_HX_REQUEST="true")
     assert response.status_code == 286
     assert "already ended" in response.content.decode()
@@ -324,7 +291,7 @@ def test_htmx_done_on_an_ended_session_says_so(client_logged_in, user):
 def test_staff_can_force_shutdown_someones_session(
     client, staff, user, enqueued, django_capture_on_commit_callbacks
 ):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, reachable=True)
     client.force_login(staff)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(f"/sessions/{rental.pk}/shutdown/")
@@ -337,7 +304,7 @@ def test_staff_can_force_shutdown_someones_session(
 
 
 def test_stopping_needs_a_post(client_logged_in, user):
-    rental = make_rental(user)
+    rental = RentalFactory(consumer=user, reachable=True)
     assert client_logged_in.get(f"/sessions/{rental.pk}/done/").status_code == 405
     assert Rental.objects.get().status == Status.ACTIVE
 
@@ -346,7 +313,7 @@ def test_stopping_needs_a_post(client_logged_in, user):
 # Private key download
 # --------------------------------------------------------------------------------------------
 def test_the_owner_downloads_the_key_and_it_is_audited(client_logged_in, user):
-    rental = with_key(user)
+    rental = RentalFactory(consumer=user, reachable=True, with_key=True)
     response = client_logged_in.get(f"/sessions/{rental.pk}/ssh-key/")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
@@ -358,14 +325,16 @@ def test_the_owner_downloads_the_key_and_it_is_audited(client_logged_in, user):
 
 
 def test_staff_cannot_download_someones_key(client, staff, user):
-    rental = with_key(user)
+    rental = RentalFactory(consumer=user, reachable=True, with_key=True)
     client.force_login(staff)
     assert client.get(f"/sessions/{rental.pk}/ssh-key/").status_code == 404
     assert not rental.events.exists()
 
 
 def test_the_key_is_gone_after_teardown(client_logged_in, user):
-    rental = make_rental(user, Status.DESTROYED, ended_at=timezone.now(), ssh_public_key=VALID_KEY)
+    rental = RentalFactory(
+        consumer=user, status=Status.DESTROYED, ended_at=timezone.now(), ssh_public_key=VALID_KEY
+    )
     response = client_logged_in.get(f"/sessions/{rental.pk}/ssh-key/")
     assert response.status_code == 410
     assert "deleted" in response.content.decode()
@@ -373,7 +342,7 @@ def test_the_key_is_gone_after_teardown(client_logged_in, user):
 
 
 def test_no_generated_key_is_a_404(client_logged_in, user):
-    rental = make_rental(user, ssh_public_key=VALID_KEY)
+    rental = RentalFactory(consumer=user, reachable=True, ssh_public_key=VALID_KEY)
     assert client_logged_in.get(f"/sessions/{rental.pk}/ssh-key/").status_code == 404
 
 
@@ -402,7 +371,7 @@ def test_the_estimate_follows_the_hours(client_logged_in, offer):
 
 
 def test_users_with_registered_keys_may_use_them(client_logged_in, user, offer):
-    SSHKey.objects.create(user=user, name="laptop", public_key=VALID_KEY, fingerprint="SHA256:x")
+    SSHKeyFactory(user=user, public_key=VALID_KEY)
     html = client_logged_in.get(f"/offers/{offer.pk}/rent/").content.decode()
     assert "Use my registered key (1)" in html and "laptop" in html
 
@@ -434,7 +403,7 @@ def test_renting_with_a_pasted_key(client_logged_in, offer, django_capture_on_co
 
 
 def test_renting_with_registered_keys(client_logged_in, user, offer, django_capture_on_commit_callbacks):
-    SSHKey.objects.create(user=user, name="laptop", public_key=VALID_KEY, fingerprint="SHA256:x")
+    SSHKeyFactory(user=user, public_key=VALID_KEY)
     response = post_rent(client_logged_in, offer, django_capture_on_commit_callbacks, key_source="registered")
     assert response.status_code == 302
     rental = Rental.objects.get()
@@ -472,9 +441,9 @@ def test_bad_input_is_explained_and_rents_nothing(client_logged_in, offer, enque
 
 
 def test_a_changed_price_is_shown_and_a_second_submit_rents_at_it(
-    client_logged_in, offer, django_capture_on_commit_callbacks
+    client_logged_in, offer, provider, django_capture_on_commit_callbacks
 ):
-    PageCloud.price = Decimal("1.5000")
+    provider.add_offer("o-1", "1.5000", gpu_count=2)
     payload = rent_form(client_logged_in, offer)
     response = client_logged_in.post(f"/offers/{offer.pk}/rent/", payload)
     html = response.content.decode()
@@ -489,8 +458,8 @@ def test_a_changed_price_is_shown_and_a_second_submit_rents_at_it(
     assert Rental.objects.get().price_per_hour == Decimal("1.5000")
 
 
-def test_a_vanished_offer_says_so_with_a_link_back(client_logged_in, offer):
-    PageCloud.gone = True
+def test_a_vanished_offer_says_so_with_a_link_back(client_logged_in, offer, provider):
+    del provider.offers["o-1"]
     response = client_logged_in.post(f"/offers/{offer.pk}/rent/", rent_form(client_logged_in, offer))
     html = response.content.decode()
     assert response.status_code == 200
@@ -538,12 +507,12 @@ def test_a_submit_while_the_first_is_running_waits_then_says_so(client_logged_in
 
 
 def test_a_failed_submit_can_be_retried_with_the_same_form(
-    client_logged_in, offer, django_capture_on_commit_callbacks
+    client_logged_in, offer, provider, django_capture_on_commit_callbacks
 ):
-    PageCloud.gone = True
+    del provider.offers["o-1"]
     payload = rent_form(client_logged_in, offer)
     client_logged_in.post(f"/offers/{offer.pk}/rent/", payload)
-    PageCloud.gone = False
+    provider.add_offer("o-1", "1.2000", gpu_count=2)
     offer.available = True
     offer.save()
     with django_capture_on_commit_callbacks(execute=True):
@@ -584,8 +553,7 @@ def test_a_duplicate_key_is_a_clear_error(client_logged_in, user):
 
 
 def test_the_same_key_may_belong_to_two_users(client, user, other_user):
-    SSHKey.objects.create(user=other_user, name="bob", public_key=VALID_KEY,
-                          fingerprint=keys.public_key_fingerprint(VALID_KEY))  # fmt: skip
+    SSHKeyFactory(user=other_user, name="bob", public_key=VALID_KEY)
     client.force_login(user)
     client.post("/keys/", {"name": "laptop", "public_key": VALID_KEY})
     assert SSHKey.objects.filter(user=user).count() == 1
@@ -607,21 +575,21 @@ def test_an_invalid_key_is_explained(client_logged_in, text, message):
 
 
 def test_the_keys_page_lists_only_my_keys(client_logged_in, user, other_user):
-    SSHKey.objects.create(user=user, name="mine", public_key=VALID_KEY, fingerprint="SHA256:a")
-    SSHKey.objects.create(user=other_user, name="theirs", public_key=OTHER_KEY, fingerprint="SHA256:b")
+    SSHKeyFactory(user=user, name="mine", public_key=VALID_KEY)
+    SSHKeyFactory(user=other_user, name="theirs", public_key=OTHER_KEY)
     html = client_logged_in.get("/keys/").content.decode()
     assert "mine" in html and "theirs" not in html
 
 
 def test_deleting_my_key(client_logged_in, user):
-    key = SSHKey.objects.create(user=user, name="mine", public_key=VALID_KEY, fingerprint="SHA256:a")
+    key = SSHKeyFactory(user=user, name="mine", public_key=VALID_KEY)
     response = client_logged_in.post(f"/keys/{key.pk}/delete/")
     assert response.status_code == 302 and response["Location"] == "/keys/"
     assert not SSHKey.objects.exists()
 
 
 def test_deleting_someone_elses_key_is_a_404(client_logged_in, other_user):
-    key = SSHKey.objects.create(user=other_user, name="theirs", public_key=VALID_KEY, fingerprint="SHA256:b")
+    key = SSHKeyFactory(user=other_user, name="theirs", public_key=VALID_KEY)
     assert client_logged_in.post(f"/keys/{key.pk}/delete/").status_code == 404
     assert client_logged_in.get(f"/keys/{key.pk}/delete/").status_code == 405
     assert SSHKey.objects.filter(pk=key.pk).exists()
@@ -630,10 +598,10 @@ def test_deleting_someone_elses_key_is_a_404(client_logged_in, other_user):
 def test_a_404_is_a_real_page_and_an_ended_session_pushes_away_its_extend_form(
     client_logged_in, user, other_user
 ):
-    theirs = make_rental(other_user, Status.ACTIVE)
+    theirs = RentalFactory(consumer=other_user, reachable=True)
     response = client_logged_in.get(f"/sessions/{theirs.pk}/")
     assert response.status_code == 404 and "Browse offers" in response.content.decode()
-    mine = make_rental(user, Status.STOPPING)
+    mine = RentalFactory(consumer=user, status=Status.STOPPING)
     html = client_logged_in.get(f"/sessions/{mine.pk}/").content.decode()
     assert f'id="rental-{mine.pk}-extend" hx-swap-oob="true" hidden' in html
     assert "Extend the reservation" not in html
