@@ -52,6 +52,7 @@ from sessions.models import (
     token_hash,
 )
 from sessions.ssh import SSHCheckFailed, ssh_banner, ssh_run
+from shopper.logconfig import REDACTED
 
 log = logging.getLogger(__name__)
 S = Status
@@ -497,6 +498,10 @@ def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = Fals
         try:
             instance_id = provider.create_instance(request)
         except ProviderError as exc:
+            # A provider may quote our request back in its error: the agent's token must not reach
+            # the timeline (pages, API, audit) or a log line with it.
+            exc.message = exc.message.replace(agent_token, REDACTED)
+            exc.args = (exc.message,)
             instance_id = _instance_after_create_error(rental, provider, exc)
             if not instance_id:
                 return False

@@ -8,6 +8,7 @@ instead of the standard library.
 * ``RedactFilter`` masks secrets in the message, args, exception and stack text of every record
   (DESIGN.md: provider keys are never logged).
 * ``JsonFormatter`` writes one JSON object per line (``LOG_JSON=True``).
+* ``AdminEmailHandler`` is Django's error email (500s to ADMINS) with the same redaction.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
+
+from django.utils import log as django_log
 
 REDACTED = "[redacted]"
 NO_REQUEST = "-"
@@ -54,7 +57,13 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bgAAAAA[A-Za-z0-9_-]{20,}={0,2}"), REDACTED),
     (re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=(?![A-Za-z0-9_=-])"), REDACTED),
 ]
-_SECRET_SETTINGS = ("VASTAI_API_KEY", "TENSORDOCK_API_TOKEN", "SECRET_KEY", "METRICS_TOKEN")
+_SECRET_SETTINGS = (
+    "VASTAI_API_KEY",
+    "TENSORDOCK_API_TOKEN",
+    "SECRET_KEY",
+    "METRICS_TOKEN",
+    "EMAIL_HOST_PASSWORD",
+)
 MIN_SECRET_CHARS = 6  # shorter configured values would mask ordinary words
 
 
@@ -124,3 +133,15 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class AdminEmailHandler(django_log.AdminEmailHandler):
+    """Django's error email with every known secret form masked. Its report quotes the
+    exception's message, which it renders from ``exc_info`` itself, out of RedactFilter's reach,
+    so the finished text is redacted instead."""
+
+    def send_mail(self, subject, message, *args, **kwargs):
+        secrets = configured_secrets()
+        if kwargs.get("html_message"):
+            kwargs["html_message"] = redact(kwargs["html_message"], secrets)
+        super().send_mail(redact(subject, secrets), redact(message, secrets), *args, **kwargs)

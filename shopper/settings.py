@@ -264,6 +264,7 @@ LOGGING = {
     "filters": {
         "request_id": {"()": "shopper.logconfig.RequestIdFilter"},
         "redact": {"()": "shopper.logconfig.RedactFilter"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
@@ -274,8 +275,16 @@ LOGGING = {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_JSON else "plain",
             "filters": ["request_id", "redact"],
-        }
+        },
+        # Django's error email (500s to ADMINS), redacted too. Naming the "django" logger below
+        # replaces Django's default handlers for it, which bypass the redaction.
+        "mail_admins": {
+            "class": "shopper.logconfig.AdminEmailHandler",
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+        },
     },
+    "loggers": {"django": {"handlers": ["mail_admins"], "level": "INFO"}},
     # django-q2 logs as "django-q" through these handlers too, at the root's level.
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }

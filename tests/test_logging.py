@@ -160,7 +160,14 @@ def test_redaction_of_configured_values(settings):
     settings.VASTAI_API_KEY = "vast-key-7f3e9a"
     settings.TENSORDOCK_API_TOKEN = "td-token-b1c2d3"
     settings.METRICS_TOKEN = "scrape-me-please"
-    for secret in ["vast-key-7f3e9a", "td-token-b1c2d3", "scrape-me-please", settings.SECRET_KEY]:
+    settings.EMAIL_HOST_PASSWORD = "smtp-pass-42x"
+    for secret in [
+        "vast-key-7f3e9a",
+        "td-token-b1c2d3",
+        "scrape-me-please",
+        "smtp-pass-42x",
+        settings.SECRET_KEY,
+    ]:
         out = rendered(make_record("config value %s in args", secret))
         assert secret not in out, secret
         assert out == f"config value {REDACTED} in args"

@@ -113,16 +113,17 @@ class TensorDock(Provider):
     def _fail(self, resp: http.ApiResponse, method: str, path: str) -> ProviderError:
         """Map an error answer (non-2xx, or 2xx with an in-body error) to a typed error."""
         detail = http.describe(self, method, path, resp)
+        # The quoted error text is the provider's and may repeat our token: redacted like ``detail``.
         if isinstance(resp.data, list):  # validation issues: [{code, message, path}]
             issues = [_str(i.get("message")) for i in resp.data if isinstance(i, dict)]
-            joined = "; ".join(i for i in issues if i)
+            joined = http.redact("; ".join(i for i in issues if i), self.api_key)
             return PermanentError(f"{self.name} {method} {path}: {joined or detail}", status=resp.status)
         if resp.status == 404:
             return NotFound(detail, status=404)
         if isinstance(resp.data, dict):
             text = _body_error(resp.data) or _str(resp.data.get("error")) or _str(resp.data.get("message"))
             if text:
-                return _classify(f"{detail} [{text}]", resp.status)
+                return _classify(f"{detail} [{http.redact(text, self.api_key)}]", resp.status)
         return PermanentError(detail, status=resp.status)
 
     # ---------------------------------------------------------------- offers
