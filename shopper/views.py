@@ -183,13 +183,16 @@ def health(request):
         freshness = offers_freshness()
     except DatabaseError as exc:
         return Response({"status": "error", "database": f"unavailable: {type(exc).__name__}"}, status=503)
+    # Health is public (load balancers, probes); a provider's error text is for signed-in users:
+    # it can quote account details back, and anonymous callers only need to know it is failing.
+    signed_in = request.user.is_authenticated
     providers = [
         {
             "name": p["name"],
             "enabled": p["enabled"],
             "reason": p["reason"],
             "last_success_at": p["last_success_at"],
-            "last_error": p["last_error"],
+            "last_error": p["last_error"] if signed_in or not p["last_error"] else "failing",
             "offers": p["offers"],
         }
         for p in freshness["providers"]

@@ -164,6 +164,15 @@ def test_the_health_endpoint_reports_providers_and_needs_no_login(client):
     assert "VASTAI_API_KEY" in providers["vastai"]["reason"]
 
 
+def test_the_health_endpoint_shows_provider_error_text_only_to_signed_in_users(client, api_client):
+    FakeCloud.answer = Transient("upstream said: account 4412 is over its spending limit")
+    offers_refresh()
+    anonymous = {p["name"]: p for p in client.get("/api/v1/health").json()["providers"]}
+    signed_in = {p["name"]: p for p in api_client.get("/api/v1/health").json()["providers"]}
+    assert anonymous["fakecloud"]["last_error"] == "failing"
+    assert "account 4412" in signed_in["fakecloud"]["last_error"]
+
+
 def test_the_health_endpoint_answers_503_when_the_database_is_down(client, monkeypatch):
     from django.db import connection
     from django.db.utils import OperationalError
