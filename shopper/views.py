@@ -17,11 +17,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.middleware import HtmxDetails
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.response import Response
 
 from inventory.services import offers_freshness
-from shopper.auth import TOKEN_CACHE_PREFIX
+from shopper.auth import TOKEN_CACHE_PREFIX, ApiTokenAuthentication
 from shopper.forms import ApiTokenForm
 from shopper.models import ApiToken
 
@@ -167,6 +168,16 @@ def token_revoke(request: HtmxHttpRequest, token_id: int) -> HttpResponse:
 # --------------------------------------------------------------------------------------------
 # Health
 # --------------------------------------------------------------------------------------------
+def _health_caller_signed_in(request) -> bool:
+    """A session or a valid API token; a bad token is just anonymous here (never a 401: probes)."""
+    if request._request.user.is_authenticated:
+        return True
+    try:
+        return ApiTokenAuthentication().authenticate(request) is not None
+    except exceptions.AuthenticationFailed:
+        return False
+
+
 @extend_schema(
     summary="Liveness, database and provider status",
     auth=[],
@@ -185,7 +196,7 @@ def health(request):
         return Response({"status": "error", "database": f"unavailable: {type(exc).__name__}"}, status=503)
     # Health is public (load balancers, probes); a provider's error text is for signed-in users:
     # it can quote account details back, and anonymous callers only need to know it is failing.
-    signed_in = request.user.is_authenticated
+    signed_in = _health_caller_signed_in(request)
     providers = [
         {
             "name": p["name"],

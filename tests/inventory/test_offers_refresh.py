@@ -170,6 +170,9 @@ def test_the_health_endpoint_shows_provider_error_text_only_to_signed_in_users(c
     anonymous = {p["name"]: p for p in client.get("/api/v1/health").json()["providers"]}
     signed_in = {p["name"]: p for p in api_client.get("/api/v1/health").json()["providers"]}
     assert anonymous["fakecloud"]["last_error"] == "failing"
+    bad_token = client.get("/api/v1/health", HTTP_AUTHORIZATION="Token gs_not-a-real-token")
+    assert bad_token.status_code == 200  # a probe is never refused
+    assert {p["name"]: p for p in bad_token.json()["providers"]}["fakecloud"]["last_error"] == "failing"
     assert "account 4412" in signed_in["fakecloud"]["last_error"]
 
 
