@@ -44,6 +44,7 @@ from sessions import keys
 from sessions.models import (
     IN_FLIGHT_STATUSES,
     LIVE_STATUSES,
+    TERMINAL_STATUSES,
     TRANSITIONS,
     EventKind,
     Rental,
@@ -114,6 +115,11 @@ def rental_transition(
     old = rental.status
     if new not in TRANSITIONS[old]:
         raise IllegalTransition(f"illegal transition {old} -> {new}")
+    if new in TERMINAL_STATUSES:
+        # Ended (destroyed or failed): the generated private key is deleted and the agent's token
+        # revoked with the machine, however the rental ended.
+        fields.setdefault("ssh_private_key_encrypted", "")
+        fields.setdefault("agent_token_hash", "")
     with transaction.atomic():
         won = Rental.objects.filter(pk=rental.pk, status=old).update(
             status=new, status_detail=reason, **fields
@@ -806,8 +812,6 @@ def _mark_destroyed(rental: Rental, detail: str) -> bool:
         S.DESTROYED,
         reason=detail,
         ended_at=timezone.now(),
-        ssh_private_key_encrypted="",  # deleted at teardown
-        agent_token_hash="",  # the agent's token is revoked with the machine
     )
 
 

@@ -315,6 +315,9 @@ def test_offer_unavailable_fails_the_rental_without_an_instance_and_retires_the_
     assert transitions(rental) == [("", S.PENDING), (S.PENDING, S.PROVISIONING), (S.PROVISIONING, S.FAILED)]
     assert rental.status_detail == "Could not create the instance: no_such_ask"
     assert fake.enqueued == []
+    # Ended without a machine: the generated private key and the agent's token are gone too.
+    assert rented.ssh_private_key_encrypted and rental.ssh_private_key_encrypted == ""
+    assert rental.agent_token_hash == ""
 
 
 @pytest.mark.parametrize("error", [InsufficientFunds("balance too low"), AuthFailed("bad key")])
