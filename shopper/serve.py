@@ -1,8 +1,13 @@
-"""Serve the ASGI app with N Daphne processes sharing one listening socket.
+"""Serve the ASGI app with N Daphne processes on one port.
 
 Daphne is single-process; its documented way to use more cores is a process manager that
 passes it an already-bound socket (``--fd``). This is that manager, small enough to keep in the
-repo: it binds once, starts N children, forwards SIGINT/SIGTERM and exits when any child dies.
+repo: it binds, starts N children, forwards SIGINT/SIGTERM and exits when any child dies.
+
+Each child gets its own socket bound with SO_REUSEPORT, so the kernel spreads connections across
+them. With one shared socket the first child to wake accepts every waiting connection: a handful
+of keep-alive clients (scripts polling the menu) all landed on one process, leaving a core idle
+and halving throughput.
 """
 
 from __future__ import annotations
@@ -16,6 +21,18 @@ import sys
 import time
 
 
+def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -24,18 +41,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--proxy-headers", action="store_true")
     args = parser.parse_args(argv)
 
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    fd = sock.fileno()
-
-    cmd = [sys.executable, "-m", "daphne", "--fd", str(fd), "-v", "1", "shopper.asgi:application"]
-    if args.proxy_headers:
-        cmd.insert(-1, "--proxy-headers")
-    children = [subprocess.Popen(cmd, pass_fds=(fd,)) for _ in range(max(1, args.workers))]
+    workers = max(1, args.workers)
+    reuse_port = hasattr(socket, "SO_REUSEPORT")
+    sockets = [
+        listening_socket(args.host, args.port, reuse_port) for _ in range(workers if reuse_port else 1)
+    ]
+    children = []
+    for i in range(workers):
+        fd = sockets[i % len(sockets)].fileno()
+        cmd = [sys.executable, "-m", "daphne", "--fd", str(fd), "-v", "1", "shopper.asgi:application"]
+        if args.proxy_headers:
+            cmd.insert(-1, "--proxy-headers")
+        children.append(subprocess.Popen(cmd, pass_fds=(fd,)))
 
     def stop(signum, frame):
         for child in children:
