@@ -11,12 +11,14 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
+from inventory.fastpath import InventoryFastPath
 from shopper.urls import websocket_urlpatterns
 
 application = ProtocolTypeRouter(
     {
-        # Daphne serves static files itself so `make run` needs no separate web server.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # Daphne serves static files itself so `make run` needs no separate web server. The
+        # inventory fast path answers cached menu pages before Django's handler (see its module).
+        "http": InventoryFastPath(ASGIStaticFilesHandler(django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

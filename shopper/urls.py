@@ -5,7 +5,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from costs import api as costs_api
-from inventory import api as inventory_api
 from inventory import views as inventory_views
 from inventory.api import InventoryViewSet
 from sessions.agent_api import AgentHeartbeatView, agent_script
@@ -20,8 +19,6 @@ router.register("inventory", InventoryViewSet, basename="inventory")
 router.register("sessions", SessionViewSet, basename="sessions")
 
 api_urlpatterns = [
-    # Before the router: the cached fast path for the hottest read (same answers as the viewset).
-    path("inventory", inventory_api.inventory_list, name="inventory-list-fast"),
     path("health", views.health, name="api-health"),
     path("agent/heartbeat", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
     path("costs", costs_api.costs, name="api-costs"),
