@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import exceptions
 from rest_framework.decorators import api_view
 from rest_framework.request import Request
@@ -18,7 +18,7 @@ from rest_framework.response import Response
 
 from costs import services
 from costs.serializers import CostsQuerySerializer, CostsSerializer
-from shopper.api import ShopperError
+from shopper.api import ShopperError, documented_error
 
 
 def _series(records, period: str) -> list[dict]:
@@ -32,14 +32,30 @@ def _series(records, period: str) -> list[dict]:
     summary="Spend summary (mine; staff: the team's or one person's)",
     parameters=[
         OpenApiParameter("period", str, enum=["day", "month"], description="Series grouping (default month)"),
-        OpenApiParameter("from", str, description="ISO date or date-time (default: start of this UTC month)"),
-        OpenApiParameter("to", str, description="ISO date (inclusive) or date-time (exclusive); default now"),
+        OpenApiParameter(
+            "from",
+            str,
+            description="ISO date or date-time (default: start of this UTC month)",
+            examples=[
+                OpenApiExample("date", value="2025-03-01"),
+                OpenApiExample("date-time", value="2025-03-01T12:00:00Z"),
+            ],
+        ),
+        OpenApiParameter(
+            "to",
+            str,
+            description="ISO date (inclusive) or date-time (exclusive); default now",
+            examples=[
+                OpenApiExample("date", value="2025-03-31"),
+                OpenApiExample("date-time", value="2025-03-02T00:00:00Z"),
+            ],
+        ),
         OpenApiParameter("consumer", str, description="Staff only: a username"),
     ],
     responses={
         200: CostsSerializer,
-        400: OpenApiResponse(description="Bad parameter: `{detail, code}` naming it"),
-        403: OpenApiResponse(description="`forbidden`: consumer= is staff only"),
+        400: documented_error("Bad parameter, naming it"),
+        403: documented_error("`forbidden`: consumer= is staff only"),
     },
 )
 @api_view(["GET"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from sessions import services
 from sessions.models import LIVE_STATUSES, Rental, token_hash
-from shopper.api import error_response
+from shopper.api import documented_error, error_response
 
 AGENT_FILE = Path(__file__).resolve().parent.parent / "shopper" / "agent.py"
 MAX_GPUS = 16
@@ -123,8 +123,8 @@ class AgentHeartbeatView(APIView):
         request=HEARTBEAT_REQUEST,
         responses={
             200: HEARTBEAT_RESPONSE,
-            400: OpenApiResponse(description="Malformed body: `{detail, code}`; nothing is recorded"),
-            401: OpenApiResponse(description="`invalid_agent_token`: missing, unknown or revoked"),
+            400: documented_error("Malformed body; nothing is recorded"),
+            401: documented_error("`invalid_agent_token`: missing, unknown or revoked"),
         },
         tags=["agent"],
     )

@@ -8,7 +8,7 @@ import django_filters as filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -23,16 +23,15 @@ from sessions.serializers import (
     SessionCreateSerializer,
     SessionSerializer,
 )
-from shopper.api import ShopperError
+from shopper.api import ShopperError, documented_error
 
 ERRORS = {
-    400: OpenApiResponse(description="Bad input: `{detail, code}`"),
-    403: OpenApiResponse(description="`budget_exceeded` or `hard_max_exceeded`"),
-    404: OpenApiResponse(description="No such session (or not yours)"),
-    409: OpenApiResponse(
-        description="`offer_unavailable`, `price_changed`, `capacity_reached`, `already_ended`"
-    ),
-    410: OpenApiResponse(description="The key was deleted at teardown"),
+    400: documented_error("Bad input, naming the parameter or field"),
+    403: documented_error("`budget_exceeded` or `hard_max_exceeded`"),
+    404: documented_error("No such session (or not yours)"),
+    409: documented_error("`offer_unavailable`, `price_changed`, `capacity_reached`, `already_ended`"),
+    410: documented_error("`gone`: the key was deleted at teardown"),
+    415: documented_error("The body is not JSON, a form or multipart"),
 }
 
 
@@ -54,13 +53,21 @@ def as_api_error(exc: services.RentalError) -> ShopperError:
 
 
 @extend_schema_view(
-    list=extend_schema(summary="My sessions (staff: everyone's)"),
+    list=extend_schema(
+        summary="My sessions (staff: everyone's)",
+        responses={
+            200: SessionSerializer(many=True),
+            400: documented_error("Bad `status` filter"),
+            404: documented_error("`page` past the last page"),
+        },
+    ),
     retrieve=extend_schema(summary="One session", responses={200: SessionSerializer, 404: ERRORS[404]}),
 )
 class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = SessionSerializer
     filterset_class = SessionFilter
-    lookup_value_regex = r"[0-9a-fA-F-]{32,36}"
+    # Any id reaches get_object, so a malformed one is the API's JSON 404, not the site's HTML one.
+    lookup_value_regex = r"[^/]+"
 
     def get_queryset(self):
         # The owner filter comes first: another user's session is a 404, and ?consumer= can only
@@ -76,6 +83,10 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             raise exceptions.NotFound("No such session.") from None
 
     def filter_queryset(self, queryset):
+        # ?status= and ?consumer= narrow the list; get_object() also calls this, and a session
+        # asked for by id is found whatever the query string says.
+        if self.action != "list":
+            return queryset
         filterset = SessionFilter(self.request.query_params, queryset=queryset)
         if not filterset.is_valid():
             raise exceptions.ValidationError(filterset.errors)
@@ -109,7 +120,9 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        summary="The session's timeline", responses={200: EventSerializer(many=True), 404: ERRORS[404]}
+        summary="The session's timeline",
+        responses={200: EventSerializer(many=True), 404: ERRORS[404]},
+        filters=False,
     )
     @action(detail=True, methods=["get"], pagination_class=None)
     def events(self, request, pk=None):
@@ -160,7 +173,10 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @extend_schema(
         summary="Extend the reservation (staff: past the hard maximum, with a reason)",
         request=ExtendSerializer,
-        responses={200: SessionSerializer, 400: ERRORS[400], 403: ERRORS[403], 404: ERRORS[404]},
+        responses={
+            200: SessionSerializer,
+            **{k: ERRORS[k] for k in (400, 403, 404, 415)},
+        },
     )
     @action(detail=True, methods=["post"])
     def extend(self, request, pk=None):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from sessions.models import Rental, RentalEvent
@@ -60,6 +61,7 @@ class SessionSerializer(serializers.ModelSerializer):
     def get_cost_so_far(self, rental: Rental) -> str:
         return str(rental.cost_so_far())
 
+    @extend_schema_field(SSHSerializer(allow_null=True))
     def get_ssh(self, rental: Rental) -> dict | None:
         if not rental.ssh_command:
             return None
@@ -81,7 +83,7 @@ class SessionCreatedSerializer(SessionSerializer):
 
 
 class EventSerializer(serializers.ModelSerializer):
-    actor = serializers.CharField(source="actor.username", default=None, read_only=True)
+    actor = serializers.CharField(source="actor.username", default=None, allow_null=True, read_only=True)
 
     class Meta:
         model = RentalEvent

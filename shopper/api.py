@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -27,6 +28,35 @@ class ShopperError(exceptions.APIException):
         if status_code:
             self.status_code = status_code
         self.error_code = code or self.default_code
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every error answer (API.md); documents it in the OpenAPI schema."""
+
+    detail = serializers.CharField(help_text="What went wrong, for people")
+    code = serializers.CharField(help_text="Stable machine-readable code, e.g. `invalid`, `not_found`")
+    errors = serializers.DictField(
+        required=False, help_text="Validation errors only: the messages for each parameter or field"
+    )
+
+
+def documented_error(description: str) -> OpenApiResponse:
+    """An error response for ``extend_schema(responses=...)``: the error body plus when it happens."""
+    return OpenApiResponse(response=ErrorSerializer, description=description)
+
+
+def document_common_errors(result: dict, generator, request, public) -> dict:
+    """drf-spectacular post-processing hook: the errors every API operation may answer, so each
+    operation need not list them. 401 wherever an API token is accepted; 429 when throttled."""
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    retry_after = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if any("tokenAuth" in scheme for scheme in operation.get("security", [])):
+                responses.setdefault("401", {**error, "description": "No valid API token (or login)"})
+            responses.setdefault("429", {**error, "description": "Too many requests", "headers": retry_after})
+    return result
 
 
 def exception_handler(exc, context):

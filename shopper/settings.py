@@ -197,6 +197,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # DESIGN.md: every endpoint needs login or a token (the schema and docs included).
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "shopper.api.document_common_errors",
+    ],
 }
 
 # --- Providers --------------------------------------------------------------------------------
