@@ -84,6 +84,8 @@ class Cloud:
         instance on the way (so a caller never sees "running" before SSH listens)."""
         if rec.get("powered_off"):
             return STOPPED
+        if rec.get("listing_only"):
+            return RUNNING  # nothing to boot or activate: it exists only in listings
         now = time.time() if now is None else now
         elapsed = now - rec["boot_at"]
         if elapsed >= rec["boot_delay"]:
@@ -107,6 +109,8 @@ class Cloud:
     def reconcile(self) -> None:
         with self.lock:
             for key, rec in list(self.instances.items()):
+                if rec.get("listing_only"):
+                    continue
                 self.nodes[key].reap()
                 if self.phase(rec) != RUNNING and key in self.active:
                     self._deactivate(key)
@@ -181,6 +185,42 @@ class Cloud:
             self.save(rec)
         return rec
 
+    def add_listing_only(self, dialect: str, records: list[dict]) -> list[dict]:
+        """Add instances that exist only in the provider's listings (for benchmarks of large
+        listings): always running, no SSH listener, no machine directory, no start-up script, and
+        their offer stays on the menu. ``records`` hold ``id`` and the dialect's fields; they are
+        persisted in one transaction and destroyed like any other instance."""
+        now = time.time()
+        added = []
+        for fields in records:
+            rec = {
+                "dialect": dialect,
+                "uid": uuid.uuid4().hex,
+                "created_at": now,
+                "boot_at": now,
+                "boot_delay": 0.0,
+                "boot_seq": 1,
+                "started_seq": 1,
+                "powered_off": False,
+                "stop_reason": None,
+                "stopped_at": None,
+                "ssh_port": 0,
+                "pgids": [],
+                "destroy_attempts": 0,
+                "users": [],
+                "startup": None,
+                "listing_only": True,
+                **fields,
+            }
+            added.append(rec)
+        with self.lock:
+            for rec in added:
+                key = self.key(rec)
+                self.instances[key] = rec
+                self.nodes[key] = self._node(rec)  # never prepared: no files on disk
+            self.store.save_instances([(self.key(rec), rec) for rec in added])
+        return added
+
     def get(self, dialect: str, instance_id: str) -> dict | None:
         return self.instances.get(f"{dialect}/{instance_id}")
 
@@ -210,6 +250,8 @@ class Cloud:
             node = self.nodes.pop(key)
             self._deactivate(key)
             pgids = rec.get("pgids", []) + sorted(self.session_pids.pop(key, set()))
+        if rec.get("listing_only"):
+            return "ok"  # no processes and no files to clean up
         threading.Thread(target=self._teardown, args=(node, pgids, True), daemon=True).start()
         return "ok"
 
@@ -264,7 +306,7 @@ class Cloud:
 
     # -- offers in use ---------------------------------------------------------------------
     def vast_rented(self) -> set[int]:
-        return {int(r["offer_id"]) for r in self.records("vastai")}
+        return {int(r["offer_id"]) for r in self.records("vastai") if not r.get("listing_only")}
 
     def td_used(self) -> dict[tuple[str, str], int]:
         used: dict[tuple[str, str], int] = {}

@@ -8,6 +8,8 @@
 * ``GET /_sandbox/faults`` / ``PUT /_sandbox/faults``    current fault config (see ``faults.py``)
 * ``POST /_sandbox/reset``                               destroy every instance of both dialects
 * ``GET /_sandbox/instances``                            every instance, both dialects
+* ``POST /_sandbox/instances/listing-only``              ``{"dialect": "vastai", "labels": [...]}``:
+  one listing-only instance per label (running, no SSH listener; for benchmarks of large listings)
 * ``POST /_sandbox/instances/{dialect}/{id}/poweroff``   what ``shutdown -h now`` on the node calls
 * ``POST /_sandbox/instances/{dialect}/{id}/poweron``
 * ``GET /_sandbox/calls``                                calls per ``dialect.op`` (to assert retries)
@@ -106,6 +108,8 @@ def admin(cloud: Cloud, req: Request) -> Response:
         return ok({"destroyed": cloud.reset()})
     if path == "/instances" and method == "GET":
         return ok({"instances": [cloud.admin_view(r) for r in cloud.records()]})
+    if path == "/instances/listing-only" and method == "POST":
+        return listing_only(cloud, req)
     if path == "/calls" and method == "GET":
         return ok(dict(cloud.calls))
     if path == "/catalog" and method == "GET":
@@ -131,9 +135,26 @@ def admin(cloud: Cloud, req: Request) -> Response:
     return ok({"error": "not_found"}, 404)
 
 
+def listing_only(cloud: Cloud, req: Request) -> Response:
+    try:
+        body = req.json({})
+    except BadJSON as exc:
+        return ok({"error": str(exc)}, 400)
+    labels = body.get("labels") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("dialect") != "vastai":
+        return ok({"error": 'dialect must be "vastai" (the dialect whose listing is paged)'}, 400)
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        return ok({"error": "labels must be a list of strings"}, 400)
+    records = vastai.listing_only_create(cloud, labels)
+    return ok({"instances": [{"id": r["id"], "label": r["label"]} for r in records]}, 201)
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "SandboxCloud/1.0"
+    # Headers and body go out in two writes: with Nagle on, the body waits for the client's
+    # delayed ACK, adding ~40 ms to every keep-alive call on loopback.
+    disable_nagle_algorithm = True
     cloud: Cloud  # set on the subclass made by make_server
 
     def _handle(self) -> None:

@@ -51,6 +51,22 @@ class Store:
                 (key, record["dialect"], data),
             )
 
+    def save_instances(self, items: list[tuple[str, dict]]) -> None:
+        """Insert or replace many ``(key, record)`` pairs in one transaction (one sync, not N)."""
+        rows = [(key, record["dialect"], json.dumps(record, sort_keys=True)) for key, record in items]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO instances(key, dialect, data) VALUES (?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET data = excluded.data",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def delete_instance(self, key: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM instances WHERE key = ?", (key,))
@@ -76,6 +92,17 @@ class Store:
                 (name, str(value)),
             )
         return value
+
+    def reserve_counter(self, name: str, start: int, count: int) -> int:
+        """Take ``count`` consecutive values of a :meth:`next_counter` sequence; returns the first."""
+        with self._lock:
+            row = self._db.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
+            first = int(row[0]) + 1 if row else start
+            self._db.execute(
+                "INSERT INTO meta(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                (name, str(first + count - 1)),
+            )
+        return first
 
     def close(self) -> None:
         with self._lock:

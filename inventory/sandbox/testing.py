@@ -134,6 +134,16 @@ class SandboxHandle:
     def set_faults(self, config: object) -> dict:
         return self._admin("PUT", "/faults", json=config)  # type: ignore[return-value]
 
+    def add_listing_only(self, dialect: str, labels: list[str]) -> list[dict]:
+        """Listing-only instances, one per label: ``[{"id", "label"}, ...]``."""
+        r = requests.post(
+            f"{self.url}/_sandbox/instances/listing-only",
+            json={"dialect": dialect, "labels": labels},
+            timeout=120,
+        )
+        r.raise_for_status()
+        return r.json()["instances"]
+
     def poweroff(self, dialect: str, instance_id: str | int) -> None:
         self._admin("POST", f"/instances/{dialect}/{instance_id}/poweroff")
 

@@ -283,6 +283,40 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
     return ok({"success": True, "new_contract": int(instance_id)})
 
 
+def listing_only_create(cloud: Cloud, labels: list[str]) -> list[dict]:
+    """One listing-only instance per label (see ``Cloud.add_listing_only``), on the catalog's
+    offers in turn, priced at the default 10 GB disk; returns the records."""
+    if not labels:
+        return []
+    offers = priced_offers(cloud, 10.0)
+    first_id = cloud.store.reserve_counter("vast_instance_id", VAST_FIRST_INSTANCE_ID, len(labels))
+    records = []
+    for i, label in enumerate(labels):
+        offer = offers[i % len(offers)]
+        records.append(
+            {
+                "id": str(first_id + i),
+                "label": label,
+                "offer_id": str(offer["id"]),
+                "env": {},
+                "price": offer["dph_total"],
+                "vast": {
+                    "offer": offer,
+                    "image": "vastai/base-image:latest",
+                    "runtype": "ssh_direc ssh_proxy",
+                    "onstart": "",
+                    "extra_env": [],
+                    "container_ports": [],
+                    "disk": 10.0,
+                    "is_bid": False,
+                    "bid_price": None,
+                    "template_hash_id": None,
+                },
+            }
+        )
+    return cloud.add_listing_only(DIALECT, records)
+
+
 def _set_container_port_env(rec: dict) -> None:
     """Vast exposes the mapped ports to the container as VAST_TCP_PORT_<container port>."""
     rec["env"]["VAST_TCP_PORT_22"] = str(rec["ssh_port"])
