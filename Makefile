@@ -35,9 +35,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# One table: inventory API, provisioning, reconcile, deadline lag, live updates (BENCH_QUICK=1: small).
 bench: $(STAMP)
 	$(BIN)/python -m shopper.bench
-	$(BIN)/python -m shopper.bench_live --sockets 200 --events 100 --interval 0.1
 
 clean:
 	rm -rf $(VENV) db.sqlite3* .sandbox .run

@@ -5,13 +5,16 @@ on a temporary SQLite file, opens N websockets (each watching one rental's page,
 page does), writes events from a writer thread in this process (a separate process from the
 servers, as the worker is) and prints p50/p95/max delivery latency. Not a test: figures only.
 
-    .venv/bin/python -m shopper.bench_live [--sockets 50] [--events 40] [--interval 0.25]
+    .venv/bin/python -m shopper.bench_live [--sockets 50] [--events 40] [--interval 0.25] [--json]
+
+``make bench`` runs it (``shopper/bench.py``) with 200 sockets and puts the figures in its table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -21,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from shopper.bench import ROOT, _free_port, _pct, _setup_env, _wait_port
+from shopper.bench import ROOT, _emit, _exit_on_sigterm, _free_port, _pct, _setup_env, _wait_port
 
 
 def _prepare(sockets: int) -> tuple[list[str], list]:
@@ -63,24 +66,77 @@ def _prepare(sockets: int) -> tuple[list[str], list]:
     return cookies, rentals
 
 
-async def _watch(
-    port: int, cookie: str, rental_id, received: dict, ready: asyncio.Event, stop: asyncio.Event
-):
-    from websockets.asyncio.client import connect
+class _WebSocket:
+    """Just enough of an RFC 6455 client for this benchmark (text frames, ping, close), so the
+    bench needs no websocket library."""
 
-    url = f"ws://127.0.0.1:{port}/ws/rentals/?rental={rental_id}"
-    headers = {"Cookie": f"sessionid={cookie}"}
-    async with connect(url, additional_headers=headers, origin=f"http://127.0.0.1:{port}") as ws:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, path: str, headers: dict[str, str]) -> _WebSocket:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]  # fmt: skip
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        status = await reader.readline()
+        if b" 101 " not in status:
+            writer.close()
+            raise ConnectionError(f"websocket refused: {status!r}")
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        return cls(reader, writer)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        # Client frames are masked (RFC 6455 5.3); control frames here are short (< 126 bytes).
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    async def recv(self) -> str:
+        """The next text message (pings are answered on the way)."""
+        message = b""
+        while True:
+            first, second = await self.reader.readexactly(2)
+            length = second & 0x7F
+            if length >= 126:
+                length = int.from_bytes(await self.reader.readexactly(2 if length == 126 else 8), "big")
+            mask = await self.reader.readexactly(4) if second & 0x80 else b""
+            payload = await self.reader.readexactly(length)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            opcode = first & 0x0F
+            if opcode == 0x8:
+                raise ConnectionError("the server closed the websocket")
+            if opcode == 0x9:
+                self._send(0xA, payload)
+                continue
+            if opcode in (0x0, 0x1):
+                message += payload
+                if first & 0x80:  # FIN
+                    return message.decode()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _watch(port: int, cookie: str, rental_id, received: dict, ready: asyncio.Event) -> None:
+    headers = {"Cookie": f"sessionid={cookie}", "Origin": f"http://127.0.0.1:{port}"}
+    ws = await _WebSocket.connect(port, f"/ws/rentals/?rental={rental_id}", headers)
+    try:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "hello", hello
         ready.set()
-        while not stop.is_set():
-            try:
-                msg = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
-            except TimeoutError:
-                continue
+        while True:
+            msg = json.loads(await ws.recv())
             if msg["type"] == "rental.changed" and msg["html"]:
                 received.setdefault((str(rental_id), msg["event"]), time.monotonic())
+    finally:
+        ws.close()
 
 
 def _writer(rentals: list, events: int, interval: float, written: dict) -> None:
@@ -102,10 +158,9 @@ def _writer(rentals: list, events: int, interval: float, written: dict) -> None:
 async def measure_live_latency(port: int, cookies: list[str], rentals: list, events: int, interval: float):
     received: dict = {}
     written: dict = {}
-    stop = asyncio.Event()
     readies = [asyncio.Event() for _ in rentals]
     tasks = [
-        asyncio.create_task(_watch(port, c, r.pk, received, ready, stop))
+        asyncio.create_task(_watch(port, c, r.pk, received, ready))
         for c, r, ready in zip(cookies, rentals, readies, strict=True)
     ]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 30)
@@ -114,10 +169,50 @@ async def measure_live_latency(port: int, cookies: list[str], rentals: list, eve
     while writer.is_alive():
         await asyncio.sleep(0.1)
     await asyncio.sleep(3)  # let the last pushes arrive
-    stop.set()
+    for task in tasks:
+        task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     latencies = [received[k] - t for k, t in written.items() if k in received]
     return latencies, len(written) - len(latencies)
+
+
+def run(sockets: int, events: int, interval: float, workers: str = "2") -> dict:
+    """Start the servers, measure, stop them; the figures in milliseconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = _setup_env(Path(tmp), CHANNEL_LAYER="memory")
+        import django
+
+        sys.path.insert(0, str(ROOT))
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shopper.settings")
+        django.setup()
+        from django.db import connections
+
+        cookies, rentals = _prepare(sockets)
+        connections.close_all()
+        port = _free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "shopper.serve", "--port", str(port), "--workers", workers],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_port(port)
+            latencies, lost = asyncio.run(measure_live_latency(port, cookies, rentals, events, interval))
+        finally:
+            server.terminate()
+            server.wait(10)
+    ms = [x * 1000 for x in latencies]
+    return {
+        "sockets": sockets,
+        "workers": int(workers),
+        "deliveries": len(ms),
+        "lost": lost,
+        "p50": _pct(ms, 50),
+        "p95": _pct(ms, 95),
+        "max": max(ms, default=0.0),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,42 +221,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=40)
     parser.add_argument("--interval", type=float, default=0.25)
     parser.add_argument("--workers", default="2")
+    parser.add_argument("--json", action="store_true", help="print one BENCH_RESULT line (for make bench)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        env = _setup_env(Path(tmp))
-        env.pop("REDIS_URL", None)
-        env["CHANNEL_LAYER"] = "memory"
-        os.environ.update(env)
-        import django
-
-        sys.path.insert(0, str(ROOT))
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shopper.settings")
-        django.setup()
-        from django.db import connections
-
-        cookies, rentals = _prepare(args.sockets)
-        connections.close_all()
-        port = _free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "shopper.serve", "--port", str(port), "--workers", args.workers],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            _wait_port(port)
-            latencies, lost = asyncio.run(
-                measure_live_latency(port, cookies, rentals, args.events, args.interval)
-            )
-        finally:
-            server.terminate()
-            server.wait(10)
-    ms = [x * 1000 for x in latencies]
+    _exit_on_sigterm()
+    result = run(args.sockets, args.events, args.interval, args.workers)
+    if args.json:
+        _emit(result)
+        return
     print(
         f"live updates, {args.sockets} sockets, {args.workers} web processes, SQLite, no Redis: "
-        f"{len(ms)} deliveries, lost {lost}, p50 {_pct(ms, 50):.0f} ms, p95 {_pct(ms, 95):.0f} ms, "
-        f"max {max(ms, default=0):.0f} ms (target: within 2000 ms)"
+        f"{result['deliveries']} deliveries, lost {result['lost']}, p50 {result['p50']:.0f} ms, "
+        f"p95 {result['p95']:.0f} ms, max {result['max']:.0f} ms (target: within 2000 ms)"
     )
 
 
