@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-from django.core.cache import cache
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, viewsets
@@ -16,6 +15,7 @@ from inventory.models import Offer
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
 from inventory.services import menu_version
 from shopper.api import Pagination, documented_error
+from shopper.auth import local_cache
 
 # Bounds staleness from changes that do not bump the menu version (an offer suppressed after
 # failed provisions); renting re-checks the offer with the provider anyway.
@@ -72,12 +72,12 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
         # The menu changes when a refresh lands (about once a minute): cache each rendered page
         # under the menu version, so repeated queries cost one small read instead of a scan.
         version = menu_version()
-        cache.set(VERSION_KEY, version, VERSION_CACHE_SECONDS)
+        local_cache.set(VERSION_KEY, version, VERSION_CACHE_SECONDS)
         key = page_cache_key(version, request.get_full_path())
-        body = cache.get(key)
+        body = local_cache.get(key)
         if body is None:
             body = JSONRenderer().render(self._page(request))
-            cache.set(key, body, MENU_CACHE_SECONDS)
+            local_cache.set(key, body, MENU_CACHE_SECONDS)
         return HttpResponse(body, content_type="application/json")
 
     def _page(self, request) -> dict:

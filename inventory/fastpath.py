@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 
-from django.core.cache import cache
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
@@ -26,7 +25,7 @@ from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 
 from inventory.api import VERSION_KEY, page_cache_key
-from shopper.auth import token_user_id_cached
+from shopper.auth import local_cache, token_user_id_cached
 from shopper.middleware import REQUEST_ID_HEADER, request_id_for
 
 PATH = "/api/v1/inventory"
@@ -47,8 +46,8 @@ def cached_answer(request: ASGIRequest) -> HttpResponse | None:
     security = SecurityMiddleware(_no_response)
     if security.process_request(request) is not None:  # an HTTPS redirect: Django answers it
         return None
-    version = cache.get(VERSION_KEY)
-    body = cache.get(page_cache_key(version, request.get_full_path())) if version else None
+    version = local_cache.get(VERSION_KEY)
+    body = local_cache.get(page_cache_key(version, request.get_full_path())) if version else None
     if body is None:
         return None
     # Allow: as DRF's view answers (the parity test in test_fastpath.py holds every header equal).

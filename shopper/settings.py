@@ -137,6 +137,9 @@ if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Per process, never Redis: the inventory fast path reads it inside the event loop, where a
+# network call (or a Redis outage) would stall every request and websocket of the process.
+CACHES["local"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "local"}
 CHANNEL_LAYER = env.str("CHANNEL_LAYER", default="redis" if REDIS_URL else "memory")
 if CHANNEL_LAYER == "redis" and REDIS_URL:
     CHANNEL_LAYERS = {

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.db import connection
 from django.db.utils import DatabaseError
 from django.http import HttpRequest, HttpResponse
@@ -22,7 +21,7 @@ from rest_framework.decorators import api_view, authentication_classes, permissi
 from rest_framework.response import Response
 
 from inventory.services import offers_freshness
-from shopper.auth import TOKEN_CACHE_PREFIX, ApiTokenAuthentication
+from shopper.auth import TOKEN_CACHE_PREFIX, ApiTokenAuthentication, local_cache
 from shopper.forms import ApiTokenForm
 from shopper.models import ApiToken
 
@@ -147,7 +146,7 @@ def token_revoke(request: HtmxHttpRequest, token_id: int) -> HttpResponse:
     token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
     if token.revoked_at is None:
         ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-        cache.delete(f"{TOKEN_CACHE_PREFIX}{token.key_hash}")
+        local_cache.delete(f"{TOKEN_CACHE_PREFIX}{token.key_hash}")
         log.info(
             "api token revoked: user=%s name=%r prefix=%s id=%s",
             request.user.get_username(),

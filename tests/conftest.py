@@ -91,8 +91,10 @@ def enqueued(monkeypatch) -> list:
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    from django.core.cache import cache
+    from django.core.cache import caches
 
-    cache.clear()
+    for name in ("default", "local"):
+        caches[name].clear()
     yield
-    cache.clear()
+    for name in ("default", "local"):
+        caches[name].clear()

@@ -7,11 +7,10 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 
-from shopper.auth import TOKEN_CACHE_PREFIX
+from shopper.auth import TOKEN_CACHE_PREFIX, local_cache
 from shopper.models import ApiToken
 
 pytestmark = pytest.mark.django_db
@@ -123,14 +122,14 @@ def test_revoke_stops_the_token_at_once(client_logged_in, user, caplog):
     api = Client()
     assert api.get("/api/v1/sessions", **auth).status_code == 200
     assert api.get("/api/v1/inventory", **auth).status_code == 200  # primes the fast-path cache
-    assert cache.get(f"{TOKEN_CACHE_PREFIX}{token.key_hash}") == user.pk
+    assert local_cache.get(f"{TOKEN_CACHE_PREFIX}{token.key_hash}") == user.pk
 
     with caplog.at_level(logging.INFO, logger="shopper.views"):
         response = client_logged_in.post(reverse("token_revoke", args=[token.pk]))
     assert response.status_code == 302 and response["Location"] == reverse("tokens")
     token.refresh_from_db()
     assert token.revoked_at is not None
-    assert cache.get(f"{TOKEN_CACHE_PREFIX}{token.key_hash}") is None
+    assert local_cache.get(f"{TOKEN_CACHE_PREFIX}{token.key_hash}") is None
     assert "api token revoked" in caplog.text and token.prefix in caplog.text and raw not in caplog.text
 
     assert api.get("/api/v1/sessions", **auth).status_code == 401

@@ -14,7 +14,6 @@ from asgiref.sync import async_to_sync
 from channels.testing import HttpCommunicator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
-from django.core.cache import cache
 from django.utils import timezone
 
 from inventory import fastpath
@@ -26,13 +25,6 @@ from shopper.models import ApiToken
 pytestmark = pytest.mark.django_db(transaction=True)
 
 QUERY = b"sort=-price&min_vram_gb=16"
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    cache.clear()
-    yield
-    cache.clear()
 
 
 @pytest.fixture
