@@ -750,10 +750,10 @@ def _footnotes(only: set[str], reconcile: dict | None) -> list[str]:
     if "reconcile" in only:
         pages = reconcile["with_work"]["listing_calls"] if reconcile else INSTANCES // 25
         notes.append(
-            "³ Own time = reconcile() wall time minus the time inside HTTP calls, which is the sandbox "
-            "rendering its pages (slowly: each page renders the whole listing) and destroying orphans. "
-            f"Vast lists 25 instances per call: {pages} pages would take about {pages} s at the adapter's "
-            "real pacing of 1 call/s."
+            "³ Own time = reconcile() wall time minus the time inside HTTP calls (the sandbox, a Python "
+            "process on the same two cores, serving its pages and destroying orphans). Provider pacing is "
+            f"off: Vast lists 25 instances per call, and {pages} pages would take about {pages} s at the "
+            "adapter's real pacing of 1 call/s."
         )
     if "lag" in only:
         notes.append(
