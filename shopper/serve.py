@@ -33,6 +33,18 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def listening_sockets(host: str, port: int, workers: int) -> list[socket.socket]:
+    """One SO_REUSEPORT socket per worker (one shared socket where the OS lacks it).
+
+    Raises OSError (address in use) when anything already listens on the port, even another
+    server of ours: a plain bind comes first, because SO_REUSEPORT sockets of the same user
+    would otherwise share the port silently, and a stale server would take half the traffic."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return [listening_socket(host, port, reuse_port=False)]
+    listening_socket(host, port, reuse_port=False).close()
+    return [listening_socket(host, port, reuse_port=True) for _ in range(workers)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -42,10 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     workers = max(1, args.workers)
-    reuse_port = hasattr(socket, "SO_REUSEPORT")
-    sockets = [
-        listening_socket(args.host, args.port, reuse_port) for _ in range(workers if reuse_port else 1)
-    ]
+    try:
+        sockets = listening_sockets(args.host, args.port, workers)
+    except OSError as exc:
+        sys.exit(f"shopper.serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     children = []
     for i in range(workers):
         fd = sockets[i % len(sockets)].fileno()
