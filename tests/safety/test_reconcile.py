@@ -19,8 +19,9 @@ from inventory.providers.base import NotFound, PermanentError, Transient
 from sessions.models import LABEL_PREFIX, Alert, AlertKind, Rental, RentalEvent, Status
 from sessions.reconcile import reconcile, reconcile_all
 from sessions.services import rental_teardown
+from tests.fakes import FakeCloud
 from tests.safety.conftest import ADMIN_EMAIL
-from tests.sessions.conftest import START, FakeCloud, events, fresh, transitions
+from tests.sessions.conftest import START, events, fresh, transitions
 
 S = Status
 GRACE = timedelta(seconds=120)

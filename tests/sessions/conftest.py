@@ -22,7 +22,7 @@ import time_machine
 from sessions import keys, services
 from sessions.models import Rental, RentalEvent, Status
 from tests.factories import RentalFactory
-from tests.fakes import BANNER, GPU_OUTPUT, Cloud, FakeCloud, public_of  # noqa: F401  (tests import them from here)
+from tests.fakes import Cloud
 
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 

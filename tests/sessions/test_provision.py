@@ -21,8 +21,9 @@ from inventory.providers.base import (
 from sessions import services
 from sessions.models import Rental, RentalEvent, Status, token_hash
 from sessions.services import rental_provision, rental_stop, rental_transition
+from tests.fakes import BANNER, GPU_OUTPUT
 
-from .conftest import BANNER, GPU_OUTPUT, START, events, fresh, new_public_key, transitions
+from .conftest import START, events, fresh, new_public_key, transitions
 
 pytestmark = pytest.mark.django_db
 

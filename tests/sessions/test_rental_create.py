@@ -15,8 +15,9 @@ from inventory.providers.base import Transient
 from sessions import keys
 from sessions.models import LABEL_PREFIX, Rental, RentalEvent, SSHKey, Status
 from sessions.services import CapacityReached, OfferGone, PriceChanged, RentalError
+from tests.fakes import public_of
 
-from .conftest import START, fresh, new_public_key, public_of, transitions
+from .conftest import START, fresh, new_public_key, transitions
 
 pytestmark = pytest.mark.django_db
 
