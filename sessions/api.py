@@ -8,12 +8,13 @@ import django_filters as filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.http import HttpResponse
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from sessions import keys, services
+from sessions import idempotency, keys, services
 from sessions.lifecycle import rental_extend
 from sessions.models import EventKind, Rental, Status
 from sessions.serializers import (
@@ -33,6 +34,18 @@ ERRORS = {
     410: documented_error("`gone`: the key was deleted at teardown"),
     415: documented_error("The body is not JSON, a form or multipart"),
 }
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description=(
+        "Optional, at most 255 printable ASCII characters (a UUID per rental is a good choice). "
+        "A repeat with the same key returns the first request's rental (200, same body, including "
+        "`ssh_private_key` while the rental is live), never a second rental. Keys are per user and "
+        "never expire; a request that was refused stores nothing, so its repeat tries again. The same "
+        "key with a different body is refused: 422 `idempotency_key_reused`."
+    ),
+)
 
 
 class SessionFilter(filters.FilterSet):
@@ -42,6 +55,10 @@ class SessionFilter(filters.FilterSet):
     class Meta:
         model = Rental
         fields = []
+
+
+def _valid_key(key: str) -> bool:
+    return 1 <= len(key) <= idempotency.MAX_KEY_LENGTH and all(" " <= c <= "~" for c in key)
 
 
 def as_api_error(exc: services.RentalError) -> ShopperError:
@@ -95,29 +112,60 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @extend_schema(
         summary="Rent an offer",
         request=SessionCreateSerializer,
-        responses={201: SessionCreatedSerializer, **{k: v for k, v in ERRORS.items() if k != 410}},
+        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            201: SessionCreatedSerializer,
+            200: OpenApiResponse(SessionCreatedSerializer, description="A repeat of an `Idempotency-Key`"),
+            **{k: v for k, v in ERRORS.items() if k != 410},
+            422: documented_error("`idempotency_key_reused`: the key was used for a different request"),
+        },
     )
     def create(self, request):
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not _valid_key(key):
+            raise ShopperError(
+                "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+                code="invalid",
+                status_code=400,
+            )
         data = SessionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
+        kwargs = {
+            "offer_id": v["offer_id"],
+            "reservation_hours": v["reservation_hours"],
+            "ssh_public_key": v.get("ssh_public_key") or None,
+            "image": v.get("image", ""),
+            "disk_gb": v.get("disk_gb"),
+            "expected_price": v.get("expected_price_per_hour"),
+            "generate_key": v.get("generate_key", False),
+        }
         try:
-            created = services.rental_create(
-                user=request.user,
-                offer_id=v["offer_id"],
-                reservation_hours=v["reservation_hours"],
-                ssh_public_key=v.get("ssh_public_key") or None,
-                image=v.get("image", ""),
-                disk_gb=v.get("disk_gb"),
-                expected_price=v.get("expected_price_per_hour"),
-                generate_key=v.get("generate_key", False),
-            )
+            if key is None:
+                created = services.rental_create(user=request.user, **kwargs)
+                rental, private_key, new = created.rental, created.ssh_private_key, True
+            else:
+                rental, private_key, new = idempotency.rent_once(
+                    user=request.user,
+                    request_key=key,
+                    request_fingerprint=idempotency.fingerprint(kwargs),
+                    **kwargs,
+                )
         except services.RentalError as exc:
             raise as_api_error(exc) from exc
-        body = SessionSerializer(created.rental).data
-        if created.ssh_private_key:
-            body["ssh_private_key"] = created.ssh_private_key
-        return Response(body, status=status.HTTP_201_CREATED)
+        if not new and rental.is_live and rental.ssh_private_key_encrypted:
+            # The same body as the first answer, to the same user, who may download this key from
+            # /ssh-key anyway while the rental is live; recorded on the timeline like a download.
+            with transaction.atomic():
+                services.rental_event(
+                    rental, EventKind.KEY_DOWNLOAD, "Private key returned again (Idempotency-Key repeat)",
+                    actor=request.user,
+                )  # fmt: skip
+            private_key = keys.secret_decrypt(rental.ssh_private_key_encrypted)
+        body = SessionSerializer(rental).data
+        if private_key:
+            body["ssh_private_key"] = private_key
+        return Response(body, status=status.HTTP_201_CREATED if new else status.HTTP_200_OK)
 
     @extend_schema(
         summary="The session's timeline",

@@ -107,6 +107,12 @@ class Rental(models.Model):
     agent_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
     # Consecutive reconcile listings in which the instance was missing (2 -> ghost).
     missing_count = models.PositiveSmallIntegerField(default=0)
+    # Idempotency: the API's Idempotency-Key header or the rent form's one-time token, unique per
+    # consumer (constraint below), so a repeated request finds the first one's rental in any web
+    # process instead of renting a second machine. The fingerprint is a hash of what was asked for:
+    # the same key with another request is refused (422 idempotency_key_reused) by the API.
+    request_key = models.CharField(max_length=255, blank=True, default="")
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
 
     objects = RentalQuerySet.as_manager()
 
@@ -126,6 +132,13 @@ class Rental(models.Model):
                 name="rental_hard_max_live",
                 condition=~Q(status__in=["destroyed", "failed"]),
             ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "request_key"],
+                condition=~Q(request_key=""),
+                name="rental_request_key_unique",
+            )
         ]
 
     def __str__(self) -> str:

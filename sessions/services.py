@@ -220,6 +220,8 @@ def rental_create(
     disk_gb: int | None = None,
     expected_price: Decimal | None = None,
     generate_key: bool = False,
+    request_key: str = "",
+    request_fingerprint: str = "",
 ) -> RentalCreated:
     """Rent an offer: validate, re-check the offer with the provider, then commit the Rental and
     its first event and enqueue provisioning on commit (no instance exists yet).
@@ -285,6 +287,8 @@ def rental_create(
             disk_gb=disk_gb,
             ssh_public_key="\n".join(public_keys),
             ssh_private_key_encrypted=keys.secret_encrypt(private_pem) if private_pem else "",
+            request_key=request_key,  # unique per consumer: a repeat fails here (sessions/idempotency.py)
+            request_fingerprint=request_fingerprint,
             created_at=now,
             reservation_ends_at=now + timedelta(seconds=float(hours) * 3600),
             hard_max_at=now + timedelta(hours=settings.SHOPPER_HARD_MAX_HOURS),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
+import uuid
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
@@ -22,14 +21,10 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from inventory.models import Offer
-from sessions import keys, lifecycle, services
+from sessions import idempotency, keys, lifecycle, services
 from sessions.forms import RentForm, SSHKeyForm
 from sessions.models import Alert, EventKind, Rental, SSHKey, Status
 
-# How long a second submit of the rent form waits for the first one to finish.
-RENT_TOKEN_WAIT_SECONDS = 15.0
-RENT_TOKEN_TTL_SECONDS = 3600
-PENDING = "pending"
 LIST_PAGE_SIZE = 50
 
 
@@ -53,26 +48,6 @@ def _estimate(price: Decimal, hours) -> Decimal | None:
     return (charged * hours).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
-def _claim_token(key: str) -> str | None:
-    """Claim a rent form's one-time token. None: ours, go ahead. Otherwise the value the
-    first submit left: the id of the rental it created, or PENDING if it is still running.
-
-    ``cache.add`` is atomic in every backend we use (locmem, Redis), so of two concurrent
-    submits exactly one claims the token; the other waits here for the first one's result.
-    """
-    deadline = time.monotonic() + RENT_TOKEN_WAIT_SECONDS
-    while True:
-        if cache.add(key, PENDING, RENT_TOKEN_TTL_SECONDS):
-            return None
-        value = cache.get(key)
-        if value not in (None, PENDING):
-            return value
-        if time.monotonic() >= deadline:
-            return PENDING
-        if value == PENDING:
-            time.sleep(0.25)
-
-
 # --------------------------------------------------------------------------------------------
 # Renting
 # --------------------------------------------------------------------------------------------
@@ -83,54 +58,52 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
     available = Offer.objects.visible().filter(pk=offer.pk).exists()
     key_count = request.user.ssh_keys.count()
     notice = ""
+    if request.method == "POST":
+        # A repeat of a submit that rented is answered with its rental even though the offer may
+        # be gone from the menu by now (the first submit took it).
+        done = _rented_with(request)
+        if done is not None:
+            return _to_rental(request, done.pk)
     if request.method == "POST" and available:
         form = RentForm(request.POST, key_count=key_count)
         if form.is_valid():
-            token_key = f"sessions:rent-token:{request.user.pk}:{form.cleaned_data['form_token']}"
-            previous = _claim_token(token_key)
-            if previous == PENDING:
-                form.add_error(None, "This form is already being submitted; look in My sessions in a moment.")
-            elif previous:
-                return _to_rental(request, previous)
+            try:
+                # The form's one-time token is the rental's request key: a double submit (in
+                # this process or another) gets the first submit's rental (sessions/idempotency.py).
+                rental, private_key, new = idempotency.rent_once(
+                    user=request.user,
+                    request_key=_form_key(form.cleaned_data["form_token"]),
+                    offer_id=offer.pk,
+                    reservation_hours=form.cleaned_data["reservation_hours"],
+                    ssh_public_key=form.public_key,
+                    generate_key=form.generate_key,
+                    expected_price=form.cleaned_data["expected_price"],
+                )
+            except services.PriceChanged as exc:
+                offer.refresh_from_db()
+                data = request.POST.copy()
+                data["expected_price"] = str(offer.price_per_hour)
+                form = RentForm(data, key_count=key_count)
+                notice = exc.message
+            except services.OfferGone as exc:
+                available, notice = False, exc.message
+            except services.RentalError as exc:
+                form.add_error(None, exc.message)
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    form.add_error(field if field in form.fields else None, errors)
             else:
-                try:
-                    created = services.rental_create(
-                        user=request.user,
-                        offer_id=offer.pk,
-                        reservation_hours=form.cleaned_data["reservation_hours"],
-                        ssh_public_key=form.public_key,
-                        generate_key=form.generate_key,
-                        expected_price=form.cleaned_data["expected_price"],
-                    )
-                except services.PriceChanged as exc:
-                    cache.delete(token_key)
-                    offer.refresh_from_db()
-                    data = request.POST.copy()
-                    data["expected_price"] = str(offer.price_per_hour)
-                    form = RentForm(data, key_count=key_count)
-                    notice = exc.message
-                except services.OfferGone as exc:
-                    cache.delete(token_key)
-                    available, notice = False, exc.message
-                except services.RentalError as exc:
-                    cache.delete(token_key)
-                    form.add_error(None, exc.message)
-                except ValidationError as exc:
-                    cache.delete(token_key)
-                    for field, errors in exc.message_dict.items():
-                        form.add_error(field if field in form.fields else None, errors)
-                else:
-                    rental = created.rental
-                    cache.set(token_key, str(rental.pk), RENT_TOKEN_TTL_SECONDS)
-                    if created.ssh_private_key:
-                        messages.success(
-                            request,
-                            "A key pair was generated for this session: download the private key "
-                            "below before you connect.",
-                        )
-                    else:
-                        messages.success(request, "Rented. The machine is being set up.")
+                if not new:
                     return _to_rental(request, rental.pk)
+                if private_key:
+                    messages.success(
+                        request,
+                        "A key pair was generated for this session: download the private key "
+                        "below before you connect.",
+                    )
+                else:
+                    messages.success(request, "Rented. The machine is being set up.")
+                return _to_rental(request, rental.pk)
     else:
         form = RentForm(initial={"expected_price": offer.price_per_hour}, key_count=key_count)
     hours = form["reservation_hours"].value()
@@ -148,6 +121,19 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
     if request.method == "POST" and _fragment(request):
         template += "#rent-form"
     return render(request, template, context)
+
+
+def _form_key(token: uuid.UUID) -> str:
+    return f"form:{token}"
+
+
+def _rented_with(request: HtmxHttpRequest) -> Rental | None:
+    """The rental an earlier submit of this form (its one-time token) made, if any."""
+    try:
+        token = uuid.UUID(request.POST.get("form_token", ""))
+    except ValueError:
+        return None
+    return idempotency.rental_for_key(request.user, _form_key(token))
 
 
 def _to_rental(request: HtmxHttpRequest, rental_id) -> HttpResponse:
