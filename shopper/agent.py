@@ -6,6 +6,7 @@ It powers the node off when
   * the shopper answers ``{"action": "shutdown"}`` (the rental is stopping or past its hard max),
   * the shopper answers 401 (the agent token was revoked at teardown),
   * the shopper has been unreachable (network errors, 5xx) longer than SHOPPER_UNREACHABLE_SECONDS,
+    (the shopper's own 429 "throttled" answer is not unreachable: the agent waits Retry-After),
   * the hard deadline passes, by this machine's own clock (a watchdog thread, heartbeats or not).
 
 Environment (set by the provider start-up script):
@@ -42,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 UTC = datetime.timezone.utc  # noqa: UP017 -- the agent also runs on Python < 3.11
 DEFAULT_POWEROFF = "shutdown -h now"
+MAX_RETRY_AFTER = 300.0  # seconds; longest wait a 429's Retry-After may impose
 NVIDIA_SMI = [
     "nvidia-smi",
     "--query-gpu=utilization.gpu,memory.used,memory.total",
@@ -98,6 +100,7 @@ class Agent:
         self.last_ok_at: float | None = None
         self.failures = 0
         self.last_action = ""
+        self.retry_after = 0.0  # from the shopper's last 429: wait at least this before the next heartbeat
         self.powering_off = False
         self.status_port: int | None = None
         self.stop = threading.Event()
@@ -131,7 +134,7 @@ class Agent:
 
     # -- heartbeat ------------------------------------------------------------------------------
     def heartbeat(self) -> str:
-        """Send one heartbeat: "continue", "shutdown", "revoked" (401) or "error"."""
+        """Send one heartbeat: "continue", "shutdown", "revoked" (401), "throttled" (429) or "error"."""
         body = {
             "rental_id": self.rental_id,
             "gpus": read_gpus(),
@@ -150,6 +153,10 @@ class Agent:
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 return self._record("revoked", ok=False, why="401: the agent token was revoked")
+            if exc.code == 429 and self._shopper_throttled(exc):
+                # The shopper answered and knows our token (it throttles after authenticating):
+                # it is reachable, so this must not bring the unreachable failsafe closer.
+                return self._record("throttled", ok=True, why="")
             return self._record("error", ok=False, why=f"HTTP {exc.code}")
         except (OSError, ValueError) as exc:  # URLError, timeouts, refused, bad JSON
             return self._record("error", ok=False, why=f"{type(exc).__name__}: {exc}")
@@ -160,6 +167,23 @@ class Agent:
             with contextlib.suppress(ValueError):  # the shopper's word wins (staff may extend)
                 self.deadline = parse_time(str(answer["hard_max_at"])).timestamp()
         return self._record(action, ok=True, why="")
+
+    def _shopper_throttled(self, exc: urllib.error.HTTPError) -> bool:
+        """A 429 in the shopper's error format (not some proxy's page); remembers Retry-After."""
+        try:
+            answer = json.loads(exc.read().decode() or "{}")
+        except (OSError, ValueError):
+            return False
+        if not isinstance(answer, dict) or answer.get("code") != "throttled":
+            return False
+        try:
+            wait = float(exc.headers.get("Retry-After") or self.interval)
+        except ValueError:
+            wait = self.interval
+        # Bounded: a wild value must not silence heartbeats for long (the shopper's own heartbeat
+        # timeout would then stop a healthy rental).
+        self.retry_after = min(max(wait, 0.0), MAX_RETRY_AFTER)
+        return True
 
     def _record(self, outcome: str, *, ok: bool, why: str) -> str:
         if ok:
@@ -258,13 +282,15 @@ class Agent:
         self.save_state()
         threading.Thread(target=self.watchdog, name="watchdog", daemon=True).start()
         while not self.stop.is_set():
+            outcome = ""
             if not self.powering_off:
                 outcome = self.heartbeat()
                 if outcome == "shutdown":
                     self.power_off("the shopper asked for a shutdown")
                 elif outcome == "revoked":
                     self.power_off("the agent token was revoked (401)")
-            self.stop.wait(self.interval)
+            wait = max(self.interval, self.retry_after if outcome == "throttled" else 0.0)
+            self.stop.wait(wait)
         log.info("agent stopped")
         return 0
 
@@ -275,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--once", action="store_true", help="send one heartbeat, print the outcome and exit "
-        "(0 continue, 3 shutdown requested, 4 token revoked, 1 unreachable); never powers off"
+        "(0 continue, 3 shutdown requested, 4 token revoked, 5 throttled, 1 unreachable); never powers off"
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s shopper-agent %(message)s")
@@ -289,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.once:
         outcome = agent.heartbeat()
         print(json.dumps({"outcome": outcome, **agent.status()}))
-        return {"continue": 0, "shutdown": 3, "revoked": 4}.get(outcome, 1)
+        return {"continue": 0, "shutdown": 3, "revoked": 4, "throttled": 5}.get(outcome, 1)
 
     def on_sigterm(signum, frame) -> None:
         log.info("signal %d received: stopping (no power-off)", signum)

@@ -46,6 +46,7 @@ class StubShopper:
         self.requests: list[dict] = []
         self.status = 200
         self.answer: dict = {"action": "continue"}
+        self.headers: dict = {}  # extra response headers of the heartbeat answer (e.g. Retry-After)
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,7 +56,7 @@ class StubShopper:
                 stub.requests.append(
                     {"path": self.path, "headers": dict(self.headers), "body": json.loads(body or b"null")}
                 )
-                self._send(stub.status, json.dumps(stub.answer).encode(), "application/json")
+                self._send(stub.status, json.dumps(stub.answer).encode(), "application/json", stub.headers)
 
             def do_GET(self) -> None:
                 if self.path == "/agent.py":
@@ -63,8 +64,10 @@ class StubShopper:
                 else:
                     self._send(404, b"{}", "application/json")
 
-            def _send(self, status: int, data: bytes, content_type: str) -> None:
+            def _send(self, status: int, data: bytes, content_type: str, headers: dict | None = None) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

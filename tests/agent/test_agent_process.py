@@ -90,6 +90,28 @@ def test_server_errors_count_as_unreachable_and_success_resets_the_clock(agent, 
     assert "failsafe" in agent.log_text()
 
 
+def test_the_shoppers_429_is_not_unreachable_and_retry_after_is_honoured(agent, stub):
+    """A throttled agent talks to a live shopper: it must not power a healthy machine off."""
+    stub.status, stub.answer = 429, {"detail": "Too many heartbeats.", "code": "throttled"}
+    stub.headers = {"Retry-After": "1"}
+    agent.start(SHOPPER_UNREACHABLE_SECONDS="2", SHOPPER_HEARTBEAT_SECONDS="0.1")
+    wait_for(lambda: agent.state.exists() and agent.status()["last_action"] == "throttled")
+    time.sleep(3.5)  # well past the 2 s failsafe (a real process on a real clock)
+    assert not agent.marker.exists()
+    assert agent.status()["consecutive_failures"] == 0
+    # Every 1 s (Retry-After), not every 0.1 s: about 4 heartbeats in 3.5 s, not 35.
+    assert len(stub.heartbeats()) <= 6
+    stub.status, stub.answer, stub.headers = 200, {"action": "continue"}, {}
+    wait_for(lambda: agent.status()["last_action"] == "continue")
+
+
+def test_a_429_that_is_not_the_shoppers_still_counts_as_unreachable(agent, stub):
+    stub.status, stub.answer = 429, {"message": "rate limited by some proxy"}
+    agent.start(SHOPPER_UNREACHABLE_SECONDS="2", SHOPPER_HEARTBEAT_SECONDS="0.2")
+    agent.powered_off()
+    assert "failsafe" in agent.log_text()
+
+
 def test_revoked_token_401_powers_off(agent, stub):
     stub.status, stub.answer = 401, {"detail": "no", "code": "invalid_agent_token"}
     agent.start()
