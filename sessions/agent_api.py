@@ -7,8 +7,11 @@ The agent authenticates with its per-rental token (``Authorization: Bearer <toke
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 
+from django.conf import settings
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -20,6 +23,7 @@ from rest_framework.views import APIView
 from sessions import services
 from sessions.models import LIVE_STATUSES, Rental, token_hash
 from shopper.api import documented_error, error_response
+from shopper.throttling import counter_hit
 
 AGENT_FILE = Path(__file__).resolve().parent.parent / "shopper" / "agent.py"
 MAX_GPUS = 16
@@ -66,6 +70,32 @@ def _clean_heartbeat(body: object) -> dict:
                 raise BadHeartbeat(f"{name} must be a short string.")
             data[name] = value
     return data
+
+
+def heartbeat_limit() -> int:
+    """Heartbeats allowed per agent token per minute: the setting, but at least twice what the
+    agents we start send (SHOPPER_AGENT_HEARTBEAT_SECONDS), so a healthy agent is never refused."""
+    limit = int(getattr(settings, "SHOPPER_AGENT_HEARTBEATS_PER_MINUTE", 10))
+    if limit <= 0:
+        return 0
+    interval = max(1, int(getattr(settings, "SHOPPER_AGENT_HEARTBEAT_SECONDS", 30)))
+    return max(limit, 2 * math.ceil(60 / interval))
+
+
+def _throttled(rental: Rental) -> Response | None:
+    """A 429 with Retry-After once this rental's agent token has used its minute (counted in the
+    database: every web process sees the same count)."""
+    limit = heartbeat_limit()
+    if not limit:
+        return None
+    count, window_ends = counter_hit(f"agent:{rental.agent_token_hash}", 60)
+    if count <= limit:
+        return None
+    response = error_response(
+        f"Too many heartbeats: at most {limit} a minute per agent token.", "throttled", 429
+    )
+    response["Retry-After"] = str(max(1, math.ceil(window_ends - time.time())))
+    return response
 
 
 def _bearer_token(request) -> str:
@@ -125,6 +155,9 @@ class AgentHeartbeatView(APIView):
             200: HEARTBEAT_RESPONSE,
             400: documented_error("Malformed body; nothing is recorded"),
             401: documented_error("`invalid_agent_token`: missing, unknown or revoked"),
+            429: documented_error(
+                "`throttled`: too many heartbeats for this token (`Retry-After` says when to retry)"
+            ),
         },
         tags=["agent"],
     )
@@ -141,6 +174,9 @@ class AgentHeartbeatView(APIView):
             )
             response["WWW-Authenticate"] = 'Bearer realm="agent"'
             return response
+        throttled = _throttled(rental)
+        if throttled is not None:
+            return throttled  # nothing is recorded
         try:
             body = json.loads(request.body or b"null")
         except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, absurd nesting

@@ -51,3 +51,19 @@ class ApiToken(models.Model):
     def is_usable(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class RateCounter(models.Model):
+    """A fixed-window counter that every web process sees (the throttles of shopper/throttling.py).
+
+    Per-process counters let each of N web processes grant the whole allowance; the database is
+    the one store every deployment has (Redis is optional). ``window_ends`` is epoch seconds: the
+    atomic upsert compares it in SQL the same way on SQLite and PostgreSQL.
+    """
+
+    key = models.CharField(max_length=200, primary_key=True)
+    count = models.PositiveIntegerField(default=0)
+    window_ends = models.FloatField()
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count}"

@@ -247,6 +247,9 @@ SHOPPER_ORPHAN_GRACE_SECONDS = env.int("SHOPPER_ORPHAN_GRACE_SECONDS", default=1
 SHOPPER_DESTROY_ALERT_SECONDS = env.int("SHOPPER_DESTROY_ALERT_SECONDS", default=900)
 SHOPPER_AGENT_HEARTBEAT_SECONDS = env.int("SHOPPER_AGENT_HEARTBEAT_SECONDS", default=30)
 SHOPPER_AGENT_UNREACHABLE_SECONDS = env.int("SHOPPER_AGENT_UNREACHABLE_SECONDS", default=900)
+# Heartbeats per agent token per minute (429 past it; 0: off). Never below twice the agent's own
+# rate (sessions/agent_api.py), so a healthy agent is never throttled.
+SHOPPER_AGENT_HEARTBEATS_PER_MINUTE = env.int("SHOPPER_AGENT_HEARTBEATS_PER_MINUTE", default=10)
 # Fernet keys (comma-separated, newest first) that encrypt generated private keys at rest.
 SHOPPER_FERNET_KEYS = env.list("SHOPPER_FERNET_KEYS", default=[])
 SHOPPER_PUBLIC_URL = env.str("SHOPPER_PUBLIC_URL", default="http://127.0.0.1:8000")

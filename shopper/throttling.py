@@ -1,31 +1,101 @@
-"""Throttling: DRF rate limits for the API and a failed-login limit for the login page.
+"""Throttling: DRF rate limits for the API, a failed-login limit for the login page and the
+heartbeat limit per agent token.
+
+Every counter is a row of ``shopper.models.RateCounter``, bumped with one atomic upsert: the web
+processes (compose runs several, ``make run`` two) share them, where per-process counters let each
+process grant the whole allowance. Windows are fixed (they start at the first hit).
 
 API rates come from ``settings.API_THROTTLE_ANON`` / ``API_THROTTLE_USER`` and are read per request
 (DRF's own classes freeze ``DEFAULT_THROTTLE_RATES`` at import time). A 429 goes through
 ``shopper.api.exception_handler``: ``{"detail": ..., "code": "throttled"}`` plus ``Retry-After``.
+The inventory fast path (``inventory/fastpath.py``) answers cached menu pages without counting
+them: it must not do I/O in the event loop.
 
-Logins: at most ``LOGIN_THROTTLE_ATTEMPTS`` failed logins per username + client address within
-``LOGIN_THROTTLE_WINDOW_SECONDS`` (counted in the cache). Over the limit the login page is shown
-again with status 429 and the password is not even checked, so a correct one is refused too until
-the window ends.
+Logins: at most ``LOGIN_THROTTLE_ATTEMPTS`` login attempts per username + client address within
+``LOGIN_THROTTLE_WINDOW_SECONDS``; a successful login clears the count. The attempt is counted
+before the password is checked, so concurrent guesses cannot squeeze past the limit. The username
+is normalized as Django's login form does (NFKC: a fullwidth ``ｖictim`` is ``victim``) and case
+folded. Over the limit the login page is shown again with status 429 and the password is not even
+checked, so a correct one is refused too until the window ends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import random
+import time
+import unicodedata
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import LoginView
-from django.core.cache import cache
+from django.db import connection
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
+
+from shopper.models import RateCounter
 
 DEFAULT_LOGIN_ATTEMPTS = 10
 DEFAULT_LOGIN_WINDOW_SECONDS = 15 * 60
 
 
-class AnonThrottle(AnonRateThrottle):
+# ------------------------------------------------------------------------------ counters
+PRUNE_CHANCE = 0.005  # expired rows are harmless (the upsert restarts them); prune now and then
+
+
+def counter_hit(key: str, window_seconds: float) -> tuple[int, float]:
+    """Count one hit on ``key``; returns (hits in the current window, when the window ends).
+
+    One statement, atomic on SQLite and PostgreSQL: an expired window restarts at 1.
+    """
+    now = time.time()
+    table = connection.ops.quote_name(RateCounter._meta.db_table)
+    key_col = connection.ops.quote_name("key")
+    sql = (
+        f"INSERT INTO {table} ({key_col}, count, window_ends) VALUES (%s, 1, %s) "
+        f"ON CONFLICT ({key_col}) DO UPDATE SET "
+        f"count = CASE WHEN {table}.window_ends <= %s THEN 1 ELSE {table}.count + 1 END, "
+        f"window_ends = CASE WHEN {table}.window_ends <= %s THEN %s ELSE {table}.window_ends END "
+        "RETURNING count, window_ends"
+    )
+    ends = now + window_seconds
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [key, ends, now, now, ends])
+        count, window_ends = cursor.fetchone()
+    if random.random() < PRUNE_CHANCE:
+        RateCounter.objects.filter(window_ends__lt=now).delete()
+    return int(count), float(window_ends)
+
+
+def counter_value(key: str) -> int:
+    """Hits on ``key`` in its current window (0 when none or expired)."""
+    row = RateCounter.objects.filter(key=key, window_ends__gt=time.time()).values_list("count", flat=True)
+    return row.first() or 0
+
+
+def counter_clear(key: str) -> None:
+    RateCounter.objects.filter(key=key).delete()
+
+
+class SharedCounterMixin:
+    """DRF's SimpleRateThrottle on a shared fixed-window counter instead of a per-process history."""
+
+    def allow_request(self, request, view):
+        self.rate = self.get_rate()
+        if self.rate is None:
+            return True
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        self.count, self.window_ends = counter_hit(f"api:{self.key}", self.duration)
+        return self.count <= self.num_requests
+
+    def wait(self):
+        return max(1.0, self.window_ends - time.time())
+
+
+class AnonThrottle(SharedCounterMixin, AnonRateThrottle):
     """Unauthenticated API calls, per client address.
 
     Views that authenticate themselves (``authentication_classes = []``: health, agent heartbeat
@@ -41,7 +111,7 @@ class AnonThrottle(AnonRateThrottle):
         return super().allow_request(request, view)
 
 
-class UserThrottle(UserRateThrottle):
+class UserThrottle(SharedCounterMixin, UserRateThrottle):
     """Authenticated API calls (session or API token), per user."""
 
     def get_rate(self):
@@ -55,9 +125,15 @@ def _login_limits() -> tuple[int, int]:
     return attempts, window
 
 
+def normalize_username(username: str) -> str:
+    """As Django's AuthenticationForm reads it (strip, then NFKC), case folded on top: every
+    spelling that could log in as one account shares its counter."""
+    return unicodedata.normalize("NFKC", username.strip()).strip().casefold()
+
+
 def login_throttle_key(username: str, address: str) -> str:
-    ident = f"{username.strip().lower()}|{address}".encode()
-    return "login-fail:" + hashlib.sha256(ident).hexdigest()
+    ident = f"{normalize_username(username)}|{address}".encode()
+    return "login:" + hashlib.sha256(ident).hexdigest()
 
 
 class ThrottledLoginView(LoginView):
@@ -68,24 +144,15 @@ class ThrottledLoginView(LoginView):
         return login_throttle_key(username, self.request.META.get("REMOTE_ADDR", ""))
 
     def post(self, request, *args, **kwargs):
-        attempts, _ = _login_limits()
-        if attempts > 0 and (cache.get(self._key()) or 0) >= attempts:
-            return self._throttled()
-        return super().post(request, *args, **kwargs)
-
-    def form_invalid(self, form):
         attempts, window = _login_limits()
         if attempts > 0:
-            key = self._key()
-            cache.add(key, 0, timeout=window)  # the window starts at the first failure
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.set(key, 1, timeout=window)
-        return super().form_invalid(form)
+            count, _ = counter_hit(self._key(), window)
+            if count > attempts:
+                return self._throttled()
+        return super().post(request, *args, **kwargs)
 
     def form_valid(self, form):
-        cache.delete(self._key())
+        counter_clear(self._key())
         return super().form_valid(form)
 
     def _throttled(self):

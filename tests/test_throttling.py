@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.core.cache import cache, caches
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.permissions import AllowAny
@@ -161,3 +162,47 @@ def test_login_page_unchanged_for_get_and_default_limit(client, settings):
     resp = client.get(reverse("login"))
     assert resp.status_code == 200
     assert b'name="password"' in resp.content
+
+
+# ------------------------------------------------------------------------ across processes
+def test_a_unicode_variant_of_the_username_shares_its_counter(client, user, login_limits):
+    """Django's login form normalizes the username (NFKC): fullwidth ａｌｉｃｅ logs in as alice,
+    so it must not get a fresh allowance while alice is locked."""
+    assert login(client, username="ａｌｉｃｅ", password=PASSWORD).status_code == 302  # a real variant
+    client.logout()
+    for name in ["alice", "ａｌｉｃｅ", "ＡＬＩＣＥ"]:
+        assert login(client, username=name).status_code == 200
+    resp = login(client, username="ａlice", password=PASSWORD)
+    assert resp.status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+def test_login_counters_are_not_in_process_memory(client, user, login_limits):
+    """Another web process has another memory: a cleared cache must not forget the failures."""
+    for _ in range(3):
+        assert login(client).status_code == 200
+    cache.clear()
+    caches["local"].clear()
+    assert login(client, password=PASSWORD).status_code == 429
+
+
+def test_api_counters_are_not_in_process_memory(api_client, settings):
+    settings.API_THROTTLE_USER = "2/min"
+    for _ in range(2):
+        assert api_client.get("/api/v1/sessions").status_code == 200
+    cache.clear()
+    caches["local"].clear()
+    assert api_client.get("/api/v1/sessions").status_code == 429
+
+
+def test_counter_windows_restart_after_they_end():
+    from shopper.throttling import counter_hit, counter_value
+
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        assert counter_hit("t:x", 10)[0] == 1
+        assert counter_hit("t:x", 10)[0] == 2
+        assert counter_value("t:x") == 2
+        clock.shift(timedelta(seconds=10))
+        assert counter_value("t:x") == 0
+        count, ends = counter_hit("t:x", 10)
+        assert count == 1 and ends == pytest.approx(timezone.now().timestamp() + 10)

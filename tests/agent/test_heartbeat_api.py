@@ -235,3 +235,55 @@ def test_the_onstart_script_holds_no_secret_and_needs_no_curl():
     assert "agent.py" in script and "nohup" in script and "setsid" in script
     assert "SHOPPER_AGENT_TOKEN" not in script
     assert "curl" not in script and "wget" not in script
+
+
+# ------------------------------------------------------------------------------ rate limit
+def test_heartbeats_are_limited_per_agent_token_with_429_and_retry_after(client, make_rental, settings):
+    settings.SHOPPER_AGENT_HEARTBEATS_PER_MINUTE = 5
+    settings.SHOPPER_AGENT_HEARTBEAT_SECONDS = 30  # the agents' own rate: 2 a minute
+    rental = make_rental()
+    other = make_rental(token="tok-2")
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        for _ in range(5):
+            assert beat(client).status_code == 200
+        stored_at = Rental.objects.get(pk=rental.pk).last_heartbeat_at
+        clock.shift(timedelta(seconds=20))
+        refused = beat(client, body={**GOOD, "uptime_s": 999})
+        assert refused.status_code == 429
+        assert refused.json() == {
+            "detail": "Too many heartbeats: at most 5 a minute per agent token.",
+            "code": "throttled",
+        }
+        assert int(refused["Retry-After"]) == 40
+        rental.refresh_from_db()
+        assert rental.last_heartbeat_at == stored_at  # the refused one changed nothing
+        assert rental.last_heartbeat_data["uptime_s"] == 60
+        # Another rental's agent has its own allowance; the window passes.
+        assert beat(client, token="tok-2").status_code == 200
+        assert Rental.objects.get(pk=other.pk).last_heartbeat_at is not None
+        clock.shift(timedelta(seconds=41))
+        assert beat(client).status_code == 200
+
+
+def test_a_bad_token_is_a_401_not_counted(client, make_rental, settings):
+    settings.SHOPPER_AGENT_HEARTBEATS_PER_MINUTE = 1
+    settings.SHOPPER_AGENT_HEARTBEAT_SECONDS = 600
+    make_rental()
+    for _ in range(3):
+        assert beat(client, token="not-it").status_code == 401
+    assert beat(client).status_code == 200
+
+
+def test_the_limit_never_throttles_the_rate_the_agents_are_told(client, make_rental, settings):
+    settings.SHOPPER_AGENT_HEARTBEATS_PER_MINUTE = 1
+    settings.SHOPPER_AGENT_HEARTBEAT_SECONDS = 10  # 6 a minute: the floor is 12
+    make_rental()
+    with time_machine.travel(timezone.now(), tick=False):
+        assert all(beat(client).status_code == 200 for _ in range(12))
+        assert beat(client).status_code == 429
+
+
+def test_the_limit_is_off_at_zero(client, make_rental, settings):
+    settings.SHOPPER_AGENT_HEARTBEATS_PER_MINUTE = 0
+    make_rental()
+    assert all(beat(client).status_code == 200 for _ in range(30))
