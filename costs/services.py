@@ -486,14 +486,18 @@ def budget_status(*, user, now: datetime | None = None) -> dict:
     return {k: _public(v) for k, v in out.items()}
 
 
-def budget_reserve(*, user, estimated_cost: Decimal, now: datetime | None = None) -> None:
-    """Refuse a rental whose estimate does not fit in the user's or the team's budget.
+def budget_reserve(
+    *, user, estimated_cost: Decimal, now: datetime | None = None, what: str = "this session"
+) -> None:
+    """Refuse a rental (or an extension) whose estimate does not fit in the user's or the team's
+    budget. ``what`` names it in the message ("this session", "this 2 h extension").
 
-    Call it inside the transaction that creates the rental, after the rental lock
-    (``sessions.services._lock_rentals``): the creators are serialized, so the live rentals
-    counted in ``reserved`` include every rental committed before, and two concurrent rentals
-    cannot both squeeze under a limit. Raises :class:`BudgetExceeded` (403 budget_exceeded).
-    A budget at 100 % refuses every new rental (both policies).
+    Call it inside the transaction that creates the rental (or extends it), after the rental
+    lock (``sessions.services._lock_rentals``): the writers are serialized, so the live rentals
+    counted in ``reserved`` include every rental and extension committed before, and two
+    concurrent ones cannot both squeeze under a limit. Raises :class:`BudgetExceeded`
+    (403 budget_exceeded). A budget at 100 % refuses every new rental and extension (both
+    policies).
     """
     now = now or timezone.now()
     estimate = Decimal(estimated_cost)
@@ -504,7 +508,8 @@ def budget_reserve(*, user, estimated_cost: Decimal, now: datetime | None = None
         if spent >= limit:
             raise BudgetExceeded(
                 f"Budget exceeded: {name} (${cents(limit)}) is used up this month "
-                f"(${cents(spent)} spent); no new sessions until next month or until an admin raises it.",
+                f"(${cents(spent)} spent); no new sessions or extensions until next month or until "
+                "an admin raises it.",
                 budget="user" if budget.user_id else "team",
                 limit=str(cents(limit)),
                 remaining="0.00",
@@ -513,9 +518,9 @@ def budget_reserve(*, user, estimated_cost: Decimal, now: datetime | None = None
         if spent + reserved + estimate > limit:
             remaining = cents(max(Decimal(0), limit - spent - reserved))
             raise BudgetExceeded(
-                f"Budget exceeded: this session's estimated cost ${cents(estimate)} is more than the "
+                f"Budget exceeded: {what}'s estimated cost ${cents(estimate)} is more than the "
                 f"${remaining} left of {name} (${cents(limit)}: ${cents(spent)} spent and "
-                f"${cents(reserved)} reserved by live sessions this month). Rent for fewer hours or "
+                f"${cents(reserved)} reserved by live sessions this month). Ask for fewer hours or "
                 "ask an admin to raise the budget.",
                 budget="user" if budget.user_id else "team",
                 limit=str(cents(limit)),
