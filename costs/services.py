@@ -103,6 +103,22 @@ def _hour_floor(dt: datetime) -> datetime:
     return _utc(dt).replace(minute=0, second=0, microsecond=0)
 
 
+# The dates the costs API and page accept. Nothing was billed before 2000 and nothing will be
+# after 2100; outside them Python's datetime overflows (9999-12-31 plus a day, 0001-01-01 in
+# UTC+5), which was a 500. A custom period on the page is at most MAX_RANGE_DAYS long: its chart
+# draws one bar per month, and 2,000 years drew 24,000 of them (a 5.7 MB page).
+EARLIEST_DATE = date(2000, 1, 1)
+LATEST_DATE = date(2100, 12, 31)
+MAX_RANGE_DAYS = 3660  # ten years (and then some for leap days)
+
+
+def date_out_of_range(day: date) -> str | None:
+    """A message when ``day`` is outside [EARLIEST_DATE, LATEST_DATE]; None when it is fine."""
+    if EARLIEST_DATE <= day <= LATEST_DATE:
+        return None
+    return f"Give a date between {EARLIEST_DATE:%Y-%m-%d} and {LATEST_DATE:%Y-%m-%d}."
+
+
 def month_start(now: datetime | None = None) -> datetime:
     """The first instant of ``now``'s UTC calendar month."""
     return _utc(now or timezone.now()).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
