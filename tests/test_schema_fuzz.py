@@ -145,6 +145,7 @@ def with_examples(document: dict) -> dict:
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] == "id":
                     parameter["examples"] = {name: {"value": pk} for name, pk in ids.items()}
+                    parameter["examples"]["unicode_digit"] = {"value": "²"}  # passes str.isdigit
     live = str(OFFER_IDS["live"])
     json_body_examples(
         paths["/api/v1/sessions"]["post"],
