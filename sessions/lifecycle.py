@@ -159,7 +159,10 @@ def rental_extend(*, rental: Rental, hours, reason: str = "", actor) -> Rental:
             now=now,
             what=f"this {hours.normalize():f} h extension",
         )
-        Rental.objects.filter(pk=current.pk).update(**fields)
+        # The status is not under the rental lock (rental_transition does not take it): only an
+        # enforced rental is extended, else the whole transaction (nothing written yet) rolls back.
+        if not Rental.objects.filter(pk=current.pk, status__in=ENFORCED).update(**fields):
+            raise RentalError("This session ended meanwhile; it can no longer be extended.")
         override = "hard_max_at" in fields
         rental_event(
             current,
