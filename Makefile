@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format bench soak browser-deps clean
+.PHONY: run test test-fast lint format bench soak fuzz browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,3 +45,8 @@ clean:
 # 200 rentals with every fault injected, processes killed and restarted along the way.
 soak: $(STAMP)
 	$(BIN)/python -m shopper.chaos --rentals 200 --reservation-minutes 3 --timeout 900
+
+# Nightly-style schema fuzzing: new random inputs every run (the suite's run is derandomized).
+fuzz: $(STAMP)
+	SCHEMA_FUZZ_RANDOM=1 SCHEMA_FUZZ_EXAMPLES=$${SCHEMA_FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest -n 0 -q \
+		tests/test_schema_fuzz.py -k "answers_as_documented or absurd_nesting"

@@ -7,13 +7,16 @@ from datetime import UTC, date, datetime, time
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework import serializers
 
+from costs.services import date_out_of_range
+
 PERIODS = ("day", "month")
 
 
 class DateOrDateTimeField(serializers.Field):
     """An ISO date (``2025-03-01``) or date-time (``2025-03-01T12:00:00Z``; naive means UTC).
 
-    Internal value: ``(aware datetime, whether a bare date was given)``.
+    Internal value: ``(aware datetime, whether a bare date was given)``. Dates outside
+    ``costs.services.EARLIEST_DATE``..``LATEST_DATE`` are refused (they overflowed: a 500).
     """
 
     default_error_messages = {"invalid": "Give an ISO date such as 2025-03-01 (or an ISO date-time)."}
@@ -25,10 +28,15 @@ class DateOrDateTimeField(serializers.Field):
             moment = None if day else parse_datetime(text)
         except ValueError:
             day = moment = None
+        if day is None and moment is None:
+            self.fail("invalid")
+        # Checked on the date as written, before any arithmetic: converting 0001-01-01T00:00+05:00
+        # to UTC is what overflowed.
+        problem = date_out_of_range(day or moment.date())
+        if problem:
+            raise serializers.ValidationError(problem, code="invalid")
         if day is not None:
             return datetime.combine(day, time.min, tzinfo=UTC), True
-        if moment is None:
-            self.fail("invalid")
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC), False

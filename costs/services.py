@@ -103,6 +103,22 @@ def _hour_floor(dt: datetime) -> datetime:
     return _utc(dt).replace(minute=0, second=0, microsecond=0)
 
 
+# The dates the costs API and page accept. Nothing was billed before 2000 and nothing will be
+# after 2100; outside them Python's datetime overflows (9999-12-31 plus a day, 0001-01-01 in
+# UTC+5), which was a 500. A custom period on the page is at most MAX_RANGE_DAYS long: its chart
+# draws one bar per month, and 2,000 years drew 24,000 of them (a 5.7 MB page).
+EARLIEST_DATE = date(2000, 1, 1)
+LATEST_DATE = date(2100, 12, 31)
+MAX_RANGE_DAYS = 3660  # ten years (and then some for leap days)
+
+
+def date_out_of_range(day: date) -> str | None:
+    """A message when ``day`` is outside [EARLIEST_DATE, LATEST_DATE]; None when it is fine."""
+    if EARLIEST_DATE <= day <= LATEST_DATE:
+        return None
+    return f"Give a date between {EARLIEST_DATE:%Y-%m-%d} and {LATEST_DATE:%Y-%m-%d}."
+
+
 def month_start(now: datetime | None = None) -> datetime:
     """The first instant of ``now``'s UTC calendar month."""
     return _utc(now or timezone.now()).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -486,14 +502,18 @@ def budget_status(*, user, now: datetime | None = None) -> dict:
     return {k: _public(v) for k, v in out.items()}
 
 
-def budget_reserve(*, user, estimated_cost: Decimal, now: datetime | None = None) -> None:
-    """Refuse a rental whose estimate does not fit in the user's or the team's budget.
+def budget_reserve(
+    *, user, estimated_cost: Decimal, now: datetime | None = None, what: str = "this session"
+) -> None:
+    """Refuse a rental (or an extension) whose estimate does not fit in the user's or the team's
+    budget. ``what`` names it in the message ("this session", "this 2 h extension").
 
-    Call it inside the transaction that creates the rental, after the rental lock
-    (``sessions.services._lock_rentals``): the creators are serialized, so the live rentals
-    counted in ``reserved`` include every rental committed before, and two concurrent rentals
-    cannot both squeeze under a limit. Raises :class:`BudgetExceeded` (403 budget_exceeded).
-    A budget at 100 % refuses every new rental (both policies).
+    Call it inside the transaction that creates the rental (or extends it), after the rental
+    lock (``sessions.services._lock_rentals``): the writers are serialized, so the live rentals
+    counted in ``reserved`` include every rental and extension committed before, and two
+    concurrent ones cannot both squeeze under a limit. Raises :class:`BudgetExceeded`
+    (403 budget_exceeded). A budget at 100 % refuses every new rental and extension (both
+    policies).
     """
     now = now or timezone.now()
     estimate = Decimal(estimated_cost)
@@ -504,7 +524,8 @@ def budget_reserve(*, user, estimated_cost: Decimal, now: datetime | None = None
         if spent >= limit:
             raise BudgetExceeded(
                 f"Budget exceeded: {name} (${cents(limit)}) is used up this month "
-                f"(${cents(spent)} spent); no new sessions until next month or until an admin raises it.",
+                f"(${cents(spent)} spent); no new sessions or extensions until next month or until "
+                "an admin raises it.",
                 budget="user" if budget.user_id else "team",
                 limit=str(cents(limit)),
                 remaining="0.00",
@@ -513,9 +534,9 @@ def budget_reserve(*, user, estimated_cost: Decimal, now: datetime | None = None
         if spent + reserved + estimate > limit:
             remaining = cents(max(Decimal(0), limit - spent - reserved))
             raise BudgetExceeded(
-                f"Budget exceeded: this session's estimated cost ${cents(estimate)} is more than the "
+                f"Budget exceeded: {what}'s estimated cost ${cents(estimate)} is more than the "
                 f"${remaining} left of {name} (${cents(limit)}: ${cents(spent)} spent and "
-                f"${cents(reserved)} reserved by live sessions this month). Rent for fewer hours or "
+                f"${cents(reserved)} reserved by live sessions this month). Ask for fewer hours or "
                 "ask an admin to raise the budget.",
                 budget="user" if budget.user_id else "team",
                 limit=str(cents(limit)),

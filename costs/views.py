@@ -73,6 +73,12 @@ class SpendFilterForm(forms.Form):
         start, end = data.get("from"), data.get("to")
         if "from" in self.errors or "to" in self.errors:
             return data
+        for name, day in (("from", start), ("to", end)):
+            problem = day and services.date_out_of_range(day)
+            if problem:
+                self.add_error(name, problem)
+        if self.errors:
+            return data
         period = data.get("period") or ("custom" if start or end else "this_month")
         data["period"] = period
         if period == "custom":
@@ -81,6 +87,12 @@ class SpendFilterForm(forms.Form):
             elif end and start > end:
                 self.add_error(
                     "to", f"The end date {end:%Y-%m-%d} is before the start date {start:%Y-%m-%d}."
+                )
+            elif ((end or max(timezone.localdate(), start)) - start).days >= services.MAX_RANGE_DAYS:
+                self.add_error(
+                    "from",
+                    f"A custom period can be at most {services.MAX_RANGE_DAYS // 366} years; "
+                    "pick a later start date.",
                 )
         return data
 

@@ -92,8 +92,10 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(responses={200: OfferSerializer, 404: documented_error("No offer with that id")})
     def retrieve(self, request, *args, **kwargs):
-        pk = kwargs.get("pk", "")
-        if not str(pk).isdigit():
+        pk = str(kwargs.get("pk", ""))
+        # ASCII digits only: "²".isdigit() is True and int("²") raised (a 500); at most 18 digits
+        # so the number fits the database's integer.
+        if not (pk.isascii() and pk.isdigit() and len(pk) <= 18):
             raise exceptions.NotFound("No offer with that id.")
         rows = offer_rows(offer_tuples(Offer.objects.filter(pk=int(pk))))
         if not rows:

@@ -6,7 +6,6 @@ The agent authenticates with its per-rental token (``Authorization: Bearer <toke
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -16,13 +15,13 @@ from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from sessions import services
 from sessions.models import LIVE_STATUSES, Rental, token_hash
 from shopper.api import documented_error, error_response
+from shopper.parsers import JSONParser, json_loads
 from shopper.throttling import counter_hit
 
 AGENT_FILE = Path(__file__).resolve().parent.parent / "shopper" / "agent.py"
@@ -178,8 +177,8 @@ class AgentHeartbeatView(APIView):
         if throttled is not None:
             return throttled  # nothing is recorded
         try:
-            body = json.loads(request.body or b"null")
-        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+            body = json_loads(request.body or b"null")
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError, TooDeep (absurd nesting)
             return error_response("The body must be a JSON object (this is not valid JSON).", "invalid", 400)
         try:
             data = _clean_heartbeat(body)

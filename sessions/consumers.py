@@ -7,15 +7,78 @@ Close codes: 4401 not logged in, 4404 no such rental for this user (as the page'
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from sessions import live
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_key(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) origin, the port made explicit; None if it is not one."""
+    try:
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:  # a port that is not a number, or out of range
+        return None
+    if scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    return scheme, parts.hostname.lower(), port
+
+
+def _secure(scope, headers: dict[bytes, str]) -> bool:
+    """As Django's ``request.is_secure()``: wss, or the TLS proxy's header (SECURE_PROXY_SSL_HEADER)."""
+    if scope.get("scheme") == "wss":
+        return True
+    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if not proxy:
+        return False
+    name, value = proxy
+    name = name.removeprefix("HTTP_").lower().replace("_", "-").encode("latin-1")
+    return headers.get(name, "").split(",")[0].strip() == value
+
+
+def origin_allowed(scope) -> bool:
+    """Whether a websocket's Origin is this site: the same scheme, host and port as the request
+    itself (its Host header, which must be in ALLOWED_HOSTS), or one of CSRF_TRUSTED_ORIGINS —
+    the rule Django's CSRF check applies to a form post. Channels' AllowedHostsOriginValidator
+    compared the host only, so a page on another port of an allowed host could connect."""
+    headers = {name.lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+    origin = origin_key(headers.get(b"origin", ""))
+    if origin is None:
+        return False
+    if origin in {origin_key(trusted) for trusted in settings.CSRF_TRUSTED_ORIGINS}:
+        return True
+    host = headers.get(b"host", "")
+    domain = split_domain_port(host)[0]
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:  # as Django's HttpRequest.get_host()
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    if not domain or not validate_host(domain, allowed):
+        return False
+    scheme = "https" if _secure(scope, headers) else "http"
+    return origin == origin_key(f"{scheme}://{host}")
+
+
+class SameOriginValidator:
+    """ASGI middleware: refuse (close before accepting) a websocket from another origin."""
+
+    def __init__(self, application):
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        if origin_allowed(scope):
+            return await self.application(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)
 
 
 class RentalConsumer(AsyncWebsocketConsumer):

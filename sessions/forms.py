@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from sessions import keys
+from sessions.hours import MIN_HOURS, STEP_HOURS, hours_check
 from sessions.models import SSHKey
 
 KEY_REGISTERED = "registered"
@@ -54,7 +55,7 @@ class RentForm(forms.Form):
         hard_max = settings.SHOPPER_HARD_MAX_HOURS
         hours = self.fields["reservation_hours"]
         hours.help_text = f"At most {hard_max} hours; the machine is shut down when it ends."
-        hours.widget.attrs.update({"min": "0.25", "max": str(hard_max), "step": "0.25"})
+        hours.widget.attrs.update({"min": str(MIN_HOURS), "max": str(hard_max), "step": str(STEP_HOURS)})
         if key_count:
             plural = "s" if key_count != 1 else ""
             choices = [
@@ -73,13 +74,11 @@ class RentForm(forms.Form):
             self.initial.setdefault("form_token", uuid.uuid4())
 
     def clean_reservation_hours(self) -> Decimal:
-        hours = self.cleaned_data["reservation_hours"]
-        hard_max = settings.SHOPPER_HARD_MAX_HOURS
-        if hours <= 0:
-            raise ValidationError("The reservation must be more than 0 hours.")
-        if hours > hard_max:
-            raise ValidationError(f"The reservation can be at most {hard_max} hours (the hard maximum).")
-        return hours
+        return hours_check(
+            self.cleaned_data["reservation_hours"],
+            maximum=settings.SHOPPER_HARD_MAX_HOURS,
+            maximum_name="the hard maximum",
+        )
 
     def clean(self):
         data = super().clean()

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from sessions.alerts import alert_raise
+from sessions.hours import MAX_EXTENSION_HOURS, hours_check
 from sessions.models import AlertKind, EventKind, Rental, Status
-from sessions.services import RentalError, rental_event, rental_request_stop
+from sessions.services import RentalError, _lock_rentals, rental_event, rental_request_stop
 
 S = Status
 # Statuses in which deadlines are enforced (stopping is already on its way out).
@@ -112,51 +113,74 @@ def rental_extend(*, rental: Rental, hours, reason: str = "", actor) -> Rental:
 
     Within the hard maximum the owner (or staff) may do it. Past it only staff may, with a
     reason: the hard maximum moves with the reservation, audited as an override event.
+
+    The extra hours are reserved against the owner's budgets like a new rental's
+    (``costs.services.budget_reserve``, 403 ``budget_exceeded``), in one transaction under the
+    rental lock of ``rental_create``, so two concurrent extensions (or an extension and a new
+    rental) cannot both squeeze under a limit. The budget binds staff too, also when they extend
+    someone else's rental or override the hard maximum: a budget is the admin's own limit, and
+    going past it is an explicit, audited change of the budget in the admin, not a side effect.
     """
     try:
-        hours = Decimal(str(hours))
-    except (InvalidOperation, ValueError):
-        raise ValidationError({"hours": "Give the extension in hours, e.g. 1 or 0.5."}) from None
-    if not hours.is_finite() or hours <= 0 or hours > 168:
-        raise ValidationError({"hours": "The extension must be more than 0 and at most 168 hours."})
+        hours = hours_check(hours, maximum=MAX_EXTENSION_HOURS, what="extension")
+    except ValidationError as exc:
+        raise ValidationError({"hours": exc.messages}) from None
     reason = (reason or "").strip()
     if len(reason) > 500:
         raise ValidationError({"reason": "Keep the reason under 500 characters."})
-    if rental.status not in ENFORCED:
-        raise RentalError(f"This session is {rental.status}; it can no longer be extended.")
-    now = timezone.now()
-    new_end = max(rental.reservation_ends_at, now) + timedelta(seconds=float(hours) * 3600)
-    fields = {"reservation_ends_at": new_end, "reservation_warned_at": None}
-    if new_end > rental.hard_max_at:
-        if not actor.is_staff:
-            raise HardMaxExceeded(
-                f"That would run past the hard maximum ({rental.hard_max_at:%Y-%m-%d %H:%M} UTC). "
-                "Only an admin can extend past it, with a reason."
-            )
-        if not reason:
-            raise ValidationError({"reason": "A reason is required to extend past the hard maximum."})
-        fields["hard_max_at"] = new_end
-    updated = Rental.objects.filter(pk=rental.pk, status__in=ENFORCED).update(**fields)
-    if not updated:
-        raise RentalError("This session ended meanwhile; it can no longer be extended.")
-    override = "hard_max_at" in fields
-    rental_event(
-        rental,
-        EventKind.OVERRIDE if override else EventKind.EXTEND,
-        (
-            f"Hard maximum overridden by {actor.get_username()}: {reason}"
-            if override
-            else f"Reservation extended by {hours} h by {actor.get_username()}"
-            + (f": {reason}" if reason else "")
-        ),
-        actor=actor,
-        data={
-            "hours": str(hours),
-            "reason": reason,
-            "reservation_ends_at": new_end.isoformat(),
-            "hard_max_at": (new_end if override else rental.hard_max_at).isoformat(),
-            "previous_hard_max_at": rental.hard_max_at.isoformat(),
-        },
-    )
+    # Imported here, not at module level: imports point costs -> sessions (DESIGN.md).
+    from costs.services import budget_reserve, rental_estimate
+
+    with transaction.atomic():
+        _lock_rentals()
+        # Read again under the lock: the caller's row may be stale (ended, or extended by a
+        # concurrent request whose extra hours are now part of the budget's "reserved").
+        current = Rental.objects.filter(pk=rental.pk).first()
+        if current is None or current.status not in ENFORCED:
+            status = current.status if current else "gone"
+            raise RentalError(f"This session is {status}; it can no longer be extended.")
+        now = timezone.now()
+        new_end = max(current.reservation_ends_at, now) + timedelta(seconds=float(hours) * 3600)
+        fields = {"reservation_ends_at": new_end, "reservation_warned_at": None}
+        if new_end > current.hard_max_at:
+            if not actor.is_staff:
+                raise HardMaxExceeded(
+                    f"That would run past the hard maximum ({current.hard_max_at:%Y-%m-%d %H:%M} UTC). "
+                    "Only an admin can extend past it, with a reason."
+                )
+            if not reason:
+                raise ValidationError({"reason": "A reason is required to extend past the hard maximum."})
+            fields["hard_max_at"] = new_end
+        budget_reserve(
+            user=current.consumer,
+            estimated_cost=rental_estimate(
+                price_per_hour=current.price_per_hour, hours=hours, markup_percent=current.markup_percent
+            ),
+            now=now,
+            what=f"this {hours.normalize():f} h extension",
+        )
+        # The status is not under the rental lock (rental_transition does not take it): only an
+        # enforced rental is extended, else the whole transaction (nothing written yet) rolls back.
+        if not Rental.objects.filter(pk=current.pk, status__in=ENFORCED).update(**fields):
+            raise RentalError("This session ended meanwhile; it can no longer be extended.")
+        override = "hard_max_at" in fields
+        rental_event(
+            current,
+            EventKind.OVERRIDE if override else EventKind.EXTEND,
+            (
+                f"Hard maximum overridden by {actor.get_username()}: {reason}"
+                if override
+                else f"Reservation extended by {hours} h by {actor.get_username()}"
+                + (f": {reason}" if reason else "")
+            ),
+            actor=actor,
+            data={
+                "hours": str(hours),
+                "reason": reason,
+                "reservation_ends_at": new_end.isoformat(),
+                "hard_max_at": (new_end if override else current.hard_max_at).isoformat(),
+                "previous_hard_max_at": current.hard_max_at.isoformat(),
+            },
+        )
     rental.refresh_from_db()
     return rental

@@ -1,16 +1,28 @@
 from __future__ import annotations
 
+import re
+
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from sessions.hours import MAX_EXTENSION_HOURS, MIN_HOURS, STEP_HOURS, hours_check
 from sessions.models import Rental, RentalEvent
+
+# An offer id is a database key: ASCII digits only ("²" and "٣" pass str.isdigit but are no
+# key), and small enough for a 64-bit integer column.
+OFFER_ID = re.compile(r"[0-9]{1,18}")
 
 
 class SessionCreateSerializer(serializers.Serializer):
-    """POST /api/v1/sessions input. Range checks live in rental_create (one place for the rules)."""
+    """POST /api/v1/sessions input. The hours follow sessions.hours (the page's rule too)."""
 
-    offer_id = serializers.CharField(max_length=32)
-    reservation_hours = serializers.DecimalField(max_digits=8, decimal_places=4)
+    offer_id = serializers.CharField(max_length=32, help_text="The offer's id (digits)")
+    reservation_hours = serializers.DecimalField(
+        max_digits=8,
+        decimal_places=4,
+        help_text=f"At least {MIN_HOURS} h, in steps of {STEP_HOURS} h, at most the hard maximum",
+    )
     ssh_public_key = serializers.CharField(
         required=False, allow_blank=True, max_length=16000, trim_whitespace=True
     )
@@ -25,6 +37,14 @@ class SessionCreateSerializer(serializers.Serializer):
         decimal_places=4,
         help_text="The price you were shown; 409 price_changed if the provider now asks another.",
     )  # fmt: skip
+
+    def validate_offer_id(self, value: str) -> int:
+        if not OFFER_ID.fullmatch(value):
+            raise serializers.ValidationError("Give the offer's id: digits, e.g. 1234.")
+        return int(value)
+
+    def validate_reservation_hours(self, value):
+        return hours_check(value, maximum=settings.SHOPPER_HARD_MAX_HOURS, maximum_name="the hard maximum")
 
 
 class SSHSerializer(serializers.Serializer):
@@ -91,5 +111,12 @@ class EventSerializer(serializers.ModelSerializer):
 
 
 class ExtendSerializer(serializers.Serializer):
-    hours = serializers.DecimalField(max_digits=8, decimal_places=4)
+    hours = serializers.DecimalField(
+        max_digits=8,
+        decimal_places=4,
+        help_text=f"At least {MIN_HOURS} h, in steps of {STEP_HOURS} h, at most {MAX_EXTENSION_HOURS}",
+    )
     reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+    def validate_hours(self, value):
+        return hours_check(value, maximum=MAX_EXTENSION_HOURS, what="extension")

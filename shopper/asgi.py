@@ -8,10 +8,10 @@ django_asgi_app = get_asgi_application()
 # Imported after get_asgi_application(): consumers need the app registry loaded.
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from inventory.fastpath import InventoryFastPath
+from sessions.consumers import SameOriginValidator
 from shopper.urls import websocket_urlpatterns
 
 application = ProtocolTypeRouter(
@@ -19,6 +19,6 @@ application = ProtocolTypeRouter(
         # Daphne serves static files itself so `make run` needs no separate web server. The
         # inventory fast path answers cached menu pages before Django's handler (see its module).
         "http": InventoryFastPath(ASGIStaticFilesHandler(django_asgi_app)),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -11,7 +11,15 @@ hooks below put them into a share of the generated requests too. No provider is 
 network: offers are re-checked by the in-memory ``fuzzcloud`` provider, and background work
 (provisioning, teardown) is dropped, not run.
 
-Runs are repeatable (``derandomize``): a failure in CI fails the same way locally.
+The generated requests are widened with the inputs that once made 500s (issue 12): dates across
+the whole of Python's range with UTC offsets (9999-12-31 overflowed), Unicode digits where ids and
+numbers go ("²" passes ``str.isdigit``), and, for every operation that takes a JSON body, bodies
+nested far deeper than any request (RecursionError).
+
+Runs are repeatable (``derandomize``): a failure in CI fails the same way locally. ``make fuzz``
+(nightly-style) runs the generated cases un-derandomized with more examples
+(SCHEMA_FUZZ_RANDOM=1, SCHEMA_FUZZ_EXAMPLES): each run tries new inputs, and a failure prints the
+blob to reproduce it.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from datetime import timedelta
+from datetime import date, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 import schemathesis
@@ -80,6 +89,8 @@ CHECKS = [
 # Generated requests per operation, on top of the schema examples and Schemathesis' coverage cases;
 # raise it for a deeper local run (SCHEMA_FUZZ_EXAMPLES=500).
 MAX_EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "25"))
+# make fuzz: new random inputs on every run instead of the same derandomized ones.
+RANDOM = os.environ.get("SCHEMA_FUZZ_RANDOM") == "1"
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat"
 AGENT_TOKEN = "fuzz-agent-token-0123456789"
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq7vQ7N4fK8m0s6p7D0J8u1g9xk8aZq6JQnq1m6tq1a me@laptop"
@@ -91,6 +102,27 @@ RENTAL_IDS = {
     name: uuid.UUID(int=n)
     for n, name in enumerate(["active", "pending", "destroyed", "stopping", "someone_elses", "unknown"], 1)
 }
+
+
+# Dates at the edges of what Python's datetime holds (issue 12: 500s on the costs API).
+EDGE_DATES = {
+    "from": ["0001-01-01", "0001-01-01T00:00:00+05:00"],
+    "to": ["9999-12-31", "9999-12-31T23:59:59-05:00"],
+}
+# Any date of the proleptic calendar, bare or as a date-time with a UTC offset up to ±23:59.
+ANY_DATE = st.one_of(
+    st.dates().map(date.isoformat),
+    st.builds(
+        lambda moment, minutes: moment.replace(tzinfo=dt_timezone(timedelta(minutes=minutes))).isoformat(),
+        st.datetimes(),
+        st.integers(-1439, 1439),
+    ),
+    st.sampled_from([value for values in EDGE_DATES.values() for value in values]),
+)
+# Digits that are not ASCII: "²".isdigit() is True, int("²") raises.
+UNICODE_DIGITS = st.text(
+    alphabet=st.characters(categories=["Nd", "No"], exclude_characters="0123456789"), min_size=1, max_size=4
+)
 
 
 def openapi_schema() -> dict:
@@ -113,6 +145,7 @@ def with_examples(document: dict) -> dict:
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] == "id":
                     parameter["examples"] = {name: {"value": pk} for name, pk in ids.items()}
+                    parameter["examples"]["unicode_digit"] = {"value": "²"}  # passes str.isdigit
     live = str(OFFER_IDS["live"])
     json_body_examples(
         paths["/api/v1/sessions"]["post"],
@@ -123,8 +156,14 @@ def with_examples(document: dict) -> dict:
             "past_hard_max": {"offer_id": live, "reservation_hours": "48"},
             "offer_gone": {"offer_id": str(OFFER_IDS["gone"]), "reservation_hours": "1"},
             "provider_disabled": {"offer_id": str(OFFER_IDS["disabled_provider"]), "reservation_hours": "1"},
+            "superscript_offer_id": {"offer_id": "²", "reservation_hours": "1"},
         },
     )
+    for parameter in paths["/api/v1/costs"]["get"]["parameters"]:
+        if parameter["name"] in EDGE_DATES:
+            parameter.setdefault("examples", {}).update(
+                {f"edge_{i}": {"value": value} for i, value in enumerate(EDGE_DATES[parameter["name"]])}
+            )
     json_body_examples(
         paths["/api/v1/sessions/{id}/extend"]["post"],
         {"within_hard_max": {"hours": "1"}, "past_hard_max": {"hours": "100", "reason": "long job"}},
@@ -161,17 +200,42 @@ def flatmap_path_parameters(context, path_parameters):
     if not isinstance(path_parameters, dict) or "id" not in path_parameters:
         return st.just(path_parameters)
     ids = OFFER_IDS if context.operation.path.startswith("/api/v1/inventory/") else RENTAL_IDS
-    known = st.sampled_from([str(pk) for pk in ids.values()])
+    known = st.one_of(st.sampled_from([str(pk) for pk in ids.values()]), UNICODE_DIGITS)
     return st.one_of(st.just(path_parameters), known.map(lambda pk: {**path_parameters, "id": pk}))
+
+
+QUERY_NAMES = {
+    path: [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+    for path, operations in document["paths"].items()
+    for method, operation in operations.items()
+    if method == "get"
+}
+
+
+@schema.hook
+def flatmap_query(context, query):
+    """Some generated queries carry dates anywhere in the calendar (``from``/``to``) or Unicode
+    digits (every other parameter), on top of what the schema's types lead to."""
+    names = QUERY_NAMES.get(context.operation.path, []) if context.operation.method.lower() == "get" else []
+    if not names or not (query is None or isinstance(query, dict)):
+        return st.just(query)
+    tricky = st.fixed_dictionaries(
+        {}, optional={name: ANY_DATE if name in EDGE_DATES else UNICODE_DIGITS for name in names}
+    )
+    return st.one_of(st.just(query), tricky.map(lambda extra: {**(query or {}), **extra}))
 
 
 @schema.hook
 def flatmap_body(context, body):
-    """Some generated rent requests name an offer on the menu (live, gone, at a disabled provider)."""
+    """Some generated rent requests name an offer on the menu (live, gone, at a disabled provider)
+    or give Unicode digits as the offer id or the hours."""
+    if context.operation.path == "/api/v1/sessions/{id}/extend" and isinstance(body, dict):
+        return st.one_of(st.just(body), UNICODE_DIGITS.map(lambda text: {**body, "hours": text}))
     if context.operation.path != "/api/v1/sessions" or not isinstance(body, dict):
         return st.just(body)
-    known = st.sampled_from([str(pk) for pk in OFFER_IDS.values()])
-    return st.one_of(st.just(body), known.map(lambda pk: {**body, "offer_id": pk}))
+    known = st.one_of(st.sampled_from([str(pk) for pk in OFFER_IDS.values()]), UNICODE_DIGITS)
+    hours = UNICODE_DIGITS.map(lambda text: {**body, "reservation_hours": text})
+    return st.one_of(st.just(body), known.map(lambda pk: {**body, "offer_id": pk}), hours)
 
 
 class FuzzCloud(Provider):
@@ -260,8 +324,9 @@ def world(db, settings, monkeypatch, user, other_user):
 @hypothesis_settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
-    derandomize=True,
-    database=None,  # derandomized: nothing to replay from one run to the next
+    derandomize=not RANDOM,
+    print_blob=RANDOM,  # a random failure prints @reproduce_failure(...) to replay it
+    database=None,  # nothing to replay from one run to the next: derandomized, or new each night
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,
@@ -272,6 +337,42 @@ def test_api_answers_as_documented(case, world):
     agent = case.operation.path == HEARTBEAT_PATH
     authorization = f"Bearer {AGENT_TOKEN}" if agent else f"Token {world}"
     case.call_and_validate(headers={"Authorization": authorization}, checks=CHECKS)
+
+
+JSON_OPERATIONS = [
+    (path, method.upper())
+    for path, operations in document["paths"].items()
+    for method, operation in operations.items()
+    if "application/json" in operation.get("requestBody", {}).get("content", {})
+]
+
+
+@pytest.mark.parametrize("depth", [33, 900, 5_000, 100_000])
+@pytest.mark.parametrize(("path", "method"), JSON_OPERATIONS)
+def test_every_json_operation_refuses_absurd_nesting(world, client, path, method, depth):
+    """Any operation that takes JSON, today's and tomorrow's: a body nested ``depth`` levels is a
+    documented 400, never a RecursionError 500. (Sent raw: the harness's own json.dumps would
+    hit the recursion limit first, so this is not left to Schemathesis' generation.)"""
+    agent = path == HEARTBEAT_PATH
+    response = client.generic(
+        method,
+        path.replace("{id}", str(RENTAL_IDS["active"])),
+        "[" * depth + "]" * depth,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {AGENT_TOKEN}" if agent else f"Token {world}",
+    )
+    assert response.status_code == 400, (response.status_code, response.content[:300])
+    assert response["Content-Type"] == "application/json"
+    assert "400" in document["paths"][path][method.lower()]["responses"]
+    assert set(response.json()) >= {"detail", "code"}
+
+
+def test_the_nesting_test_covers_every_json_operation():
+    assert set(JSON_OPERATIONS) >= {
+        ("/api/v1/sessions", "POST"),
+        ("/api/v1/sessions/{id}/extend", "POST"),
+        (HEARTBEAT_PATH, "POST"),
+    }
 
 
 TOKEN_OPERATIONS = [
