@@ -129,7 +129,12 @@ STATE_DELETING = "deleting"  # the provider is tearing it down
 
 @dataclass(frozen=True)
 class InstanceData:
-    """One instance as the provider reports it. ``ssh_host``/``ssh_port`` are empty until known."""
+    """One instance as the provider reports it. ``ssh_host``/``ssh_port`` are empty until known.
+
+    ``ssh_endpoints`` lists every (host, port) that may reach SSH, preferred first; the first is
+    ``ssh_host``/``ssh_port``. Vast has two: direct and its proxy, and direct does not always
+    answer (FIELD_NOTES VA-SSH), so the handoff tries them in order and keeps the one that works.
+    """
 
     provider: str
     instance_id: str
@@ -141,6 +146,7 @@ class InstanceData:
     ssh_port: int | None = None
     ssh_user: str = "root"
     price_per_hour: Decimal | None = None
+    ssh_endpoints: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
