@@ -217,7 +217,7 @@ class Provider:
     name: ClassVar[str] = ""
     display_name: ClassVar[str] = ""
     features: ClassVar[frozenset[str]] = frozenset()
-    # Seconds between calls; one limiter per provider per process (shared across instances).
+    # Seconds between calls. get_provider shares one limiter per account across processes.
     min_interval: ClassVar[float] = 1.0
     _limiters: ClassVar[dict[str, RateLimiter]] = {}
     _limiters_lock = threading.Lock()
@@ -231,6 +231,7 @@ class Provider:
         max_retries_on_429: int = 3,
         session: requests.Session | None = None,
         min_interval: float | None = None,
+        limiter: Any = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -243,7 +244,9 @@ class Provider:
             key = f"{self.name}@{self.base_url}@{self.min_interval}"
             if key not in Provider._limiters:
                 Provider._limiters[key] = RateLimiter(self.min_interval)
-            self.limiter = Provider._limiters[key]
+            # registry.get_provider passes the limiter shared across processes (ratelimit.py);
+            # an adapter built directly (tests, scripts) paces its own process only.
+            self.limiter = limiter or Provider._limiters[key]
 
     def supports(self, feature: str) -> bool:
         return feature in self.features
