@@ -84,6 +84,9 @@ class ProviderFeed(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
     next_fetch_at = models.DateTimeField(null=True, blank=True)
     offer_count = models.PositiveIntegerField(default=0)
+    # Requests the last successful search took: Vast pages until an empty answer, so a capped
+    # answer shows as more pages, never as fewer offers (FIELD_NOTES VA-LISTING).
+    search_pages = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return self.provider

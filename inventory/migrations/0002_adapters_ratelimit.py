@@ -5,6 +5,11 @@ class Migration(migrations.Migration):
     dependencies = [("inventory", "0001_initial")]
 
     operations = [
+        migrations.AddField(
+            model_name="providerfeed",
+            name="search_pages",
+            field=models.PositiveIntegerField(default=0),
+        ),
         migrations.CreateModel(
             name="ProviderRateLimit",
             fields=[

@@ -220,6 +220,8 @@ class Provider:
     # Seconds between calls. get_provider shares one limiter per account across processes.
     min_interval: ClassVar[float] = 1.0
     _limiters: ClassVar[dict[str, RateLimiter]] = {}
+    # Requests the last search_offers took (the health endpoint shows it); adapters that page set it.
+    last_search_pages: int = 1
     _limiters_lock = threading.Lock()
 
     def __init__(
