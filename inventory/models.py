@@ -84,6 +84,28 @@ class ProviderFeed(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
     next_fetch_at = models.DateTimeField(null=True, blank=True)
     offer_count = models.PositiveIntegerField(default=0)
+    # Requests the last successful search took: Vast pages until an empty answer, so a capped
+    # answer shows as more pages, never as fewer offers (FIELD_NOTES VA-LISTING).
+    search_pages = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return self.provider
+
+
+class ProviderRateLimit(models.Model):
+    """One provider account's request pacing, shared by every process that calls it.
+
+    Providers limit per account, not per process (FIELD_NOTES VA-RATELIMIT, X-RATE-TD): the web
+    server, the worker and the safety loop must share one limiter, and a 429 seen by one must slow
+    them all. ``inventory.providers.ratelimit`` keeps this row (or a Redis hash when REDIS_URL is
+    set). Times are epoch seconds, not datetimes: they are compared with ``time.time()`` only.
+    """
+
+    key = models.CharField(max_length=160, primary_key=True)  # provider@url#hash(api key)
+    next_at = models.FloatField(default=0.0)  # the earliest moment of the next call
+    backoff = models.FloatField(default=0.0)  # extra seconds per call while 429s are coming
+    hold_until = models.FloatField(default=0.0)  # nobody calls before this (after a 429)
+    version = models.PositiveBigIntegerField(default=0)  # compare-and-swap, no row locks
+
+    def __str__(self) -> str:
+        return self.key

@@ -83,6 +83,7 @@ def _refresh_provider(name: str, feed: ProviderFeed, now) -> RefreshResult:
         consecutive_failures=0,
         next_fetch_at=now + timedelta(seconds=settings.SHOPPER_OFFERS_CACHE_SECONDS),
         offer_count=count,
+        search_pages=provider.last_search_pages,
     )
     return RefreshResult(name, "refreshed", count)
 
@@ -162,6 +163,7 @@ def offers_freshness() -> dict:
                 "last_success_at": feed.last_success_at if feed else None,
                 "last_error": feed.last_error if feed else "",
                 "offers": feed.offer_count if feed else 0,
+                "search_pages": feed.search_pages if feed else 0,
             }
         )
     return {"providers": out, "sandbox": settings.SHOPPER_SANDBOX}

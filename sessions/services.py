@@ -456,10 +456,12 @@ def _provision(rental_id) -> None:
     try:
         if rental.status == S.PROVISIONING and not _instance_create(rental, provider, resumed=resumed):
             return
+        endpoints: tuple[tuple[str, int], ...] | None = None
         if rental.status == S.BOOTING:
             instance = _instance_wait_running(rental, provider)
             if instance is None:
                 return
+            endpoints = instance.ssh_endpoints
             if not rental_transition(
                 rental,
                 S.VERIFYING,
@@ -470,7 +472,7 @@ def _provision(rental_id) -> None:
             ):
                 return
         if rental.status == S.VERIFYING:
-            _ssh_verify(rental)
+            _ssh_verify(rental, provider, endpoints)
     except ProviderError as exc:
         rental.refresh_from_db()
         _stop_after_failure(rental, f"Provisioning failed: {exc.code}: {exc.message}"[:500])
@@ -621,35 +623,58 @@ def _verify_key(rental: Rental) -> str | None:
     return None
 
 
-def _ssh_verify(rental: Rental) -> None:
+def _ssh_endpoints(
+    rental: Rental, provider: Provider, endpoints: tuple[tuple[str, int], ...] | None
+) -> list[tuple[str, int]]:
+    """The stored endpoint first, then the provider's others (Vast: direct, then its proxy
+    ``ssh_host:ssh_port``; direct SSH did not answer where the proxy did, FIELD_NOTES VA-SSH).
+    A resumed check asks the provider once; if it cannot answer, the stored endpoint is tried."""
+    if endpoints is None:
+        try:
+            endpoints = provider.get_instance(rental.provider_instance_id).ssh_endpoints
+        except ProviderError:
+            endpoints = ()
+    out = [(rental.ssh_host, rental.ssh_port)] if rental.ssh_host and rental.ssh_port else []
+    return out + [e for e in endpoints if e not in out]
+
+
+def _ssh_verify(
+    rental: Rental, provider: Provider, endpoints: tuple[tuple[str, int], ...] | None = None
+) -> None:
     """Prove the handoff: log in with the generated key and run a command, or, when the user
-    brought their own key (which we cannot log in with), check the endpoint speaks SSH. Retried
-    until the SSH timeout, then the rental is stopped."""
+    brought their own key (which we cannot log in with), check the endpoint speaks SSH. Every
+    endpoint is tried each round and the one that answers is handed off. Retried until the SSH
+    timeout, then the rental is stopped."""
     private_key = _verify_key(rental)
+    candidates = _ssh_endpoints(rental, provider, endpoints)
     deadline = timezone.now() + timedelta(seconds=settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS)
     last_error = ""
     while timezone.now() < deadline:
         rental.refresh_from_db()
         if rental.status != S.VERIFYING:
             return
-        try:
-            if private_key:
-                output = ssh_run(
-                    host=rental.ssh_host, port=rental.ssh_port, user=rental.ssh_user or "root",
-                    private_key=private_key, command="nvidia-smi -L || echo no-gpu-tool",
-                )  # fmt: skip
-                reason = "SSH login verified; the machine is yours"
-            else:
-                output = ssh_banner(host=rental.ssh_host, port=rental.ssh_port)
-                reason = "SSH is up; log in with your own key"
-        except SSHCheckFailed as exc:
-            last_error = str(exc)
-            _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
-            continue
-        rental_transition(
-            rental, S.ACTIVE, reason=reason, data={"check": output.strip()[:500]}, active_since=timezone.now()
-        )
-        return
+        for host, port in candidates:
+            try:
+                if private_key:
+                    output = ssh_run(
+                        host=host, port=port, user=rental.ssh_user or "root",
+                        private_key=private_key, command="nvidia-smi -L || echo no-gpu-tool",
+                    )  # fmt: skip
+                    reason = "SSH login verified; the machine is yours"
+                else:
+                    output = ssh_banner(host=host, port=port)
+                    reason = "SSH is up; log in with your own key"
+            except SSHCheckFailed as exc:
+                last_error = f"{exc} ({host}:{port})" if len(candidates) > 1 else str(exc)
+                continue
+            if (host, port) != (rental.ssh_host, rental.ssh_port):
+                reason += f" (through {host}:{port}; {rental.ssh_host}:{rental.ssh_port} did not answer)"
+            rental_transition(
+                rental, S.ACTIVE, reason=reason, data={"check": output.strip()[:500]},
+                active_since=timezone.now(), ssh_host=host, ssh_port=port,
+            )  # fmt: skip
+            return
+        _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
     _stop_after_failure(rental, f"Could not log in over SSH within the timeout: {last_error}"[:500])
 
 

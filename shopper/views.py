@@ -204,6 +204,7 @@ def health(request):
             "last_success_at": p["last_success_at"],
             "last_error": p["last_error"] if signed_in or not p["last_error"] else "failing",
             "offers": p["offers"],
+            "search_pages": p["search_pages"],  # requests the last search took (never capped)
         }
         for p in freshness["providers"]
     ]

@@ -61,8 +61,10 @@ class Instance:
     deleting_polls: int | None = None  # set once destroyed: get_instance calls still answering "deleting"
     request: CreateRequest | None = None
     provider: str = "fakecloud"  # the name the cloud is registered under
+    proxy: tuple[str, int] | None = None  # a second SSH endpoint (Vast's ssh_host:ssh_port)
 
     def data(self) -> InstanceData:
+        direct = ((self.ssh_host, self.ssh_port),) if self.ssh_host and self.ssh_port else ()
         return InstanceData(
             provider=self.provider,
             instance_id=self.instance_id,
@@ -72,6 +74,7 @@ class Instance:
             ssh_host=self.ssh_host,
             ssh_port=self.ssh_port,
             ssh_user=self.ssh_user,
+            ssh_endpoints=direct + ((self.proxy,) if self.proxy else ()),
         )
 
 
@@ -106,6 +109,8 @@ class Cloud:
         # SSH: scripted failures of the next checks; ssh_down fails every check.
         self.ssh_fail: list[str] = []
         self.ssh_down = False
+        self.ssh_blocked: set[tuple[str, int]] = set()  # endpoints whose packets are dropped
+        self.proxies = False  # booted instances get a proxy endpoint besides the direct one
         self.ssh_calls: list[dict[str, Any]] = []
         # Background work: what the services enqueued; run_tasks=True runs each task at once
         # (directly, so a failing task fails the test); "q" goes through django-q2 (Q_SYNC).
@@ -201,6 +206,8 @@ class Cloud:
             inst.state = self.boot_to
             if inst.state == STATE_RUNNING:
                 inst.ssh_host, inst.ssh_port = "203.0.113.7", next(self._ports)
+                if self.proxies:
+                    inst.proxy = ("ssh4.proxy.example", next(self._ports))
         return inst.data()
 
     def list_instances(self, label_prefix: str) -> list[InstanceData]:
@@ -231,8 +238,11 @@ class Cloud:
 
     # -- SSH ---------------------------------------------------------------------------------------
     def _ssh_target(self, host: str, port: int) -> Instance:
+        if (host, port) in self.ssh_blocked:
+            raise SSHCheckFailed(f"TimeoutError: {host}:{port} timed out")
         for inst in self.instances.values():
-            if inst.ssh_host == host and inst.ssh_port == port and inst.state == STATE_RUNNING:
+            endpoints = [(inst.ssh_host, inst.ssh_port), inst.proxy]
+            if (host, port) in endpoints and inst.state == STATE_RUNNING:
                 return inst
         raise SSHCheckFailed(f"ConnectionRefusedError: {host}:{port}")
 

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from .base import Provider
+from .ratelimit import shared_limiter
 
 PROVIDER_CLASSES: dict[str, str] = {
     "vastai": "inventory.providers.vastai.VastAI",
@@ -105,6 +106,10 @@ def get_provider(name: str, **kwargs: Any) -> Provider:
     # Only ever lowered for the local sandbox in tests; real providers keep their class pacing.
     if getattr(settings, "PROVIDER_MIN_INTERVAL_SECONDS", None) is not None:
         kwargs.setdefault("min_interval", float(settings.PROVIDER_MIN_INTERVAL_SECONDS))
+    # Rate limits are per account: every process shares one limiter (FIELD_NOTES VA-RATELIMIT).
+    if "limiter" not in kwargs:
+        interval = kwargs.get("min_interval", cls.min_interval)
+        kwargs["limiter"] = shared_limiter(name, url.rstrip("/"), key, interval)
     return cls(base_url=url, api_key=key, **kwargs)
 
 

@@ -129,7 +129,12 @@ STATE_DELETING = "deleting"  # the provider is tearing it down
 
 @dataclass(frozen=True)
 class InstanceData:
-    """One instance as the provider reports it. ``ssh_host``/``ssh_port`` are empty until known."""
+    """One instance as the provider reports it. ``ssh_host``/``ssh_port`` are empty until known.
+
+    ``ssh_endpoints`` lists every (host, port) that may reach SSH, preferred first; the first is
+    ``ssh_host``/``ssh_port``. Vast has two: direct and its proxy, and direct does not always
+    answer (FIELD_NOTES VA-SSH), so the handoff tries them in order and keeps the one that works.
+    """
 
     provider: str
     instance_id: str
@@ -141,6 +146,7 @@ class InstanceData:
     ssh_port: int | None = None
     ssh_user: str = "root"
     price_per_hour: Decimal | None = None
+    ssh_endpoints: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,9 +217,11 @@ class Provider:
     name: ClassVar[str] = ""
     display_name: ClassVar[str] = ""
     features: ClassVar[frozenset[str]] = frozenset()
-    # Seconds between calls; one limiter per provider per process (shared across instances).
+    # Seconds between calls. get_provider shares one limiter per account across processes.
     min_interval: ClassVar[float] = 1.0
     _limiters: ClassVar[dict[str, RateLimiter]] = {}
+    # Requests the last search_offers took (the health endpoint shows it); adapters that page set it.
+    last_search_pages: int = 1
     _limiters_lock = threading.Lock()
 
     def __init__(
@@ -225,6 +233,7 @@ class Provider:
         max_retries_on_429: int = 3,
         session: requests.Session | None = None,
         min_interval: float | None = None,
+        limiter: Any = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -237,7 +246,9 @@ class Provider:
             key = f"{self.name}@{self.base_url}@{self.min_interval}"
             if key not in Provider._limiters:
                 Provider._limiters[key] = RateLimiter(self.min_interval)
-            self.limiter = Provider._limiters[key]
+            # registry.get_provider passes the limiter shared across processes (ratelimit.py);
+            # an adapter built directly (tests, scripts) paces its own process only.
+            self.limiter = limiter or Provider._limiters[key]
 
     def supports(self, feature: str) -> bool:
         return feature in self.features

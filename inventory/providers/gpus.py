@@ -60,7 +60,6 @@ TENSORDOCK_MODELS: dict[str, str] = {
 }
 # Datacenter chips whose form factor matters (Vast names them "A100 PCIE" vs "A100 SXM4").
 _KEEP_FORM_FACTOR = ("a100", "h100", "h200", "a800", "h800")
-_SIZE_RE = re.compile(r"\s*(\d+)\s*GB$", re.IGNORECASE)
 
 
 def snap_vram_gb(mb: float | int | None) -> int:
@@ -74,26 +73,56 @@ def snap_vram_gb(mb: float | int | None) -> int:
     return round(gib)
 
 
+# Vendor words some feeds put in front of the model (nvidia-smi style: "NVIDIA GeForce RTX 4090",
+# "NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3"). They carry no information we keep.
+_VENDOR_WORDS = frozenset({"NVIDIA", "GEFORCE"})
+_MEMORY_WORDS = frozenset({"HBM2", "HBM2E", "HBM3", "HBM3E", "GDDR6", "GDDR6X"})
+# Form factors are written upper-case in canonical names ("A100 PCIE", as Vast spells them).
+_FORM_FACTORS = frozenset({"PCIE", "SXM", "SXM2", "SXM4", "SXM5", "NVL"})
+_SIZE_WORD = re.compile(r"^(\d+)GB$", re.IGNORECASE)
+
+
+def _split_model(name: str) -> tuple[str, int]:
+    """A provider's model name -> (model without vendor words or size, size in GB or 0).
+
+    ``"NVIDIA A100-SXM4-40GB"`` -> ("A100 SXM4", 40); ``"GeForce RTX 4090"`` -> ("RTX 4090", 0).
+    """
+    words = (name or "").replace("-", " ").replace("_", " ").split()
+    size = 0
+    kept: list[str] = []
+    memory = ""
+    for word in words:
+        upper = word.upper()
+        match = _SIZE_WORD.match(word)
+        if match:
+            size = int(match.group(1))
+        elif upper in _MEMORY_WORDS:
+            memory = upper
+        elif upper not in _VENDOR_WORDS:
+            kept.append(upper if upper in _FORM_FACTORS else word)
+    if [w.upper() for w in kept] == ["H100"] and memory == "HBM3":
+        kept.append("SXM")  # nvidia-smi names the SXM5 card "NVIDIA H100 80GB HBM3" (PCIe says PCIe)
+    return " ".join(kept), size
+
+
 def canonical_model(name: str) -> str:
-    """Normalize a provider's model name: strip, collapse spaces, apply MODEL_ALIASES."""
-    name = " ".join((name or "").split())
-    return MODEL_ALIASES.get(name.upper(), name)
+    """Normalize a provider's model name: drop vendor words and a size, collapse spaces, apply
+    MODEL_ALIASES. ``"NVIDIA GeForce RTX 4090"`` and ``"RTX 4090"`` give the same model."""
+    model, _ = _split_model(name)
+    return MODEL_ALIASES.get(model.upper(), model)
 
 
 def canonical_gpu_type(model: str, vram_gb: int) -> str:
     """``"<model> <vram>GB"``; a model that already ends in a size keeps its own."""
     model = canonical_model(model)
-    if _SIZE_RE.search(model) or not vram_gb:
-        return model
-    return f"{model} {vram_gb}GB"
+    return f"{model} {vram_gb}GB" if vram_gb else model
 
 
 def vast_gpu_type(gpu_name: str, gpu_ram_mb: float | int | None) -> tuple[str, int]:
     """Vast ``gpu_name`` + ``gpu_ram`` (MB per GPU) -> (canonical gpu_type, vram_gb)."""
-    model = canonical_model(gpu_name)
-    size = _SIZE_RE.search(model)
-    vram = int(size.group(1)) if size else snap_vram_gb(gpu_ram_mb)
-    return canonical_gpu_type(model, vram), vram
+    _, named_size = _split_model(gpu_name)
+    vram = named_size or snap_vram_gb(gpu_ram_mb)
+    return canonical_gpu_type(gpu_name, vram), vram
 
 
 def tensordock_gpu_type(v0_name: str) -> tuple[str, int]:

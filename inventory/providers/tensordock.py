@@ -41,6 +41,10 @@ DEFAULT_VCPUS_PER_GPU = 4
 DEFAULT_RAM_GB_PER_GPU = 16
 DEFAULT_STORAGE_GB = 100  # the documented minimum
 GPU_COUNTS = (1, 2, 4, 8)
+# What the API accepts for a VM's size: vCPUs in steps of 2, RAM in steps of 8 GB (PROVIDERS.md
+# 2.2, the modify docs); a capped configuration is rounded down to these.
+VCPU_STEP = 2
+RAM_STEP_GB = 8
 # ubuntu2404 had no NVIDIA driver (seed BUG-009). Only TensorDock OS image names are passed on.
 DEFAULT_IMAGE = "ubuntu2204"
 
@@ -58,7 +62,16 @@ _STATES = {
     "terminated": STATE_DELETING,
     "error": STATE_FAILED,
 }
-_NO_CAPACITY = ("no available nodes", "not enough", "capacity", "no available public ip", "unavailable")
+# Offer-gone answers: "No available nodes found" (TD-STALE-NONODES), "No available public IPs on
+# hostnode" (TD-NOPUBLICIP), "out of stock"; nothing was created, another offer may work.
+_NO_CAPACITY = (
+    "no available nodes",
+    "not enough",
+    "capacity",
+    "no available public ip",
+    "out of stock",
+    "unavailable",
+)
 _NO_MONEY = ("balance", "insufficient funds", "credit")
 
 
@@ -85,6 +98,11 @@ def _int(value: Any) -> int:
         return int(value) if value is not None and not isinstance(value, bool) else 0
     except (TypeError, ValueError):
         return 0
+
+
+def _keys(public_key: str) -> list[str]:
+    """The non-empty lines of a (possibly multi-key) authorized_keys text."""
+    return [line.strip() for line in (public_key or "").splitlines() if line.strip()]
 
 
 def _classify(message: str, status: int | None, **kw: Any) -> ProviderError:
@@ -117,7 +135,7 @@ class TensorDock(Provider):
         if isinstance(resp.data, list):  # validation issues: [{code, message, path}]
             issues = [_str(i.get("message")) for i in resp.data if isinstance(i, dict)]
             joined = http.redact("; ".join(i for i in issues if i), self.api_key)
-            return PermanentError(f"{self.name} {method} {path}: {joined or detail}", status=resp.status)
+            return _classify(f"{self.name} {method} {path}: {joined or detail}", resp.status)
         if resp.status == 404:
             return NotFound(detail, status=404)
         if isinstance(resp.data, dict):
@@ -136,6 +154,8 @@ class TensorDock(Provider):
         if not resp.ok or _body_error(resp.data) or not isinstance(data, dict):
             raise self._fail(resp, "GET", "/locations")
         locations = data.get("locations")
+        if "locations" in data and locations is None:
+            locations = []  # nothing in stock anywhere is an empty menu, not an error
         if not isinstance(locations, list):
             raise PermanentError(http.describe(self, "GET", "/locations", resp, "no locations list"))
         f = filter or OfferFilter()
@@ -158,12 +178,21 @@ class TensorDock(Provider):
             v0 = _str(gpu.get("v0Name"))
             max_count = _int(gpu.get("max_count"))
             gpu_type, vram = tensordock_gpu_type(v0)
+            network = gpu.get("network_features") if isinstance(gpu.get("network_features"), dict) else {}
+            if network.get("dedicated_ip_available") is False:
+                # We always create with useDedicatedIp (port forwards were ignored, TD-PORTFWD);
+                # a host without one fails every create (TD-NOPUBLICIP, 8 of 31 creates).
+                continue
+            gpu_hr = _dec(gpu.get("price_per_hr"))
+            # A GPU without a pricing block is priced from what the API gives: the GPU price;
+            # CPU, RAM and disk are added where their unit price is given.
             pricing = gpu.get("pricing") if isinstance(gpu.get("pricing"), dict) else {}
-            unit = [_dec(gpu.get("price_per_hr"))] + [
-                _dec(pricing.get(k)) for k in ("per_vcpu_hr", "per_gb_ram_hr", "per_gb_storage_hr")
-            ]
-            if not v0 or max_count <= 0 or not vram or any(p is None for p in unit):
-                continue  # no stock, or a price we cannot compute honestly
+            vcpu_hr, ram_hr, disk_hr = (
+                _dec(pricing.get(k)) or Decimal("0")
+                for k in ("per_vcpu_hr", "per_gb_ram_hr", "per_gb_storage_hr")
+            )
+            if not v0 or max_count <= 0 or not vram or gpu_hr is None:
+                continue  # no stock, or no price at all
             res = gpu.get("resources") if isinstance(gpu.get("resources"), dict) else {}
             if res.get("max_storage_gb") is not None and _int(res["max_storage_gb"]) < DEFAULT_STORAGE_GB:
                 continue
@@ -171,14 +200,13 @@ class TensorDock(Provider):
                 vcpus, ram = DEFAULT_VCPUS_PER_GPU * count, DEFAULT_RAM_GB_PER_GPU * count
                 offer_id = f"{loc_id}:{v0}:{count}"
                 if res.get("max_vcpus") is not None:
-                    vcpus = min(vcpus, _int(res["max_vcpus"]))
+                    vcpus = min(vcpus, _int(res["max_vcpus"])) // VCPU_STEP * VCPU_STEP
                 if res.get("max_ram_gb") is not None:
-                    ram = min(ram, _int(res["max_ram_gb"]))
+                    ram = min(ram, _int(res["max_ram_gb"])) // RAM_STEP_GB * RAM_STEP_GB
                 if vcpus <= 0 or ram <= 0:
                     continue
                 if (vcpus, ram) != (DEFAULT_VCPUS_PER_GPU * count, DEFAULT_RAM_GB_PER_GPU * count):
                     offer_id += f":{vcpus}:{ram}"  # a capped config must rent exactly what it priced
-                gpu_hr, vcpu_hr, ram_hr, disk_hr = unit
                 # price_per_hr is per GPU; CPU, RAM and disk are billed on top (2.2 Pricing).
                 total = gpu_hr * count + vcpu_hr * vcpus + ram_hr * ram + disk_hr * DEFAULT_STORAGE_GB
                 offers.append(
@@ -217,14 +245,16 @@ class TensorDock(Provider):
 
     @staticmethod
     def cloud_init_runcmd(public_key: str, onstart: str = "", env: dict[str, str] | None = None) -> list[str]:
-        """The API's ``ssh_key`` is required but was not installed (seed), so the key is written
-        to root's and the default ``user``'s authorized_keys, then the onstart script runs."""
-        key = shlex.quote(public_key.strip())
-        cmds = [
-            "mkdir -p /root/.ssh && chmod 700 /root/.ssh",
-            f"echo {key} >> /root/.ssh/authorized_keys",
+        """The API's ``ssh_key`` is required but was not installed (TD-SSHKEY-LATE), so every key
+        (one per line) is written to root's and the default ``user``'s authorized_keys, then the
+        onstart script runs."""
+        keys = [shlex.quote(line) for line in _keys(public_key)]
+        cmds = ["mkdir -p /root/.ssh && chmod 700 /root/.ssh"]
+        cmds += [f"echo {key} >> /root/.ssh/authorized_keys" for key in keys]
+        cmds += [
             f"mkdir -p /home/user/.ssh && echo {key} >> /home/user/.ssh/authorized_keys"
-            " && chown -R user:user /home/user/.ssh",
+            " && chown -R user:user /home/user/.ssh"
+            for key in keys
         ]
         if onstart.strip():
             # No env support on TensorDock: export the valid names (Vast's "-p H:C" keys are not).
@@ -252,7 +282,9 @@ class TensorDock(Provider):
             "location_id": location_id,
             # port_forwards were ignored at some locations (seed BUG-008): SSH on ipAddress:22.
             "useDedicatedIp": True,
-            "ssh_key": request.ssh_public_key.strip(),
+            # One key only: the field takes a single key (and installs none, TD-SSHKEY-LATE); all
+            # of them are delivered by cloud-init below.
+            "ssh_key": next(iter(_keys(request.ssh_public_key)), ""),
             "cloud_init": {
                 "runcmd": self.cloud_init_runcmd(request.ssh_public_key, request.onstart, request.env)
             },

@@ -6,7 +6,8 @@ Facts and quirks cited below are from shared/providers/PROVIDERS.md section 1.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+import shlex
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
@@ -39,7 +40,8 @@ from .gpus import VRAM_TOLERANCE, vast_gpu_type
 # that ``dph_total`` already includes storage at this size (1.5: dph_total = base + storage).
 DEFAULT_DISK_GB = 10
 DEFAULT_IMAGE = "vastai/pytorch:2.5.1-cuda-12.4.1-py311"
-SEARCH_LIMIT = 5000
+SEARCH_LIMIT = 5000  # what we ask per page; the server may answer fewer (see search_offers)
+MAX_SEARCH_PAGES = 500
 LIST_PAGE_SIZE = 25  # the v1 listing accepts 1-25
 MAX_LIST_PAGES = 1000  # a safety stop against a server that keeps returning a token
 
@@ -77,6 +79,67 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _number(value: Any) -> Decimal | None:
+    """A JSON number (or numeric string) as a Decimal via str(), else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() else None
+
+
+def cuda_version(value: Any) -> str:
+    """``cuda_max_good`` (a float such as 12.8, sometimes 13 or "12.8") as ``"12.8"``/``"13.0"``:
+    the highest CUDA the host's driver claims (FIELD_NOTES VA-CUDA-LIE: a claim, checked later)."""
+    number = _number(value)
+    if number is None or number <= 0:
+        return ""
+    major, _, minor = f"{number.normalize():f}".partition(".")
+    return f"{major}.{minor or '0'}"
+
+
+def _cpu_and_ram(raw: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The vCPUs and RAM (GB) this offer gets. ``cpu_ram`` is MB for the whole machine and our
+    share is ``cpu_cores_effective / cpu_cores`` (gpuhunt). Either may be missing (``cpu_cores``
+    can be null, PROVIDERS.md 1.5); then the share is ``gpu_frac``, the fraction of the machine's
+    GPUs the offer rents, which is how Vast derives ``cpu_cores_effective`` in the first place."""
+    cores, effective = _number(raw.get("cpu_cores")), _number(raw.get("cpu_cores_effective"))
+    cpu_ram, frac = _number(raw.get("cpu_ram")), _number(raw.get("gpu_frac"))
+    share = None
+    if cores and effective:
+        share = effective / cores
+    elif frac and 0 < frac <= 1:
+        share = frac
+    if effective is None and cores and share is not None:
+        effective = cores * share
+    cpus = int(effective) if effective and effective >= 1 else None
+    ram = int(cpu_ram * share / 1000) if cpu_ram and share is not None else None
+    return cpus, ram or None
+
+
+def onstart_script(public_key: str, onstart: str = "") -> str:
+    """The start-up script Vast runs in the container.
+
+    - ``~/.no_auto_tmux`` first: Vast's SSH images attach every login to tmux unless it exists,
+      and a handed-off machine must give a plain shell (scripts, scp, the agent's checks).
+    - The user's keys are written to root's authorized_keys here too, so login never depends on
+      the account-level keys (they reach only instances created after they were added, VDOC) nor
+      on the per-instance attach call alone (10-15 s late, FIELD_NOTES VA-SSH).
+    """
+    lines = ["touch ~/.no_auto_tmux", "mkdir -p ~/.ssh && chmod 700 ~/.ssh"]
+    for key in (k.strip() for k in public_key.splitlines()):
+        if key:
+            quoted = shlex.quote(key)
+            keys_file = "~/.ssh/authorized_keys"
+            lines.append(f"grep -qxF {quoted} {keys_file} 2>/dev/null || echo {quoted} >> {keys_file}")
+    lines.append("chmod 600 ~/.ssh/authorized_keys")
+    if onstart.strip():
+        lines.append(onstart)
+    return "\n".join(lines)
+
+
 def _query(params: dict[str, Any]) -> dict[str, str]:
     """Like the CLI's apiurl(): non-string values are JSON-encoded; requests then quote_plus-es."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
@@ -97,8 +160,13 @@ class VastAI(Provider):
         return resp
 
     # ---------------------------------------------------------------- offers
-    def search_offers(self, filter: OfferFilter | None = None) -> list[OfferData]:
-        f = filter or OfferFilter()
+    # How search is asked; switched for good when the server refuses a form (see _search_page).
+    search_method: tuple[str, str] = ("POST", "/api/v0/bundles/")
+    # What the last search_offers saw (the health endpoint reports it through ProviderFeed).
+    last_search_pages: int = 0
+    last_search_returned: int = 0
+
+    def _base_query(self, f: OfferFilter) -> dict[str, Any]:
         q: dict[str, Any] = {
             # The CLI's default filters: verified, non-external, rentable, not rented.
             "verified": {"eq": True},
@@ -108,7 +176,8 @@ class VastAI(Provider):
             "type": "on-demand",
             "allocated_storage": DEFAULT_DISK_GB,
             "limit": SEARCH_LIMIT,
-            "order": [["dph_total", "asc"]],
+            # By id, so that the next page starts after the last id seen (keyset paging).
+            "order": [["id", "asc"]],
         }
         if f.min_gpus:
             q["num_gpus"] = {"gte": f.min_gpus}
@@ -118,19 +187,56 @@ class VastAI(Provider):
             q["gpu_ram"] = {"gte": int(f.min_vram_gb * 1000 * (1 - VRAM_TOLERANCE))}
         if f.max_price is not None:
             q["dph_total"] = {"lte": float(f.max_price)}  # wire format only; no money arithmetic
+        return q
 
-        method, path = "POST", "/api/v0/bundles/"
-        resp = self._call(method, path, json=q)
-        if resp.status in (404, 410):
-            # One third-party client says /bundles/ is gone; the documented search is the same
-            # filter wrapped in {"select_cols", "q"} with the same response shape.
+    def _search_page(self, q: dict[str, Any]) -> list[Any]:
+        """One search request. ``POST /bundles/`` is the CLI's form; a server that answers 405
+        to it is asked ``GET /bundles/?q=<json>`` (the form the seed used live in Feb 2026), and
+        one that answers 404/410 the documented ``PUT /search/asks/`` (PROVIDERS.md 1.1)."""
+        method, path = self.search_method
+        resp = self._send_search(method, path, q)
+        if method == "POST" and resp.status == 405:
+            method, path = "GET", "/api/v0/bundles/"
+            resp = self._send_search(method, path, q)
+        if method != "PUT" and resp.status in (404, 410):
             method, path = "PUT", "/api/v0/search/asks/"
-            resp = self._call(method, path, json={"select_cols": ["*"], "q": q})
+            resp = self._send_search(method, path, q)
         data = resp.data if isinstance(resp.data, dict) else {}
         if not resp.ok or data.get("success") is False or not isinstance(data.get("offers"), list):
             raise PermanentError(http.describe(self, method, path, resp, "search failed"), status=resp.status)
+        self.search_method = (method, path)
+        return data["offers"]
 
-        offers = [o for o in (self._offer(raw) for raw in data["offers"]) if o is not None]
+    def _send_search(self, method: str, path: str, q: dict[str, Any]) -> http.ApiResponse:
+        if method == "GET":
+            return self._call(method, path, params={"q": json.dumps(q)})
+        if method == "PUT":
+            return self._call(method, path, json={"select_cols": ["*"], "q": q})
+        return self._call(method, path, json=q)
+
+    def search_offers(self, filter: OfferFilter | None = None) -> list[OfferData]:
+        """Every matching offer. The server may cap an answer below ``limit`` (64 in one report,
+        FIELD_NOTES VA-LISTING), so pages are asked by id until one brings nothing new: an
+        answer is never silently cut short. Too many pages raise instead of truncating."""
+        f = filter or OfferFilter()
+        q = self._base_query(f)
+        raws: dict[int, Any] = {}
+        last_id: int | None = None
+        pages = 0
+        for pages in range(1, MAX_SEARCH_PAGES + 1):  # noqa: B007 (reported after the loop)
+            page_q = dict(q, id={"gt": last_id}) if last_id is not None else q
+            rows = self._search_page(page_q)
+            ids = {i: r for r in rows if isinstance(r, dict) and (i := _int(r.get("id"))) is not None}
+            new = {i: r for i, r in ids.items() if i not in raws}
+            if not new:
+                break
+            raws.update(new)
+            last_id = max(raws)
+        else:
+            raise Transient(f"vastai search: more than {MAX_SEARCH_PAGES} pages; refusing a truncated menu")
+        self.last_search_pages, self.last_search_returned = pages, len(raws)
+
+        offers = [o for o in (self._offer(raw) for raw in raws.values()) if o is not None]
         return [
             o
             for o in offers
@@ -138,6 +244,17 @@ class VastAI(Provider):
             and (not f.min_vram_gb or o.vram_gb >= f.min_vram_gb)
             and (f.max_price is None or o.price_per_hour <= f.max_price)
         ]
+
+    def get_offer(self, offer_id: str) -> OfferData | None:
+        """Ask for this one offer (an ``id`` filter), never the whole search again."""
+        ask_id = _int(offer_id.strip()) if offer_id.strip().isdigit() else None
+        if ask_id is None:
+            return None  # not an id Vast could have given us
+        q = dict(self._base_query(OfferFilter()), id={"eq": ask_id}, limit=1)
+        for raw in self._search_page(q):
+            if isinstance(raw, dict) and _int(raw.get("id")) == ask_id:
+                return self._offer(raw)
+        return None
 
     def _offer(self, raw: Any) -> OfferData | None:
         if not isinstance(raw, dict):
@@ -151,14 +268,12 @@ class VastAI(Provider):
         if raw.get("rented") is True or raw.get("rentable") is False:
             return None
         gpu_type, vram_gb = vast_gpu_type(gpu_name, raw.get("gpu_ram"))
-
-        # cpu_cores may be null (gpuhunt); cpu_ram is the whole machine in MB and our share is
-        # cpu_ram * cpu_cores_effective / cpu_cores.
-        cores, effective, cpu_ram = raw.get("cpu_cores"), raw.get("cpu_cores_effective"), raw.get("cpu_ram")
-        ram_gb = None
-        if cores and effective and cpu_ram:
-            ram_gb = int(Decimal(str(cpu_ram)) * Decimal(str(effective)) / Decimal(str(cores)) / 1000)
-        reliability = raw.get("reliability")
+        cpu_cores, ram_gb = _cpu_and_ram(raw)
+        # Offers carry reliability and reliability2; some answers only the latter (which is also
+        # what instances expose, PROVIDERS.md 1.5): a missing figure is not "unreliable".
+        reliability = _number(raw.get("reliability"))
+        if reliability is None:
+            reliability = _number(raw.get("reliability2"))
         disk = raw.get("disk_space")
         return OfferData(
             provider=self.name,
@@ -168,11 +283,11 @@ class VastAI(Provider):
             vram_gb=vram_gb,
             price_per_hour=price,
             location=_str(raw.get("geolocation")),
-            reliability=Decimal(str(reliability)) if isinstance(reliability, int | float) else None,
-            cpu_cores=_int(effective),  # the vCPUs we get, not the host's core count
+            reliability=reliability,
+            cpu_cores=cpu_cores,
             ram_gb=ram_gb,
             disk_gb=_int(disk) if isinstance(disk, int | float) else None,
-            cuda_version=str(raw["cuda_max_good"]) if raw.get("cuda_max_good") is not None else "",
+            cuda_version=cuda_version(raw.get("cuda_max_good")),
             driver_version=_str(raw.get("driver_version")),
         )
 
@@ -186,7 +301,7 @@ class VastAI(Provider):
             "label": request.label,
             "env": dict(request.env),  # must be a JSON object (1.4)
             "runtype": "ssh_direc ssh_proxy",  # sic: the SDK's spelling
-            "onstart": request.onstart,
+            "onstart": onstart_script(request.ssh_public_key, request.onstart),
             "price": None,  # null price => on-demand; a number would make it a bid
             "cancel_unavail": True,
             "target_state": "running",
@@ -208,9 +323,12 @@ class VastAI(Provider):
     ) -> ProviderError:
         code = resp.error_code
         msg = http.describe(self, method, path, resp, code)
-        # Key on the error code, not the status: no_such_ask comes on 400, 404 and 410. A create
-        # answered 404 "Offer not found" / 410 "Offer no longer available" without a code is the same.
-        if code == "no_such_ask" or (create and not code and resp.status in (404, 410)):
+        text = resp.data.get("msg") if isinstance(resp.data, dict) else None
+        # Key on the error code, not the status: no_such_ask comes on 400, 404 and 410, and live it
+        # rides in the msg of a 400 invalid_args (FIELD_NOTES VA-NOSUCHASK). A create answered 404
+        # "Offer not found" / 410 "Offer no longer available" without a code is the same.
+        gone = code == "no_such_ask" or (isinstance(text, str) and "no_such_ask" in text)
+        if gone or (create and not code and resp.status in (404, 410)):
             return OfferUnavailable(msg, status=resp.status, **kw)
         if code in ("no_such_instance",):
             return NotFound(msg, status=resp.status, **kw)
@@ -271,7 +389,8 @@ class VastAI(Provider):
         state = _STATES.get(status, STATE_PENDING)
         if status == "created" and "OCI runtime create failed" in message:
             state = STATE_FAILED  # dstack: a container that can never start
-        host, port = self._ssh(raw)
+        endpoints = self._ssh_endpoints(raw)
+        host, port = endpoints[0] if endpoints else ("", None)
         return InstanceData(
             provider=self.name,
             instance_id=str(raw.get("id")),
@@ -283,25 +402,29 @@ class VastAI(Provider):
             ssh_port=port,
             ssh_user="root",
             price_per_hour=http.to_money(raw.get("dph_total")),
+            ssh_endpoints=endpoints,
         )
 
     @staticmethod
-    def _ssh(raw: dict[str, Any]) -> tuple[str, int | None]:
-        """Direct ``public_ipaddr:ports["22/tcp"][0].HostPort`` if mapped, else the proxy
-        ``ssh_host:ssh_port`` (+1 for jupyter images), as the CLI's ssh-url does (1.6)."""
+    def _ssh_endpoints(raw: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+        """Direct ``public_ipaddr:ports["22/tcp"][0].HostPort`` if mapped (what the CLI's ssh-url
+        prints, 1.6), then the proxy ``ssh_host:ssh_port`` (+1 for jupyter images). Both are
+        kept: direct SSH timed out where the proxy worked (FIELD_NOTES VA-SSH)."""
+        out: list[tuple[str, int]] = []
         ports = raw.get("ports") if isinstance(raw.get("ports"), dict) else {}
-        mapping = ports.get("22/tcp")
+        mapping = ports.get("22/tcp")  # may be null while ssh_port is set (skypilot)
         ip = _str(raw.get("public_ipaddr"))  # may carry a trailing newline/space
         if ip and isinstance(mapping, list) and mapping and isinstance(mapping[0], dict):
             host_port = _int(_str(mapping[0].get("HostPort")))  # HostPort is a string
             if host_port:
-                return ip, host_port
+                out.append((ip, host_port))
         host, port = _str(raw.get("ssh_host")), _int(raw.get("ssh_port"))
-        if not host or not port:
-            return "", None
-        if "jupyter" in _str(raw.get("image_runtype")):
-            port += 1
-        return host, port
+        if host and port:
+            if "jupyter" in _str(raw.get("image_runtype")):
+                port += 1
+            if (host, port) not in out:
+                out.append((host, port))
+        return tuple(out)
 
     # ---------------------------------------------------------------- delete / keys
     def destroy_instance(self, instance_id: str) -> None:

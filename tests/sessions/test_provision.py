@@ -560,3 +560,57 @@ def test_a_second_provisioning_task_returns_while_the_first_holds_the_lease(fake
     Rental.objects.filter(pk=rented.pk).update(provision_claimed_until=timezone.now() - timedelta(seconds=1))
     rental = provision(rented)
     assert rental.status == S.ACTIVE and rental.provision_claimed_until is None  # expired lease: taken over
+
+
+# --- two SSH endpoints (FIELD_NOTES VA-SSH: direct timed out where the proxy worked) ------------
+
+
+def test_direct_ssh_that_does_not_answer_falls_back_to_the_proxy(fake, rented):
+    fake.proxies = True
+    fake.ssh_blocked.add(("203.0.113.7", 40001))  # the direct endpoint drops packets
+    rental = provision(rented)
+    assert rental.status == S.ACTIVE
+    # The endpoint that answered is the one handed off.
+    assert (rental.ssh_host, rental.ssh_port) == ("ssh4.proxy.example", 40002)
+    assert [(c["host"], c["port"]) for c in fake.ssh_calls] == [
+        ("203.0.113.7", 40001),
+        ("ssh4.proxy.example", 40002),
+    ]
+    assert "did not answer" in rental.status_detail
+
+
+def test_direct_ssh_that_answers_is_kept(fake, rented):
+    fake.proxies = True
+    rental = provision(rented)
+    assert (rental.status, rental.ssh_host, rental.ssh_port) == (S.ACTIVE, "203.0.113.7", 40001)
+    assert len(fake.ssh_calls) == 1
+
+
+def test_a_resumed_verification_asks_the_provider_for_the_other_endpoint(fake, rented, monkeypatch):
+    """Resumed in verifying (the worker died there): the proxy is learned from the provider again."""
+
+    class WorkerDied(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise WorkerDied
+
+    fake.proxies = True
+    with monkeypatch.context() as patch:
+        patch.setattr(services, "_ssh_verify", die)
+        with pytest.raises(WorkerDied):
+            provision(rented)
+    assert fresh(rented).status == S.VERIFYING
+    fake.ssh_blocked.add(("203.0.113.7", 40001))
+    rental = provision(rented)
+    assert (rental.status, rental.ssh_host, rental.ssh_port) == (S.ACTIVE, "ssh4.proxy.example", 40002)
+
+
+def test_with_every_endpoint_down_the_rental_stops_naming_them(fake, rented, settings):
+    settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS = 10
+    fake.proxies = True
+    fake.ssh_blocked.update({("203.0.113.7", 40001), ("ssh4.proxy.example", 40002)})
+    rental = provision(rented)
+    assert rental.status == S.STOPPING
+    assert len(fake.ssh_calls) == 4  # both endpoints, at t = 0 and 5
+    assert rental.status_detail.endswith("(ssh4.proxy.example:40002)")

@@ -24,11 +24,12 @@ from inventory.providers.base import (
     RateLimited,
     Transient,
 )
-from inventory.providers.vastai import DEFAULT_DISK_GB, DEFAULT_IMAGE, VastAI
+from inventory.providers.vastai import DEFAULT_DISK_GB, DEFAULT_IMAGE, VastAI, onstart_script
 
 from .conftest import API_KEY, VAST_URL, add_variant, load
 
 BUNDLES = VAST_URL + "/api/v0/bundles/"
+KEY = "ssh-ed25519 AAAA shopper@example"
 LABEL = "shopper-6f1c2e0a-3b7d-4c9e-9a51-0d2f8b7e4c13"
 AUTH = matchers.header_matcher({"Authorization": f"Bearer {API_KEY}"})
 DEFAULT_QUERY = {
@@ -39,8 +40,23 @@ DEFAULT_QUERY = {
     "type": "on-demand",
     "allocated_storage": DEFAULT_DISK_GB,
     "limit": 5000,
-    "order": [["dph_total", "asc"]],
+    "order": [["id", "asc"]],
 }
+
+
+def add_search(rsps, body, query=None, *, method=responses.POST, url=BUNDLES, match=()):
+    """The first page (strictly matched when ``query`` is given) and the empty page after it:
+    search pages by id until a page brings nothing new (FIELD_NOTES VA-LISTING)."""
+    first = [*match, matchers.json_params_matcher(query, strict_match=True)] if query else list(match)
+    rsps.add(method, url, json=body, match=first)
+    if query is not None:
+        last = max(o["id"] for o in body["offers"] if isinstance(o, dict))
+        rsps.add(
+            method,
+            url,
+            json={"offers": []},
+            match=[matchers.json_params_matcher({**query, "id": {"gt": last}}, strict_match=True)],
+        )
 
 
 def query_of(call) -> dict[str, str]:
@@ -59,14 +75,9 @@ def test_class_attributes():
 
 # ------------------------------------------------------------------------------------- search
 def test_search_request_and_normalization(rsps, vast):
-    rsps.add(
-        responses.POST,
-        BUNDLES,
-        json=load("vastai_offers_search.json"),
-        match=[AUTH, matchers.json_params_matcher(DEFAULT_QUERY, strict_match=True)],
-    )
+    add_search(rsps, load("vastai_offers_search.json"), DEFAULT_QUERY, match=[AUTH])
     offers = vast.search_offers()
-    assert len(offers) == 28
+    assert len(offers) == 28 and (vast.last_search_pages, vast.last_search_returned) == (2, 28)
     o = by_id(offers)
 
     rtx = o["21839684"]
@@ -86,8 +97,8 @@ def test_search_request_and_normalization(rsps, vast):
     assert o["21911723"].vram_gb == 48  # L40S: 46068 MB snaps to 48
     # geolocation null -> "", and Vast's "Tesla V100" is canonical "V100".
     assert o["21831724"].location == "" and o["21831724"].gpu_type == "V100 32GB"
-    # cpu_cores null: the offer is kept, RAM share unknown.
-    assert o["21824168"].cpu_cores == 128 and o["21824168"].ram_gb is None
+    # cpu_cores null: the offer is kept; the RAM share comes from gpu_frac (1.0: the whole machine).
+    assert o["21824168"].cpu_cores == 128 and o["21824168"].ram_gb == 1056
     assert o["22006253"].reliability == Decimal("0.8714")
     assert o["22013927"].cuda_version == "12.2" and o["22013927"].driver_version == "535.183.01"
     assert o["21998703"].price_per_hour == Decimal("16.4042")
@@ -118,12 +129,7 @@ def test_search_filter_goes_to_the_server_in_mb_and_is_rechecked(rsps, vast):
         "gpu_ram": {"gte": 44640},  # 48 GB * 1000 MB, less the 7 % snapping tolerance
         "dph_total": {"lte": 2.0},
     }
-    rsps.add(
-        responses.POST,
-        BUNDLES,
-        json=load("vastai_offers_search.json"),
-        match=[matchers.json_params_matcher(q, strict_match=True)],
-    )
+    add_search(rsps, load("vastai_offers_search.json"), q)
     offers = vast.search_offers(OfferFilter(min_gpus=2, min_vram_gb=48, max_price=Decimal("2")))
     assert sorted(o.provider_offer_id for o in offers) == ["21903226", "21919637", "21950740"]
 
@@ -132,13 +138,17 @@ def test_search_filter_goes_to_the_server_in_mb_and_is_rechecked(rsps, vast):
 def test_search_falls_back_to_search_asks(rsps, vast, gone):
     rsps.add(responses.POST, BUNDLES, json={"detail": "gone"}, status=gone)
     body = {"success": True, **load("vastai_offers_search.json")}
+    asks = VAST_URL + "/api/v0/search/asks/"
     rsps.add(
         responses.PUT,
-        VAST_URL + "/api/v0/search/asks/",
+        asks,
         json=body,
         match=[matchers.json_params_matcher({"select_cols": ["*"], "q": DEFAULT_QUERY})],
     )
+    last = {"select_cols": ["*"], "q": {**DEFAULT_QUERY, "id": {"gt": 22013927}}}
+    rsps.add(responses.PUT, asks, json={"offers": []}, match=[matchers.json_params_matcher(last)])
     assert len(vast.search_offers()) == 28
+    assert vast.search_method == ("PUT", "/api/v0/search/asks/")  # remembered for the next pages
 
 
 def test_search_errors(rsps, vast):
@@ -157,7 +167,7 @@ def _request(**kw) -> CreateRequest:
     args = dict(
         offer_id="21839684",
         label=LABEL,
-        ssh_public_key="ssh-ed25519 AAAA shopper@example",
+        ssh_public_key=KEY,
         image=ex["image"],
         disk_gb=ex["disk"],
         onstart=ex["onstart"],
@@ -174,14 +184,19 @@ def test_create_sends_the_documented_body(rsps, vast):
         ex["method"],
         ex["url"],
         fx["success"],
-        match=[AUTH, matchers.json_params_matcher(ex["json"], strict_match=True)],
+        match=[
+            AUTH,
+            matchers.json_params_matcher(
+                {**ex["json"], "onstart": onstart_script(KEY, ex["json"]["onstart"])}, strict_match=True
+            ),
+        ],
     )
     assert vast.create_instance(_request()) == "31234567"
 
 
 def test_create_defaults_disk_and_image(rsps, vast):
     expected = {**load("vastai_create_instance.json")["_request_example"]["json"]}
-    expected.update(image=DEFAULT_IMAGE, disk=DEFAULT_DISK_GB, env={}, onstart="")
+    expected.update(image=DEFAULT_IMAGE, disk=DEFAULT_DISK_GB, env={}, onstart=onstart_script(KEY))
     rsps.add(
         responses.PUT,
         VAST_URL + "/api/v0/asks/21839684/",
