@@ -13,7 +13,8 @@ depend on the queue (DESIGN.md amendments), so:
 - ``queue_stalled_takeover`` (every safety-loop pass) finds work not started within
   ``SHOPPER_QUEUE_STALL_SECONDS``, raises one ``queue_stalled`` alert (resolved when a task
   starts again) and acts:
-    * a stopping rental: the loop runs the teardown itself, within ``SHOPPER_QUEUE_TAKEOVER_SECONDS``
+    * a stopping rental: the loop runs the teardown itself (while the alert is open, without
+      waiting out the bound again), within ``SHOPPER_QUEUE_TAKEOVER_SECONDS``
       per pass in all (deadlines keep being enforced between passes); the teardown lease keeps it
       from running twice when the queued task starts after all;
     * a rental whose provisioning never started, only when no worker is busy on any rental (a
@@ -95,8 +96,11 @@ def stalled_work(now=None) -> dict[str, list]:
     """Rentals whose queued work has not started within the bound (ids, oldest first)."""
     now = now or timezone.now()
     limit = now - timedelta(seconds=settings.SHOPPER_QUEUE_STALL_SECONDS)
+    # While the queue is known to be stalled (its alert is open: no task started since), a new
+    # teardown does not wait out the bound again: the loop takes it on its next pass.
+    known_stalled = Alert.objects.filter(kind=AlertKind.QUEUE_STALLED, resolved_at__isnull=True).exists()
     teardowns = list(
-        Rental.objects.filter(status=S.STOPPING, teardown_queued_at__lt=limit)
+        Rental.objects.filter(status=S.STOPPING, teardown_queued_at__lte=now if known_stalled else limit)
         .filter(_lease_free("teardown", now))
         .order_by("teardown_queued_at")
         .values_list("pk", flat=True)

@@ -195,3 +195,19 @@ def test_queue_health_probe_and_rental_work(fake, stopping, make_rental):
     # Workers busy on a rental: a backlog, not a dead queue.
     make_rental(S.BOOTING, provision_claimed_until=fresh(rental).teardown_queued_at + timedelta(minutes=5))
     assert queue_health(max_age_seconds=60)[0]
+
+
+def test_while_the_queue_is_known_stalled_new_teardowns_do_not_wait_out_the_bound(fake, stopping):
+    stopping()
+    fake.traveller.shift(timedelta(seconds=61))
+    assert queue_stalled_takeover()["destroyed"] == 1  # raises the alert
+    later = stopping()
+    fake.traveller.shift(timedelta(seconds=5))  # the next pass, not 60 s later
+    assert queue_stalled_takeover()["destroyed"] == 1
+    assert fresh(later).status == S.DESTROYED
+    # Once a task started (the queue moves; the alert is resolved) the bound applies again.
+    with mock.patch.object(services, "rental_teardown"):
+        tasks.teardown(later.pk)
+    third = stopping()
+    fake.traveller.shift(timedelta(seconds=5))
+    assert queue_stalled_takeover() == {} and fresh(third).status == S.STOPPING
