@@ -56,12 +56,9 @@ class Command(BaseCommand):
 
     def tick(self, *, reconcile_now: bool) -> None:
         """One pass; an error in one job is logged and never stops the loop."""
-        jobs = [
-            ("lifecycle", lifecycle_enforce),
-            ("destroy alerts", destroys_stuck_alert),
-            # Teardowns the task queue did not start in time are run here (bounded per pass).
-            ("stalled queue", queue_stalled_takeover),
-        ]
+        jobs = [("lifecycle", lifecycle_enforce), ("destroy alerts", destroys_stuck_alert)]
+        # Teardowns the task queue did not start in time are run here (bounded per pass).
+        jobs.append(("stalled queue", queue_stalled_takeover))
         if reconcile_now:
             jobs += [
                 ("reconcile", reconcile_all),
