@@ -89,15 +89,17 @@ def served(tmp_path):
         [sys.executable, "-m", "shopper.serve", "--port", str(port), "--workers", "2"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while len(_children(proc.pid)) < 2 or not _answers(port):
-        assert proc.poll() is None, "shopper.serve exited during start-up"
-        assert time.monotonic() < deadline, "shopper.serve did not start within 30 s"
-        time.sleep(0.2)
-    yield proc
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    try:
+        deadline = time.monotonic() + 30
+        while len(_children(proc.pid)) < 2 or not _answers(port):
+            assert proc.poll() is None, "shopper.serve exited during start-up"
+            assert time.monotonic() < deadline, "shopper.serve did not start within 30 s"
+            time.sleep(0.2)
+        yield proc
+    finally:  # also when start-up failed: never leave a server behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _answers(port: int) -> bool:
