@@ -99,6 +99,11 @@ class Rental(models.Model):
     # Leases of the provisioning and teardown tasks working on this rental (one of each at a time).
     provision_claimed_until = models.DateTimeField(null=True, blank=True)
     teardown_claimed_until = models.DateTimeField(null=True, blank=True)
+    # When provisioning / teardown was handed to the task queue and no task has started on it
+    # since (the oldest such hand-over; a starting task clears it). The safety loop acts itself
+    # when the queue leaves it too long (sessions/stalled.py).
+    provision_queued_at = models.DateTimeField(null=True, blank=True)
+    teardown_queued_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     reservation_warned_at = models.DateTimeField(null=True, blank=True)
 
@@ -250,6 +255,7 @@ class AlertKind(models.TextChoices):
     DESTROY_STUCK = "destroy_stuck", "Destroy still failing"
     AGENT_SILENT = "agent_silent", "Agent gone silent"
     BUDGET = "budget", "Budget threshold"
+    QUEUE_STALLED = "queue_stalled", "Task queue stalled"
 
 
 class Alert(models.Model):
@@ -275,3 +281,17 @@ class Alert(models.Model):
 def token_hash(raw: str) -> str:
     """Tokens (API and agent) are stored as SHA-256: high-entropy secrets need no slow hash."""
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class QueueProbe(models.Model):
+    """A tiny task handed to the task queue by ``manage.py worker_health``: when one enqueued a
+    while ago has still not started, the queue has stopped moving (sessions/stalled.py)."""
+
+    enqueued_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-enqueued_at"]
+
+    def __str__(self) -> str:
+        return f"probe {self.pk} queued {self.enqueued_at:%H:%M:%S}, started {self.started_at or 'not yet'}"

@@ -324,6 +324,13 @@ def _lock_rentals() -> None:
 def enqueue(func: str, *args: Any) -> None:
     from django_q.tasks import async_task
 
+    kind = func.rsplit(".", 1)[-1]
+    if kind in ("provision", "teardown") and args:
+        # Recorded before the hand-over (a worker may start it at once): the safety loop acts
+        # itself when the queue does not start it in time (sessions/stalled.py).
+        from sessions.stalled import work_queued
+
+        work_queued(args[0], kind)
     async_task(
         func, *args, q_options={"task_name": f"{func.rsplit('.', 1)[-1]}-{args[0] if args else ''}"[:100]}
     )

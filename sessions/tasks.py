@@ -1,15 +1,20 @@
-"""django-q2 entry points for rentals; thin: each re-reads the rental and calls one service."""
+"""django-q2 entry points for rentals; thin: each re-reads the rental and calls one service.
+
+Provisioning and teardown first record that they started (sessions/stalled.py): work handed to
+the queue that does not start in time is taken over by the safety loop."""
 
 from __future__ import annotations
 
-from sessions import services
+from sessions import services, stalled
 
 
 def provision(rental_id) -> None:
+    stalled.work_started(rental_id, "provision")
     services.rental_provision(rental_id=rental_id)
 
 
 def teardown(rental_id) -> None:
+    stalled.work_started(rental_id, "teardown")
     # When this run's budget ends before the provider confirms, the minute sweep
     # (resume_stopping) starts another: destroys are retried without end.
     services.rental_teardown(rental_id=rental_id)
@@ -18,3 +23,8 @@ def teardown(rental_id) -> None:
 def resume_stopping() -> int:
     """Periodic safety net: re-enqueue teardown for rentals stuck in stopping."""
     return services.rentals_resume_stopping()
+
+
+def queue_probe(probe_id: int) -> None:
+    """The tiny task of ``manage.py worker_health``: proves the queue still starts work."""
+    stalled.probe_started(probe_id)

@@ -1,18 +1,25 @@
 """`make run`: migrate, sync schedules, create the demo admin, start the sandbox cloud (when no
 provider keys are set), the web server and the worker; stop them all on Ctrl-C.
 
+The worker is watched (``WorkerWatch``): a django-q2 cluster can stop taking tasks while all its
+processes live (sessions/stalled.py), so ``manage.py worker_health`` is asked every 30 s and a
+worker unhealthy twice in a row is restarted; one that needs restarting over and over stops
+everything, loudly.
+
 Imports no Django: it only orchestrates processes, so a crash in one is visible and the others
 are stopped with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +62,88 @@ def _start_sandbox(env: dict, port: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("The sandbox cloud did not report ready within 60 s.")
 
 
+class WorkerWatch:
+    """Restart the django-q2 worker when the queue stops moving; give up loudly if that repeats.
+
+    ``spawn`` starts a worker (in its own process group, so its forked workers go with it)."""
+
+    def __init__(
+        self,
+        spawn: Callable[[], subprocess.Popen],
+        env: dict,
+        *,
+        interval: float = 30.0,
+        failures: int = 2,
+        max_restarts: int = 3,
+        window: float = 900.0,
+        max_age: float | None = None,
+    ):
+        self.spawn, self.env = spawn, env
+        self.interval, self.failures, self.max_restarts, self.window = (
+            interval,
+            failures,
+            max_restarts,
+            window,
+        )
+        self.max_age = max_age
+        self.proc = spawn()
+        self.unhealthy = 0
+        self.restarts: list[float] = []
+        self.next_check = time.monotonic() + interval
+
+    def healthy(self) -> bool:
+        cmd = [PY, "manage.py", "worker_health"]
+        if self.max_age is not None:
+            cmd += ["--max-age", str(self.max_age)]
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            print("[watch] worker_health did not answer within 60 s", flush=True)
+            return False
+        if done.returncode != 0:
+            print(f"[watch] {(done.stderr or done.stdout).strip()[-500:]}", flush=True)
+        return done.returncode == 0
+
+    def step(self) -> None:
+        """Called from the main loop; checks when due, restarts or raises SystemExit."""
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + self.interval
+        if self.healthy():
+            self.unhealthy = 0
+            return
+        self.unhealthy += 1
+        if self.unhealthy < self.failures:
+            return
+        self.restarts = [t for t in self.restarts if now - t < self.window] + [now]
+        if len(self.restarts) > self.max_restarts:
+            raise SystemExit(
+                f"WORKER: the task queue stopped moving {len(self.restarts)} times within "
+                f"{self.window / 60:.0f} min although the worker was restarted; stopping everything."
+            )
+        print("\n[watch] WORKER: the task queue stopped moving; restarting the worker.\n", flush=True)
+        self.restart()
+
+    def restart(self) -> None:
+        stop_group(self.proc, signal.SIGTERM)
+        self.unhealthy = 0
+        self.proc = self.spawn()
+
+
+def stop_group(proc: subprocess.Popen, sig: int, timeout: float = 10) -> None:
+    """Signal the process group; SIGKILL it if it has not exited within ``timeout``. A jammed
+    qcluster never finishes its own stop (its workers wait on the queue's lock forever)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (e.g. from a supervisor or `timeout`) stops like Ctrl-C
 
@@ -68,6 +157,7 @@ def main() -> None:
     port = int(env.get("PORT", "8000"))
     env.setdefault("SHOPPER_PUBLIC_URL", f"http://{host}:{port}")
     procs: list[tuple[str, subprocess.Popen]] = []
+    watch: WorkerWatch | None = None
     if not env.get("SHOPPER_FERNET_KEYS"):
         # A local key for generated SSH keys, made once and kept out of git (.run/).
         key_file = ROOT / ".run" / "fernet.key"
@@ -116,7 +206,7 @@ def main() -> None:
             env.get("WEB_WORKERS", "2"),
         ]
         procs.append(("web", _spawn(web, env)))
-        procs.append(("worker", _spawn([PY, "manage.py", "qcluster"], env)))
+        watch = WorkerWatch(lambda: _spawn([PY, "manage.py", "qcluster"], env), env)
         procs.append(("safety", _spawn([PY, "manage.py", "safety_loop"], env)))
         print(
             "\n"
@@ -127,13 +217,16 @@ def main() -> None:
             flush=True,
         )
         while True:
-            for name, proc in procs:
+            for name, proc in [*procs, ("worker", watch.proc)]:
                 if proc.poll() is not None:
                     raise SystemExit(f"{name} exited with code {proc.returncode}; stopping the rest.")
+            watch.step()
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nStopping…")
     finally:
+        if watch is not None:
+            procs.append(("worker", watch.proc))
         for name, proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT if name == "worker" else signal.SIGTERM)

@@ -2,7 +2,10 @@
 
 Daphne is single-process; its documented way to use more cores is a process manager that
 passes it an already-bound socket (``--fd``). This is that manager, small enough to keep in the
-repo: it binds, starts N children, forwards SIGINT/SIGTERM and exits when any child dies.
+repo: it binds, starts N children, forwards SIGINT/SIGTERM and exits when any child dies: with
+status 0 only when it was asked to stop (SIGINT/SIGTERM); a child that died on its own makes it
+exit non-zero, so a restart-on-failure policy (compose ``restart: on-failure``, systemd
+``Restart=on-failure``) restarts the web server.
 
 Each child gets its own socket bound with SO_REUSEPORT, so the kernel spreads connections across
 them. With one shared socket the first child to wake accepts every waiting connection: a handful
@@ -66,7 +69,12 @@ def main(argv: list[str] | None = None) -> None:
             cmd.insert(-1, "--proxy-headers")
         children.append(subprocess.Popen(cmd, pass_fds=(fd,)))
 
+    asked_to_stop = False
+
     def stop(signum, frame):
+        nonlocal asked_to_stop
+        if signum is not None:
+            asked_to_stop = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -83,7 +91,20 @@ def main(argv: list[str] | None = None) -> None:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
-    sys.exit(max((c.returncode or 0) for c in children))
+    sys.exit(exit_code(children, asked_to_stop=asked_to_stop))
+
+
+def exit_code(children: list[subprocess.Popen], *, asked_to_stop: bool) -> int:
+    """0 after a requested stop in which every child exited cleanly; otherwise non-zero.
+
+    A child killed by a signal has a negative return code, which ``max(..., 0)`` used to turn
+    into 0: the web server then looked like it had stopped on purpose and was never restarted."""
+    codes = [child.returncode for child in children]
+    if not asked_to_stop:
+        # A child died on its own (crash, OOM kill, SIGKILL): always a failure.
+        return next((code for code in codes if code and code > 0), 1)
+    failed = [code for code in codes if code not in (0, None, -signal.SIGTERM, -signal.SIGINT)]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -252,6 +252,11 @@ SHOPPER_LIFECYCLE_INTERVAL_SECONDS = env.float("SHOPPER_LIFECYCLE_INTERVAL_SECON
 SHOPPER_RECONCILE_INTERVAL_SECONDS = env.float("SHOPPER_RECONCILE_INTERVAL_SECONDS", default=30.0)
 SHOPPER_ORPHAN_GRACE_SECONDS = env.int("SHOPPER_ORPHAN_GRACE_SECONDS", default=120)
 SHOPPER_DESTROY_ALERT_SECONDS = env.int("SHOPPER_DESTROY_ALERT_SECONDS", default=900)
+# Provisioning or teardown handed to the task queue and not started this long: the safety loop
+# acts itself (sessions/stalled.py), spending at most SHOPPER_QUEUE_TAKEOVER_SECONDS per pass on
+# teardowns so deadlines keep being enforced. worker_health uses the same bound.
+SHOPPER_QUEUE_STALL_SECONDS = env.int("SHOPPER_QUEUE_STALL_SECONDS", default=60)
+SHOPPER_QUEUE_TAKEOVER_SECONDS = env.float("SHOPPER_QUEUE_TAKEOVER_SECONDS", default=20.0)
 SHOPPER_AGENT_HEARTBEAT_SECONDS = env.int("SHOPPER_AGENT_HEARTBEAT_SECONDS", default=30)
 SHOPPER_AGENT_UNREACHABLE_SECONDS = env.int("SHOPPER_AGENT_UNREACHABLE_SECONDS", default=900)
 # Heartbeats per agent token per minute (429 past it; 0: off). Never below twice the agent's own

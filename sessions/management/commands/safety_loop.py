@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand
 from sessions.lifecycle import lifecycle_enforce
 from sessions.reconcile import destroys_stuck_alert, reconcile_all, recover_on_start
 from sessions.services import rentals_resume_provisioning, rentals_resume_stopping
+from sessions.stalled import queue_stalled_takeover
 
 log = logging.getLogger("sessions.safety")
 
@@ -56,6 +57,8 @@ class Command(BaseCommand):
     def tick(self, *, reconcile_now: bool) -> None:
         """One pass; an error in one job is logged and never stops the loop."""
         jobs = [("lifecycle", lifecycle_enforce), ("destroy alerts", destroys_stuck_alert)]
+        # Teardowns the task queue did not start in time are run here (bounded per pass).
+        jobs.append(("stalled queue", queue_stalled_takeover))
         if reconcile_now:
             jobs += [
                 ("reconcile", reconcile_all),
