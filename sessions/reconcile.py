@@ -148,8 +148,8 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
 
 
 def _confirmed_gone(provider, rental: Rental) -> bool:
-    """A suspect ghost is one only if a direct ``get`` says NotFound. Found: the listing lagged
-    (the count starts again); an error: undecided, asked again next cycle."""
+    """A suspect ghost is one only if a direct ``get`` says NotFound. Found: the listing lagged,
+    and it stays a suspect (asked again each cycle the listing omits it); an error: undecided."""
     try:
         provider.get_instance(rental.provider_instance_id)
     except NotFound:
@@ -160,7 +160,6 @@ def _confirmed_gone(provider, rental: Rental) -> bool:
     log.info(
         "%s: instance %s missing from listings but found by id", rental.label, rental.provider_instance_id
     )
-    Rental.objects.filter(pk=rental.pk).update(missing_count=0)
     return False
 
 

@@ -134,10 +134,15 @@ def grace_phase(sandbox, base_env: dict, tmp: Path, web_port: int, args) -> dict
     started = time.monotonic()
     phase_start = timezone.now()
     report: dict = {"grace_rentals": 0}
+    ours = Rental.objects.filter(created_at__gte=phase_start)
+
+    max_missing = 0  # the most consecutive listings a live rental was missing from, seen each second
 
     def wait_until(check, limit: float) -> bool:
+        nonlocal max_missing
         end = time.monotonic() + limit
         while time.monotonic() < end:
+            max_missing = max(max_missing, max(ours.values_list("missing_count", flat=True), default=0))
             if check():
                 return True
             time.sleep(1)
@@ -167,15 +172,8 @@ def grace_phase(sandbox, base_env: dict, tmp: Path, web_port: int, args) -> dict
                 break
         return active
 
-    ours = Rental.objects.filter(created_at__gte=phase_start)
-    max_missing = 0
-
     def watch_listing(limit: float) -> None:
-        nonlocal max_missing
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            max_missing = max(max_missing, max(ours.values_list("missing_count", flat=True), default=0))
-            time.sleep(1)
+        wait_until(lambda: False, limit)
 
     try:
         first = rent_active("vastai", args.grace_rentals // 2) + rent_active("tensordock", 1)
@@ -188,13 +186,13 @@ def grace_phase(sandbox, base_env: dict, tmp: Path, web_port: int, args) -> dict
 
         for name in ("web", "worker", "safety"):  # the whole stack, as an upgrade stops it
             procs.stop(name)
-        time.sleep(outage_s)
+        watch_listing(outage_s)
         for name in ("web", "worker", "safety"):
             procs.start(name)
         back = timezone.now()
         # Every agent heartbeats again within seconds; give the old rule's victims time to show.
         wait_until(lambda: ours.filter(pk__in=live, last_heartbeat_at__gte=back).count() == len(live), 60)
-        time.sleep(timeout_s + 10)
+        watch_listing(timeout_s + 10)
         silent = RentalEvent.objects.filter(
             rental__in=live, kind="transition", reason__startswith="The node agent went silent"
         ).count()
