@@ -26,7 +26,7 @@ import threading
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connection
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
@@ -72,10 +72,10 @@ def web_beat_forever(stop: threading.Event) -> None:
     interval = max(1.0, settings.SHOPPER_UPTIME_GAP_SECONDS / 4)
     while True:
         try:
-            close_old_connections()
             uptime_touch(WEB)
         except Exception:  # a database that is down: the gap it leaves is the record of it
-            log.warning("web up-stretch touch failed; retrying", exc_info=True)
+            log.warning("web up-stretch touch failed; retrying on a new connection", exc_info=True)
+            connection.close()  # this thread's connection; the next touch opens a fresh one
         if stop.wait(interval):
             return
 
