@@ -13,7 +13,9 @@ the shopper have been up without a gap —
 A touch more than ``SHOPPER_UPTIME_GAP_SECONDS`` (60 s) after the previous one starts a new
 stretch: an outage, an upgrade, a stop of the whole stack, a database that could not be written.
 A shorter restart loses at most one or two heartbeats of 30 s and changes nothing. While the web
-row is stale the shopper cannot hear anyone, so no heartbeat counts as missed at all.
+row is stale the shopper cannot hear anyone, so no heartbeat counts as missed at all. A safety
+pass slower than the gap (a provider hanging during reconciliation) looks like an outage too: it
+only gives agents another grace, it never stops one sooner.
 
 Everything is in the database (``UpStretch`` rows), never in one process's memory: the web
 processes, the safety loop and their restarts all agree on one stretch.
