@@ -20,6 +20,7 @@ from sessions.alerts import alert_raise
 from sessions.hours import MAX_EXTENSION_HOURS, hours_check
 from sessions.models import AlertKind, EventKind, Rental, Status
 from sessions.services import RentalError, _lock_rentals, rental_event, rental_request_stop
+from sessions.uptime import SAFETY, up_stretch_start, uptime_touch
 
 S = Status
 # Statuses in which deadlines are enforced (stopping is already on its way out).
@@ -37,20 +38,28 @@ class Enforced:
     lag_seconds: float
 
 
-def _heartbeat_deadline(rental: Rental, timeout: timedelta) -> datetime | None:
-    """When the agent counts as silent: timeout after the last heartbeat, or after active_since."""
-    if rental.status != S.ACTIVE or not timeout:
+def _heartbeat_deadline(rental: Rental, timeout: timedelta, stretch: datetime | None) -> datetime | None:
+    """When the agent counts as silent: ``timeout`` after the last heartbeat (or ``active_since``),
+    but never before ``timeout`` after the shopper could hear it again (``stretch``, the start of
+    the current up stretch; None while the web side is down: nothing counts as missed)."""
+    if rental.status != S.ACTIVE or not timeout or stretch is None:
         return None
     since = rental.last_heartbeat_at or rental.active_since
-    return since + timeout if since else None
+    return max(since, stretch) + timeout if since else None
 
 
 def lifecycle_enforce(now: datetime | None = None) -> list[Enforced]:
-    """Stop every rental past a deadline and warn the ones whose reservation ends soon."""
+    """Stop every rental past a deadline and warn the ones whose reservation ends soon.
+
+    Each pass first records itself (the safety side of the up stretch, ``sessions.uptime``)."""
     now = now or timezone.now()
+    uptime_touch(SAFETY, now)
+    stretch = up_stretch_start(now)
     timeout = timedelta(seconds=settings.SHOPPER_HEARTBEAT_TIMEOUT_SECONDS)
     due = Q(reservation_ends_at__lte=now) | Q(hard_max_at__lte=now)
-    if timeout:
+    # Within one timeout of the stretch start nobody is silent yet; after it, the deadline
+    # max(last, stretch) + timeout has passed exactly when last + timeout has.
+    if timeout and stretch is not None and stretch + timeout <= now:
         silent_since = now - timeout
         due |= Q(status=S.ACTIVE, last_heartbeat_at__lte=silent_since)
         due |= Q(status=S.ACTIVE, last_heartbeat_at__isnull=True, active_since__lte=silent_since)
@@ -59,7 +68,7 @@ def lifecycle_enforce(now: datetime | None = None) -> list[Enforced]:
         deadlines = [
             (rental.hard_max_at, "Hard maximum reached"),
             (rental.reservation_ends_at, "Reservation ended"),
-            (_heartbeat_deadline(rental, timeout), "The node agent went silent (no heartbeat)"),
+            (_heartbeat_deadline(rental, timeout, stretch), "The node agent went silent (no heartbeat)"),
         ]
         passed = [(d, r) for d, r in deadlines if d and d <= now]
         if not passed:

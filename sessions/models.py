@@ -295,3 +295,17 @@ class QueueProbe(models.Model):
 
     def __str__(self) -> str:
         return f"probe {self.pk} queued {self.enqueued_at:%H:%M:%S}, started {self.started_at or 'not yet'}"
+class UpStretch(models.Model):
+    """One row per side of the shopper ("web", "safety"): since when it has been up without a gap.
+
+    Every web process and every safety-loop pass touch their side's row (``sessions.uptime``);
+    a touch that comes more than ``SHOPPER_UPTIME_GAP_SECONDS`` after the previous one starts a
+    new stretch. Kept in the database so every process, on any host, sees the same stretch.
+    """
+
+    role = models.CharField(max_length=16, primary_key=True)
+    since = models.DateTimeField()
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.role} up since {self.since:%Y-%m-%d %H:%M:%S} (seen {self.seen_at:%H:%M:%S})"

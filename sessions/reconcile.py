@@ -3,8 +3,12 @@
 
 - Orphan: an instance with our label prefix and no live rental (unknown, or terminal) — raised as
   an alert when first seen and destroyed once it has been an orphan for the grace period.
-- Ghost: a live rental whose instance is missing from two consecutive listings — alert, then
-  closed through stopping, so the teardown still confirms with the provider that it is gone.
+- Ghost: a live rental whose instance the provider says does not exist. Missing from two
+  consecutive listings only makes it a suspect (listings lag: FIELD_NOTES VA-LISTING, where a new
+  Vast instance stays unlisted for a minute or more); a direct ``get`` of the instance decides,
+  and only its NotFound makes a ghost — alert, then closed through stopping, so the teardown
+  still confirms with the provider that it is gone. Rentals younger than
+  SHOPPER_CREATE_SETTLE_SECONDS are not counted at all (their instance may not be listed yet).
 - A listing that fails, or is empty while rentals are live, aborts the cycle: it never means
   "all gone". Instances without our prefix are never touched.
 The number of queries per cycle does not grow with the number of instances.
@@ -118,24 +122,45 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
             Alert.objects.filter(pk=alert.pk).update(resolved_at=now)
             result.orphans_destroyed.append(instance_id)
 
-    # Ghosts: counted per listing, in bulk (no query per instance).
+    # Ghosts: counted per listing, in bulk (no query per instance); too young to be listed yet
+    # is not missing (the same settle time label lookups give a create).
     present = expecting.filter(provider_instance_id__in=seen_ids)
     present.exclude(missing_count=0).update(missing_count=0)
-    missing = expecting.exclude(provider_instance_id__in=seen_ids)
+    settled = now - timedelta(seconds=settings.SHOPPER_CREATE_SETTLE_SECONDS)
+    missing = expecting.exclude(provider_instance_id__in=seen_ids).filter(created_at__lte=settled)
     missing.update(missing_count=F("missing_count") + 1)
     for rental in missing.filter(missing_count__gte=2):
+        if not _confirmed_gone(provider, rental):
+            continue
         result.ghosts.append(str(rental.pk))
         alert_raise(
             AlertKind.GHOST,
             f"{rental.label}: instance {rental.provider_instance_id} missing from two listings "
-            f"at {provider_name}",
+            f"at {provider_name}, and {provider_name} says it does not exist",
             rental=rental,
         )
         with contextlib.suppress(Exception):
             rental_stop(
-                rental=rental, reason="The instance is gone at the provider (missing from two listings)"
+                rental=rental,
+                reason="The instance is gone at the provider (missing from two listings, not found by id)",
             )
     return result
+
+
+def _confirmed_gone(provider, rental: Rental) -> bool:
+    """A suspect ghost is one only if a direct ``get`` says NotFound. Found: the listing lagged,
+    and it stays a suspect (asked again each cycle the listing omits it); an error: undecided."""
+    try:
+        provider.get_instance(rental.provider_instance_id)
+    except NotFound:
+        return True
+    except ProviderError as exc:
+        log.warning("ghost check of %s: get failed, undecided: %s", rental.label, exc)
+        return False
+    log.info(
+        "%s: instance %s missing from listings but found by id", rental.label, rental.provider_instance_id
+    )
+    return False
 
 
 def _gone(provider, instance_id: str) -> bool:

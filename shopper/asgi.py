@@ -12,7 +12,13 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from inventory.fastpath import InventoryFastPath
 from sessions.consumers import SameOriginValidator
+from sessions.uptime import start_web_beat
 from shopper.urls import websocket_urlpatterns
+
+# A served web process records that it is up (sessions/uptime.py: the heartbeat grace after an
+# outage). shopper.serve marks its children; a test importing this module starts nothing.
+if os.environ.get("SHOPPER_SERVED") == "1":
+    start_web_beat()
 
 application = ProtocolTypeRouter(
     {

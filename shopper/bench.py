@@ -412,6 +412,7 @@ def phase_reconcile(database_url: str, instances: int, orphans: int, ghosts: int
                 id=rental_id, consumer=user, provider="vastai", provider_offer_id="bench",
                 gpu_type="RTX 4090 24GB", gpu_count=1, price_per_hour=1, status=Status.ACTIVE,
                 provider_instance_id=instance_id, missing_count=missing_count, active_since=now,
+                created_at=now - timedelta(hours=1),  # settled: young rentals are never ghosts
                 reservation_ends_at=now + timedelta(hours=1), hard_max_at=now + timedelta(hours=2),
             )  # fmt: skip
 

@@ -8,6 +8,13 @@ Real processes throughout: the sandbox cloud, the web server (the node agents he
 the django-q2 worker and the safety loop, on a fresh SQLite file (or BENCH_DATABASE_URL). It
 prints leaks (instances left in the sandbox), rentals not terminal, and the worst deadline lag,
 and exits non-zero if any of them breaks its bound.
+
+Then the grace phase (``--grace-rentals``, issue 12 "destroys healthy machines"): a few long
+rentals whose agents heartbeat every 2 s against a 20 s heartbeat timeout, on a Vast listing that
+lags ``--listing-lag`` s (a second batch is rented once the first is listed, so the lag really
+hides instances from non-empty listings), then the whole stack stopped (SIGTERM, as
+``docker compose stop``) for longer than the heartbeat timeout and started again. Healthy machines
+destroyed (silent-agent or ghost stops) must be 0.
 """
 
 from __future__ import annotations
@@ -64,6 +71,17 @@ class Procs:
             self.commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True
         )
 
+    def stop(self, name: str) -> None:
+        """SIGTERM and wait, as ``docker compose stop`` does."""
+        proc = self.procs.get(name)
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
     def kill(self, name: str) -> None:
         """SIGKILL the whole process group: nothing gets to clean up."""
         proc = self.procs.get(name)
@@ -82,6 +100,146 @@ class Procs:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def grace_phase(sandbox, base_env: dict, tmp: Path, web_port: int, args) -> dict:
+    """Issue 12 at process level: a lagging Vast listing, then a full-stack outage (see the module
+    docstring). Runs after the main phase, on the same database and sandbox; returns its figures."""
+    from django.utils import timezone
+
+    from inventory.models import Offer
+    from sessions.models import (
+        IN_FLIGHT_STATUSES,
+        TERMINAL_STATUSES,
+        Alert,
+        AlertKind,
+        Rental,
+        RentalEvent,
+        Status,
+    )
+    from sessions.services import RentalError, rental_create, rental_stop
+
+    timeout_s, outage_s = 20, 35
+    env = dict(base_env)
+    env.update(
+        SHOPPER_HEARTBEAT_TIMEOUT_SECONDS=str(timeout_s), SHOPPER_AGENT_HEARTBEAT_SECONDS="2",
+        # The agent failsafe outlasts the outage (shopper.W012), as the defaults do (900 s vs 300 s).
+        SHOPPER_AGENT_UNREACHABLE_SECONDS="180", SHOPPER_UPTIME_GAP_SECONDS="10",
+    )  # fmt: skip
+    sandbox.set_faults({"rules": [{"dialect": "vastai", "listing_lag_s": args.listing_lag}]})
+    from django.contrib.auth import get_user_model
+
+    user, _ = get_user_model().objects.get_or_create(username="chaos")
+    procs = Procs(env, tmp, web_port)
+    for name in ("web", "worker", "safety"):
+        procs.start(name)
+    started = time.monotonic()
+    phase_start = timezone.now()
+    report: dict = {"grace_rentals": 0}
+    ours = Rental.objects.filter(created_at__gte=phase_start)
+
+    max_missing = 0  # the most consecutive listings a live rental was missing from, seen each second
+
+    def wait_until(check, limit: float) -> bool:
+        nonlocal max_missing
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            max_missing = max(max_missing, max(ours.values_list("missing_count", flat=True), default=0))
+            if check():
+                return True
+            time.sleep(1)
+        return False
+
+    def rent_active(provider: str, n: int) -> list:
+        """n rentals of ``provider`` that are active with their agent heartbeating; an offer the
+        sandbox refuses (no public IP, gone) is replaced by another."""
+        active, tried = [], set()
+        for _ in range(5):
+            batch = []
+            offers = Offer.objects.visible().filter(provider=provider).exclude(pk__in=tried).order_by("?")
+            for offer_id in offers.values_list("pk", flat=True):
+                if len(batch) >= n - len(active):
+                    break
+                tried.add(offer_id)
+                with contextlib.suppress(RentalError):  # an offer gone meanwhile: take another
+                    batch.append(
+                        rental_create(user=user, offer_id=offer_id, reservation_hours="0.5").rental.pk
+                    )
+            rows = Rental.objects.filter(pk__in=batch)
+            settled = rows.exclude(status__in=IN_FLIGHT_STATUSES)
+            heard = settled.exclude(status=Status.ACTIVE, last_heartbeat_at__isnull=True)
+            wait_until(lambda rows=rows, heard=heard: heard.count() == rows.count(), 120)
+            active += list(rows.filter(status=Status.ACTIVE).values_list("pk", flat=True))
+            if len(active) >= n:
+                break
+        return active
+
+    def watch_listing(limit: float) -> None:
+        wait_until(lambda: False, limit)
+
+    try:
+        first = rent_active("vastai", args.grace_rentals // 2) + rent_active("tensordock", 1)
+        # The first batch becomes listed after the lag; the second is then hidden from listings
+        # that are not empty, which the old code counted as missing (two misses: a ghost).
+        watch_listing(max(0.0, args.listing_lag + 5 - (time.monotonic() - started)))
+        second = rent_active("vastai", args.grace_rentals - len(first))
+        watch_listing(args.listing_lag + 15)
+        live = list(ours.filter(pk__in=first + second, status=Status.ACTIVE).values_list("pk", flat=True))
+
+        for name in ("web", "worker", "safety"):  # the whole stack, as an upgrade stops it
+            procs.stop(name)
+        watch_listing(outage_s)
+        for name in ("web", "worker", "safety"):
+            procs.start(name)
+        back = timezone.now()
+        # Every agent heartbeats again within seconds; give the old rule's victims time to show.
+        wait_until(lambda: ours.filter(pk__in=live, last_heartbeat_at__gte=back).count() == len(live), 60)
+        watch_listing(timeout_s + 10)
+        silent = RentalEvent.objects.filter(
+            rental__in=live, kind="transition", reason__startswith="The node agent went silent"
+        ).count()
+        ghosts = Alert.objects.filter(kind=AlertKind.GHOST, created_at__gte=phase_start).count()
+        report.update(
+            grace_rentals=len(first) + len(second),
+            grace_active_before_outage=len(live),
+            listing_lag_s=args.listing_lag,
+            listing_max_missing_count=max_missing,
+            false_ghosts=ghosts,
+            outage_s=outage_s,
+            heartbeat_timeout_s=timeout_s,
+            heartbeating_after_outage=ours.filter(pk__in=live, last_heartbeat_at__gte=back).count(),
+            healthy_destroyed=silent + ghosts,
+            still_active_after_outage=ours.filter(pk__in=live, status=Status.ACTIVE).count(),
+        )
+        for pk in ours.exclude(status__in=TERMINAL_STATUSES).values_list("pk", flat=True):
+            with contextlib.suppress(RentalError):
+                rental_stop(rental=Rental.objects.get(pk=pk), reason="Done (chaos grace phase)")
+        sandbox.set_faults({"rules": []})
+        wait_until(
+            lambda: not ours.exclude(status__in=TERMINAL_STATUSES).exists() and not sandbox.instances(), 120
+        )
+    finally:
+        procs.stop_all()
+    report.update(
+        grace_leaks=len(sandbox.instances()),
+        grace_not_terminal=ours.exclude(status__in=TERMINAL_STATUSES).count(),
+        grace_seconds=round(time.monotonic() - started, 1),
+    )
+    return report
+
+
+def grace_ok(report: dict, wanted: int) -> bool:
+    return (
+        report.get("grace_rentals") == wanted
+        and report.get("grace_active_before_outage") == wanted
+        and report.get("healthy_destroyed") == 0
+        and report.get("false_ghosts") == 0
+        and report.get("listing_max_missing_count", 0) >= 2  # the lag really hid live instances
+        and report.get("still_active_after_outage") == wanted
+        and report.get("heartbeating_after_outage") == wanted
+        and report.get("grace_leaks") == 0
+        and report.get("grace_not_terminal") == 0
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Chaos run against the sandbox cloud.")
     parser.add_argument("--rentals", type=int, default=50)
@@ -93,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         "--kill-idle-workers",
         action="store_true",
         help="the jammed-queue phase instead (run_killed_idle_workers)",
+    )
+    parser.add_argument(
+        "--grace-rentals", type=int, default=6, help="rentals of the grace phase (0: skip it)"
+    )
+    parser.add_argument(
+        "--listing-lag", type=float, default=75.0, help="Vast listing lag in the grace phase (s)"
     )
     args = parser.parse_args(argv)
     if args.kill_idle_workers:
@@ -203,12 +367,21 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         if args.report_lags:
             report["lags"] = lags
+        ok = (
+            not leaks
+            and not not_terminal
+            and report["worst_deadline_lag_s"] <= 60
+            and (created or not args.rentals)
+        )
+        if args.grace_rentals:
+            grace = grace_phase(sandbox, env, tmp, web_port, args)
+            report.update(grace)
+            ok = ok and grace_ok(grace, args.grace_rentals)
         print(json.dumps(report, indent=2))
         if leaks:
             print("LEAKED:", json.dumps(leaks)[:2000])
         if not_terminal:
             print("NOT TERMINAL:", not_terminal[:20])
-        ok = not leaks and not not_terminal and report["worst_deadline_lag_s"] <= 60 and created
         print("CHAOS OK" if ok else f"CHAOS FAILED (logs in {tmp})")
         return 0 if ok else 1
 

@@ -34,4 +34,21 @@ def shopper_settings_check(app_configs, **kwargs):
                 id="shopper.W001",
             )
         )
+    # The agent's unreachable failsafe (shopper/agent.py) must outlast the heartbeat timeout:
+    # the shopper forgives its own outages (sessions/uptime.py), so an agent that powered its
+    # machine off sooner would destroy exactly what the grace protects.
+    if (
+        settings.SHOPPER_HEARTBEAT_TIMEOUT_SECONDS
+        and settings.SHOPPER_AGENT_UNREACHABLE_SECONDS <= settings.SHOPPER_HEARTBEAT_TIMEOUT_SECONDS
+    ):
+        problems.append(
+            Warning(
+                f"SHOPPER_AGENT_UNREACHABLE_SECONDS ({settings.SHOPPER_AGENT_UNREACHABLE_SECONDS}) is "
+                "not longer than SHOPPER_HEARTBEAT_TIMEOUT_SECONDS "
+                f"({settings.SHOPPER_HEARTBEAT_TIMEOUT_SECONDS}): node agents would power their machines "
+                "off during a shopper outage the shopper forgives.",
+                hint="Keep the agent failsafe (default 900 s) well above the heartbeat timeout (300 s).",
+                id="shopper.W012",
+            )
+        )
     return problems

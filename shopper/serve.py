@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, "-m", "daphne", "--fd", str(fd), "-v", "1", "shopper.asgi:application"]
         if args.proxy_headers:
             cmd.insert(-1, "--proxy-headers")
-        children.append(subprocess.Popen(cmd, pass_fds=(fd,)))
+        # SHOPPER_SERVED: the child records "web up" for the heartbeat grace (sessions/uptime.py).
+        env = {**os.environ, "SHOPPER_SERVED": "1"}
+        children.append(subprocess.Popen(cmd, pass_fds=(fd,), env=env))
 
     asked_to_stop = False
 

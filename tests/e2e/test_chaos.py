@@ -1,5 +1,9 @@
 """Safety rules 1-8 under fire: 50 rentals, every fault injected, the worker and the safety loop
-SIGKILLed mid-flight and restarted, the web server restarted. Real processes throughout."""
+SIGKILLed mid-flight and restarted, the web server restarted. Real processes throughout.
+
+Then the grace phase (issue 12): 6 rentals whose agents heartbeat for real, on a Vast listing
+lagging 75 s, then the whole stack stopped longer than the heartbeat timeout and started again:
+no healthy machine may be destroyed, no ghost may be declared."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_fifty_rentals_under_chaos_leave_nothing_running():
     run = subprocess.run(
         [sys.executable, "-m", "shopper.chaos", "--rentals", "50", "--reservation-minutes", "1.5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert "CHAOS OK" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]
     report = json.loads(run.stdout[run.stdout.index("{") : run.stdout.rindex("}") + 1])
@@ -25,3 +29,12 @@ def test_fifty_rentals_under_chaos_leave_nothing_running():
     assert report["leaks"] == 0, "instances left running at the provider"
     assert report["not_terminal"] == 0
     assert report["deadlines_enforced"] > 0 and report["worst_deadline_lag_s"] <= 60
+    # The grace phase: the old code destroyed all 6 after the outage and made ghosts of the
+    # second batch after two lagging listings.
+    assert report["grace_rentals"] == report["grace_active_before_outage"] == 6
+    assert report["listing_max_missing_count"] >= 2, "the listing lag never hid a live instance"
+    assert report["false_ghosts"] == 0
+    assert report["outage_s"] > report["heartbeat_timeout_s"]
+    assert report["healthy_destroyed"] == 0
+    assert report["still_active_after_outage"] == report["heartbeating_after_outage"] == 6
+    assert report["grace_leaks"] == 0 and report["grace_not_terminal"] == 0

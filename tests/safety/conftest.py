@@ -8,7 +8,9 @@ The scripted fake cloud of ``tests/sessions/conftest.py`` is reused as is (``fak
 - the real providers disabled, so ``reconcile_all`` only talks to the fake cloud;
 - ``sessions.reconcile.enqueue`` recorded like ``sessions.services.enqueue`` (it is imported by
   name there, so the fake's own patch of ``services.enqueue`` does not reach it);
-- the safety settings pinned to the defaults the issue states.
+- the safety settings pinned to the defaults the issue states;
+- a shopper that has been up (web and safety loop) for a day, so heartbeat timeouts count as
+  they always did unless a test stages an outage (``sessions.uptime``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from django.utils import timezone
 
 from sessions import reconcile
-from sessions.models import Rental, RentalEvent, Status
+from sessions.models import Rental, RentalEvent, Status, UpStretch
 from tests.sessions.conftest import *  # noqa: F403  (fake, offer, make_rental, rent, helpers)
 
 ADMIN_EMAIL = "ops@example.com"
@@ -36,6 +38,9 @@ def safety_env(fake, settings, monkeypatch):
     settings.SHOPPER_DESTROY_ALERT_SECONDS = 900
     settings.SHOPPER_HARD_MAX_HOURS = 12
     monkeypatch.setattr(reconcile, "enqueue", fake.enqueue)
+    now = timezone.now()
+    for role in ("web", "safety"):
+        UpStretch.objects.create(role=role, since=now - timedelta(days=1), seen_at=now)
     return fake
 
 
@@ -50,6 +55,7 @@ def active_rental(make_rental, fake):
         defaults = dict(
             status=Status.ACTIVE,
             provider_instance_id=inst.instance_id,
+            created_at=now - timedelta(minutes=15),  # long settled: listings must show it
             active_since=now - timedelta(minutes=10),
             last_heartbeat_at=now - timedelta(seconds=30),
             ssh_host="203.0.113.7",

@@ -327,8 +327,9 @@ def test_only_rentals_that_must_have_an_instance_are_counted(fake, c, make_renta
 
 def test_booting_and_verifying_rentals_are_counted(fake, c, make_rental, active_rental):
     active_rental()  # keeps the listing non-empty
-    booting = make_rental(S.BOOTING, provider_instance_id="5151")
-    verifying = make_rental(S.VERIFYING, provider_instance_id="5252")
+    settled = START - timedelta(minutes=10)
+    booting = make_rental(S.BOOTING, provider_instance_id="5151", created_at=settled)
+    verifying = make_rental(S.VERIFYING, provider_instance_id="5252", created_at=settled)
 
     cycle(c)
     result = cycle(c)
