@@ -1,13 +1,14 @@
 """The hottest read of the product, ``GET /api/v1/inventory``, answered before Django's handler.
 
-Scripts poll the menu. Its pages change only when a refresh lands, so the DRF view caches each
-rendered page under the menu version (``inventory.api``). Serving such a page through Django
-still costs far more than reading it: under ASGI every ``MiddlewareMixin`` middleware runs its
-hooks in a worker thread, and each request gets a thread of its own for them, which capped the
-menu near 270 requests/s per core pair. This ASGI layer answers a request whose page is cached,
-for a token the database confirmed moments ago, without leaving the event loop; everything else
-(first request, session login, a bad host, plain HTTP where HTTPS is required, bad input, another
-method or path) goes to the Django application unchanged.
+Scripts and pages query the menu with ever new filter combinations; the menu itself changes only
+when a refresh lands, and every web process holds it in memory (``inventory/menu.py``). Serving
+an answer through Django still costs far more than computing it: under ASGI every
+``MiddlewareMixin`` middleware runs its hooks in a worker thread, and each request gets a thread
+of its own for them, which capped the menu near 270 requests/s per core pair. This ASGI layer
+answers any valid query, for a token the database confirmed moments ago, from the in-memory menu
+without leaving the event loop; everything else (no menu built yet, session login, a bad host,
+plain HTTP where HTTPS is required, bad input, a page past the end, a non-ASCII name term,
+another method or path) goes to the Django application unchanged.
 
 The answer carries the headers the middleware would have added: Django's own security
 middleware computes them here (no I/O), and ``tests/inventory/test_fastpath.py`` holds the two
@@ -23,9 +24,12 @@ from django.http import HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
+from rest_framework.exceptions import APIException
+from rest_framework.request import Request
 
-from inventory.api import VERSION_KEY, page_cache_key
-from shopper.auth import local_cache, token_user_id_cached
+from inventory.api import render_page
+from inventory.menu import holder
+from shopper.auth import token_user_id_cached
 from shopper.middleware import REQUEST_ID_HEADER, request_id_for
 
 PATH = "/api/v1/inventory"
@@ -36,7 +40,7 @@ def _no_response(request):  # the middleware hooks below are called directly, ne
 
 
 def cached_answer(request: ASGIRequest) -> HttpResponse | None:
-    """The full answer to ``request`` if its page is cached and its token was just confirmed."""
+    """The full answer to ``request`` from the in-memory menu if its token was just confirmed."""
     if not token_user_id_cached(request.headers.get("Authorization", "")):
         return None
     try:
@@ -46,8 +50,13 @@ def cached_answer(request: ASGIRequest) -> HttpResponse | None:
     security = SecurityMiddleware(_no_response)
     if security.process_request(request) is not None:  # an HTTPS redirect: Django answers it
         return None
-    version = local_cache.get(VERSION_KEY)
-    body = local_cache.get(page_cache_key(version, request.get_full_path())) if version else None
+    menu = holder.get(wait=False)  # never blocks: a due version check runs in one thread
+    if menu is None:
+        return None
+    try:
+        body = render_page(menu, Request(request), allow_db=False)
+    except APIException:  # a 400 or 404: Django answers it, with its error format and logging
+        return None
     if body is None:
         return None
     # Allow: as DRF's view answers (the parity test in test_fastpath.py holds every header equal).

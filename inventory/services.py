@@ -58,8 +58,9 @@ def offers_refresh(*, force: bool = False, now=None) -> list[RefreshResult]:
         feed, _ = ProviderFeed.objects.get_or_create(provider=name)
         if not status["enabled"]:
             # A provider switched off must not stay rentable from stale rows.
-            Offer.objects.filter(provider=name, available=True).update(available=False)
-            ProviderFeed.objects.filter(pk=name).update(last_error=status["reason"], offer_count=0)
+            withdrawn = Offer.objects.filter(provider=name, available=True).update(available=False)
+            changes = {"last_attempt_at": now_} if withdrawn else {}  # a new menu version
+            ProviderFeed.objects.filter(pk=name).update(last_error=status["reason"], offer_count=0, **changes)
             results.append(RefreshResult(name, "disabled", detail=status["reason"]))
             continue
         if not force and feed.next_fetch_at and feed.next_fetch_at > now_:
@@ -145,7 +146,9 @@ def offers_upsert(*, provider: str, offers: list[OfferData], fetched_at) -> int:
 
 
 def menu_version() -> str:
-    """Changes whenever any provider's offers were written (one tiny query)."""
+    """Changes whenever any provider's offers were written (one tiny query). Every write of
+    ``Offer.available`` or its columns goes with a new ``last_attempt_at``: web processes rebuild
+    their in-memory menu (``inventory/menu.py``) on a new version only."""
     latest = ProviderFeed.objects.aggregate(v=Max("last_attempt_at"))["v"]
     return latest.isoformat() if latest else "0"
 
