@@ -10,7 +10,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inventory.filters import SORTS, OfferFilterSet, PageSizeForm
+from inventory.filters import SORTS, OfferFilterSet, PageSizeForm, filter_form
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
@@ -31,10 +31,10 @@ def render_page(menu: Menu, request: Request, *, allow_db: bool) -> bytes | None
     paging = PageSizeForm(request.query_params)
     if not paging.is_valid():
         raise _bad_params(paging.errors)
-    filterset = OfferFilterSet(request.query_params, queryset=Offer.objects.none())
-    if not filterset.is_valid():
-        raise _bad_params(filterset.errors)
-    positions = menu.select(filterset.form.cleaned_data, now=timezone.now(), allow_db=allow_db)
+    form = filter_form(request.query_params)
+    if not form.is_valid():
+        raise _bad_params(form.errors)
+    positions = menu.select(form.cleaned_data, now=timezone.now(), allow_db=allow_db)
     if positions is None:
         return None
     paginator = Pagination()
