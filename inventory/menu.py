@@ -35,7 +35,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -105,6 +105,8 @@ class OfferRow:
     driver_version: str
     available: bool
     fetched_at: datetime
+    # Its menu's rendered table rows (inventory/templatetags/offer_rows.py).
+    html_cache: dict | None = field(default=None, repr=False, compare=False)
 
 
 class Selection(Sequence):
@@ -125,7 +127,7 @@ class Selection(Sequence):
         tuples = [self.menu.tuples[p] for p in self.positions[index].tolist()]
         if self.as_dicts:
             return offer_rows(tuples)
-        return [OfferRow(*t) for t in tuples]
+        return [OfferRow(*t, html_cache=self.menu.row_html) for t in tuples]
 
 
 class Menu:
@@ -151,6 +153,7 @@ class Menu:
         self.position = {int(pk): p for p, pk in enumerate(self.columns["id"].tolist())}
         self.orders = {sort: self._order(keys) for sort, keys in SORTS.items()}
         self._matches: dict[tuple[str, str], frozenset[str]] = {}
+        self.row_html: dict = {}  # the offers page's rendered rows, filled on demand
         self.set_hidden(hidden)
 
     def _order(self, keys: tuple[str, ...]) -> np.ndarray:
