@@ -19,36 +19,57 @@ from __future__ import annotations
 
 import io
 
+from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
+from django.template.loader import render_to_string
+from django.utils.cache import patch_vary_headers
 from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 
 from inventory.api import render_page
 from inventory.menu import holder
-from shopper.auth import token_user_id_cached
+from inventory.views import PARTIAL, ValidatedFilters, results_context, session_cache_key
+from shopper.auth import local_cache, token_user_id_cached
 from shopper.middleware import REQUEST_ID_HEADER, request_id_for
 
 PATH = "/api/v1/inventory"
+PAGE_PATH = "/offers/"
 
 
 def _no_response(request):  # the middleware hooks below are called directly, never chained
     return None
 
 
-def cached_answer(request: ASGIRequest) -> HttpResponse | None:
-    """The full answer to ``request`` from the in-memory menu if its token was just confirmed."""
-    if not token_user_id_cached(request.headers.get("Authorization", "")):
-        return None
+def _passes_django_checks(request: ASGIRequest) -> SecurityMiddleware | None:
+    """The security middleware for the answer, or None if Django must answer (bad host, redirect)."""
     try:
         request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it
     except Exception:
         return None
     security = SecurityMiddleware(_no_response)
     if security.process_request(request) is not None:  # an HTTPS redirect: Django answers it
+        return None
+    return security
+
+
+def _finish(request: ASGIRequest, security: SecurityMiddleware, response: HttpResponse) -> HttpResponse:
+    response = CommonMiddleware(_no_response).process_response(request, response)
+    response = security.process_response(request, response)
+    response = XFrameOptionsMiddleware(_no_response).process_response(request, response)
+    response[REQUEST_ID_HEADER] = request_id_for(request)
+    return response
+
+
+def cached_answer(request: ASGIRequest) -> HttpResponse | None:
+    """The full answer to ``request`` from the in-memory menu if its token was just confirmed."""
+    if not token_user_id_cached(request.headers.get("Authorization", "")):
+        return None
+    security = _passes_django_checks(request)
+    if security is None:
         return None
     menu = holder.get(wait=False)  # never blocks: a due version check runs in one thread
     if menu is None:
@@ -61,11 +82,38 @@ def cached_answer(request: ASGIRequest) -> HttpResponse | None:
         return None
     # Allow: as DRF's view answers (the parity test in test_fastpath.py holds every header equal).
     response = HttpResponse(body, content_type="application/json", headers={"Allow": "GET, HEAD, OPTIONS"})
-    response = CommonMiddleware(_no_response).process_response(request, response)
-    response = security.process_response(request, response)
-    response = XFrameOptionsMiddleware(_no_response).process_response(request, response)
-    response[REQUEST_ID_HEADER] = request_id_for(request)
-    return response
+    return _finish(request, security, response)
+
+
+def partial_answer(request: ASGIRequest) -> HttpResponse | None:
+    """The offers page's HTMX partial (the results) for a session the view just confirmed.
+
+    Only a plain HTMX request (not boosted, not a history restore: those get the full page) with
+    a session cookie ``views.offer_list`` served within ``SESSION_CACHE_SECONDS``, and only
+    filters the menu can answer without the database.
+    """
+    headers = request.headers
+    if headers.get("HX-Request") != "true" or headers.get("HX-Boosted") == "true":
+        return None
+    if headers.get("HX-History-Restore-Request") == "true":
+        return None
+    session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if not session_key or local_cache.get(session_cache_key(session_key)) is None:
+        return None
+    security = _passes_django_checks(request)
+    if security is None:
+        return None
+    menu = holder.get(wait=False)
+    if menu is None:
+        return None
+    context = results_context(menu, request.GET, ValidatedFilters(request.GET), allow_db=False)
+    if context is None:
+        return None  # a term only the database can match: Django answers
+    body = render_to_string(PARTIAL, context)
+    response = HttpResponse(body)
+    # The session was read to authenticate: SessionMiddleware would say so.
+    patch_vary_headers(response, ("Cookie",))
+    return _finish(request, security, response)
 
 
 class InventoryFastPath:
@@ -75,9 +123,10 @@ class InventoryFastPath:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == PATH:
+        answer = {PATH: cached_answer, PAGE_PATH: partial_answer}.get(scope["path"])
+        if scope["type"] == "http" and scope["method"] == "GET" and answer is not None:
             # The body of a GET is never read: an empty stream stands in for it.
-            response = cached_answer(ASGIRequest(scope, io.BytesIO()))
+            response = answer(ASGIRequest(scope, io.BytesIO()))
             if response is not None:
                 await send(
                     {

@@ -30,6 +30,7 @@ from inventory.filters import OfferFilterSet, PageSizeForm
 from inventory.models import Offer, ProviderFeed
 from inventory.serializers import OfferSerializer
 from inventory.services import offers_freshness
+from inventory.views import SESSION_CACHE_SECONDS
 from shopper.api import Pagination
 from shopper.models import ApiToken
 
@@ -234,3 +235,74 @@ def test_one_rebuild_per_new_version_while_the_others_serve_the_previous_menu(ma
         menu.holder.wait_idle()
     assert len(builds) == 1
     assert menu.holder.menu is not first and menu.holder.menu.version == builds[0]
+
+
+def test_the_htmx_partial_of_the_asgi_layer_equals_djangos_byte_for_byte(offers, user, client):
+    """Every header and byte the same, whether the fast path or Django's view answers."""
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    reached_django = []
+
+    async def django_app(scope, receive, send):
+        reached_django.append(scope["path"])
+        await ASGIStaticFilesHandler(get_asgi_application())(scope, receive, send)
+
+    def get(app, query: dict, extra: list | None = None) -> dict:
+        headers = [(b"host", b"testserver"), (b"cookie", cookie), (b"x-request-id", b"req-1")]
+        headers += [(b"hx-request", b"true"), *(extra or [])]
+        communicator = HttpCommunicator(app, "GET", "/offers/", headers=headers)
+        communicator.scope["query_string"] = urlencode(query).encode()
+        response = async_to_sync(communicator.get_response)(timeout=10)
+        response["headers"] = sorted((k.decode().lower(), v.decode()) for k, v in response["headers"])
+        return response
+
+    fast_app = fastpath.InventoryFastPath(django_app)
+    rng = random.Random(5)
+    with time_machine.travel(timezone.now(), tick=False):
+        get(fast_app, {})  # Django confirms the session
+        answered_fast = 0
+        for _ in range(80):
+            query = random_query(rng)
+            before = len(reached_django)
+            fast = get(fast_app, query)
+            answered_fast += len(reached_django) == before
+            slow = get(django_app, query)
+            assert (fast["status"], fast["headers"], fast["body"]) == (
+                slow["status"],
+                slow["headers"],
+                slow["body"],
+            ), query
+        assert answered_fast > 40
+        # A boosted request or a history restore wants the full page: Django answers.
+        for extra in ([(b"hx-boosted", b"true")], [(b"hx-history-restore-request", b"true")]):
+            before = len(reached_django)
+            assert b"<html" in get(fast_app, {}, extra)["body"] and len(reached_django) == before + 1
+
+
+def test_the_partial_needs_a_session_the_view_confirmed(offers, user, client):
+    client.force_login(user)
+    cookie = client.cookies["sessionid"].value
+    scope_headers = [
+        (b"host", b"testserver"),
+        (b"hx-request", b"true"),
+        (b"cookie", f"sessionid={cookie}".encode()),
+    ]
+    reached_django = []
+
+    async def django_app(scope, receive, send):
+        reached_django.append(scope["path"])
+        await ASGIStaticFilesHandler(get_asgi_application())(scope, receive, send)
+
+    def get():
+        communicator = HttpCommunicator(
+            fastpath.InventoryFastPath(django_app), "GET", "/offers/", headers=scope_headers
+        )
+        return async_to_sync(communicator.get_response)(timeout=10)
+
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        assert get()["status"] == 200 and reached_django == ["/offers/"]  # not yet confirmed: Django
+        assert get()["status"] == 200 and reached_django == ["/offers/"]  # confirmed: the fast path
+        client.logout()  # the session is gone from the database
+        traveller.shift(timedelta(seconds=SESSION_CACHE_SECONDS + 1))
+        response = get()
+    assert response["status"] == 302 and len(reached_django) == 2  # Django sends it to the login page
