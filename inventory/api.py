@@ -28,18 +28,25 @@ def render_page(menu: Menu, request: Request, *, allow_db: bool) -> bytes | None
     ValidationError, a page past the end NotFound); paging and links are DRF's paginator's.
     None when answering needs the database and ``allow_db`` is False (see ``Menu.select``).
     """
+    now = timezone.now()
+    key = request.build_absolute_uri()  # the paging links name the host and scheme
+    body = menu.answer(key, now)
+    if body is not None:
+        return body
     paging = PageSizeForm(request.query_params)
     if not paging.is_valid():
         raise _bad_params(paging.errors)
     form = filter_form(request.query_params)
     if not form.is_valid():
         raise _bad_params(form.errors)
-    positions = menu.select(form.cleaned_data, now=timezone.now(), allow_db=allow_db)
+    positions = menu.select(form.cleaned_data, now=now, allow_db=allow_db)
     if positions is None:
         return None
     paginator = Pagination()
     page = paginator.paginate_queryset(Selection(menu, positions, as_dicts=True), request)
-    return JSONRenderer().render(paginator.get_paginated_response(page).data)
+    body = JSONRenderer().render(paginator.get_paginated_response(page).data)
+    menu.remember(key, body, now)
+    return body
 
 
 class InventoryViewSet(viewsets.ReadOnlyModelViewSet):

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 # a refresh or a suppression shows up here at most this much later (plus one rebuild).
 CHECK_SECONDS = 1.0
 
+# Rendered answers kept per menu (repeated queries): bounded, dropped with the menu.
+MAX_ANSWERS = 4096
 # Columns filtered or sorted on, as int64: name -> scale (10^4 for Decimal(…, 4) columns).
 NUMERIC = {
     "id": 1,
@@ -175,7 +177,24 @@ class Menu:
             if p is not None:
                 column[p] = _epoch_us(until)
         self.hidden_until = column  # replaced whole: readers in other threads see old or new
+        if dict(hidden) != getattr(self, "hidden", None):
+            self.answers = {}  # rendered answers of the previous suppression state
         self.hidden = dict(hidden)
+        self.unhide_times = sorted({int(v) for v in column.tolist() if v})
+
+    def answer(self, key: str, now: datetime) -> bytes | None:
+        """A rendered answer for ``key`` still true at ``now`` (no suppression ended since)."""
+        found = self.answers.get(key)
+        return found[0] if found is not None and _epoch_us(now) < found[1] else None
+
+    def remember(self, key: str, body: bytes, now: datetime) -> None:
+        """Keep ``body`` (computed at ``now``) until the next suppression ends; a polling script
+        repeats its query, and rendering the same page again costs far more than this lookup."""
+        now_us = _epoch_us(now)
+        valid_until = next((t for t in self.unhide_times if t > now_us), np.iinfo(np.int64).max)
+        if len(self.answers) >= MAX_ANSWERS:
+            self.answers = {}
+        self.answers[key] = (body, valid_until)
 
     def matching(self, column: str, term: str, *, allow_db: bool) -> frozenset[str] | None:
         """The distinct values of ``column`` that ``icontains`` ``term``, as the database decides."""
