@@ -118,3 +118,42 @@ def test_uncached_requests_under_load_stay_within_the_pool(admin, tmp_path):
     assert statuses == [200] * REQUESTS
     # Before the pool: one new connection per request, left open (peak ≈ requests, then 500s).
     assert peak[0] <= WORKERS * POOL_MAX and after <= WORKERS * POOL_MAX
+
+
+FORK = """
+import multiprocessing
+import django
+django.setup()
+from django.db import connection
+
+def backend():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+def child(queue):
+    queue.put(backend())
+
+parent = backend()  # the parent holds its connection while it forks, as a worker may
+context = multiprocessing.get_context("fork")  # as django-q2 starts its task processes
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+print(parent, queue.get(timeout=30), backend())
+process.join(30)
+"""
+
+
+def test_a_forked_worker_process_never_shares_its_parents_connection(admin):
+    """Without the after-fork hook (inventory/apps.py) the child ran its queries on the parent's
+    connection (the same server process): two processes on one socket."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        DJANGO_SETTINGS_MODULE="shopper.settings",
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DATABASE}",
+        SECRET_KEY="menu-conns-test-secret-0123456789abcdef",
+        DEBUG="False",
+    )
+    done = subprocess.run([sys.executable, "-c", FORK], cwd=ROOT, env=env, check=True, capture_output=True)
+    parent, child, parent_after = done.stdout.decode().split()
+    assert child != parent and parent_after == parent
