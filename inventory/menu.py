@@ -30,6 +30,7 @@ To add a column (a later issue adds cuda, value figures, confidence): add it to
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
@@ -76,6 +77,7 @@ RANGE_FILTERS = {
     "min_reliability": ("reliability", "gte"),
 }
 TEXT_FILTERS = {"gpu": "gpu_type", "location": "location"}
+FILTERED_COLUMNS = (*(c for c, _ in RANGE_FILTERS.values()), *TEXT_FILTERS.values(), "provider")
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -154,6 +156,7 @@ class Menu:
             self.columns[name] = np.array([code[t[i]] for t in tuples], dtype=np.int32).reshape(n)
         self.position = {int(pk): p for p, pk in enumerate(self.columns["id"].tolist())}
         self.orders = {sort: self._order(keys) for sort, keys in SORTS.items()}
+        self._sorted: dict[str, dict[str, np.ndarray]] = {}
         self._matches: dict[tuple[str, str], frozenset[str]] = {}
         self.row_html: dict = {}  # the offers page's rendered rows, filled on demand
         self.set_hidden(hidden)
@@ -176,7 +179,9 @@ class Menu:
             p = self.position.get(pk)
             if p is not None:
                 column[p] = _epoch_us(until)
-        self.hidden_until = column  # replaced whole: readers in other threads see old or new
+        # Replaced whole: readers in other threads see the old or the new, never half.
+        self.sorted_hidden = {sort: column[order] for sort, order in self.orders.items()}
+        self.hidden_until = column
         if dict(hidden) != getattr(self, "hidden", None):
             self.answers = {}  # rendered answers of the previous suppression state
         self.hidden = dict(hidden)
@@ -216,18 +221,31 @@ class Menu:
 
     def select(self, cleaned: dict, *, now: datetime, allow_db: bool) -> np.ndarray | None:
         """Positions of the offers ``OfferFilterSet`` would return for ``cleaned`` (its form's
-        cleaned_data), in its order; None if that needs the database and ``allow_db`` is False."""
-        mask = self.hidden_until <= _epoch_us(now)  # visible(): not hidden_until > now
+        cleaned_data), in its order; None if that needs the database and ``allow_db`` is False.
+
+        The comparisons run on the columns already permuted into the sort's order, so the
+        selection is one boolean index of that order (no gather of a mask per request).
+        """
+        sort = cleaned.get("sort") or "price"
+        columns = self.sorted_columns(sort)
+        mask = None
+        if self.hidden:  # visible(): not hidden_until > now
+            mask = self.sorted_hidden[sort] <= _epoch_us(now)
+
+        def narrow(condition: np.ndarray) -> None:
+            nonlocal mask
+            mask = condition if mask is None else mask & condition
+
         for name, (column, op) in RANGE_FILTERS.items():
             value = cleaned.get(name)
             if value is None:
                 continue
             scaled = Decimal(value) * NUMERIC[column]
-            values = self.columns[column]
+            values = columns[column]
             if op == "gte":
-                mask &= (values != NULL) & (values >= math.ceil(scaled))
+                narrow(values >= math.ceil(scaled))  # NULL is the smallest int64: never >=
             else:
-                mask &= (values != NULL) & (values <= math.floor(scaled))
+                narrow((values <= math.floor(scaled)) & (values != NULL))
         for name, column in TEXT_FILTERS.items():
             term = cleaned.get(name)
             if not term:
@@ -236,13 +254,22 @@ class Menu:
             if found is None:
                 return None
             wanted = np.array([n in found for n in self.names[column]], dtype=bool)
-            mask &= wanted[self.columns[column]]  # a lookup per row: faster than np.isin
+            narrow(wanted[columns[column]])  # a lookup per row: faster than np.isin
         if cleaned.get("provider"):
             names = self.names["provider"]
             code = names.index(cleaned["provider"]) if cleaned["provider"] in names else -1
-            mask &= self.columns["provider"] == code
-        order = self.orders[cleaned.get("sort") or "price"]
-        return order[mask[order]]
+            narrow(columns["provider"] == code)
+        order = self.orders[sort]
+        return order if mask is None else order[mask]
+
+    def sorted_columns(self, sort: str) -> dict[str, np.ndarray]:
+        """The filtered columns permuted into ``sort``'s order (built on first use, per menu)."""
+        found = self._sorted.get(sort)
+        if found is None:
+            order = self.orders[sort]
+            found = {name: self.columns[name][order] for name in FILTERED_COLUMNS}
+            self._sorted[sort] = found
+        return found
 
 
 def build_menu(version: str) -> Menu:
@@ -252,6 +279,11 @@ def build_menu(version: str) -> Menu:
     tuples = [r[:-1] for r in rows]
     hidden = {r[0]: r[-1] for r in rows if r[-1] is not None}
     menu = Menu(version, tuples, hidden)
+    # Millions of long-lived objects (the rows) would make every full cyclic collection scan
+    # them again, a latency spike under load: collect once, then exclude what is alive now from
+    # future collections (refcounting still frees an old menu when it is dropped).
+    gc.collect()
+    gc.freeze()
     log.info("menu %s built: %d offers in %.2f s", version, len(tuples), time.perf_counter() - started)
     return menu
 
