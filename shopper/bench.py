@@ -360,7 +360,40 @@ def _pg_sessions(database_url: str | None) -> int | None:
     return int(row[0]) - 1  # not counting this one
 
 
-def _bench_api(env: dict, token: str, cookie: str, seconds: float) -> dict:
+def _refresh_now(offers: int, seed: int, done: dict) -> None:
+    """A whole refresh as offers_refresh lands it: every offer re-priced, then a new menu version."""
+    from django.db import connections
+    from django.utils import timezone
+
+    from inventory.models import ProviderFeed
+    from inventory.services import offers_upsert
+
+    started = time.perf_counter()
+    now = timezone.now()
+    by_provider: dict[str, list] = {}
+    for o in _fake_offers(offers, seed):
+        by_provider.setdefault(o.provider, []).append(o)
+    for provider, rows in by_provider.items():
+        offers_upsert(provider=provider, offers=rows, fetched_at=now)
+        ProviderFeed.objects.update_or_create(provider=provider, defaults={"last_attempt_at": now})
+    done["seconds"] = time.perf_counter() - started
+    connections.close_all()
+
+
+def _figures(tally: Tally, seconds: float, before: int | None, after: int | None) -> dict:
+    ms = [x * 1000 for x in tally.latencies]
+    return {
+        "p50": _pct(ms, 50),
+        "p95": _pct(ms, 95),
+        "rps": len(ms) / seconds,
+        "requests": len(ms),
+        "errors": tally.failures + sum(c for s, c in tally.statuses.items() if s >= 500),
+        "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
+        "conns_per_request": None if before is None else (after - before) / max(len(ms), 1),
+    }
+
+
+def _bench_api(env: dict, token: str, cookie: str, seconds: float, offers: int) -> dict:
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "shopper.serve", "--port", str(port), "--workers", WEB_WORKERS],
@@ -377,18 +410,15 @@ def _bench_api(env: dict, token: str, cookie: str, seconds: float) -> dict:
         for kind in KINDS:
             before = _pg_sessions(database_url)
             tally = asyncio.run(_load("127.0.0.1", port, kind, token, cookie, seconds))
-            after = _pg_sessions(database_url)
-            ms = [x * 1000 for x in tally.latencies]
-            errors = tally.failures + sum(c for s, c in tally.statuses.items() if s >= 500)
-            figures[kind] = {
-                "p50": _pct(ms, 50),
-                "p95": _pct(ms, 95),
-                "rps": len(ms) / seconds,
-                "requests": len(ms),
-                "errors": errors,
-                "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
-                "conns_per_request": None if before is None else (after - before) / max(len(ms), 1),
-            }
+            figures[kind] = _figures(tally, seconds, before, _pg_sessions(database_url))
+        # The realistic mix again while a whole refresh lands (a new version: every web process
+        # rebuilds its menu, one thread each, serving the previous one meanwhile).
+        done: dict = {}
+        refresh = threading.Thread(target=_refresh_now, args=(offers, 3, done))
+        refresh.start()
+        tally = asyncio.run(_load("127.0.0.1", port, "api", token, cookie, seconds))
+        refresh.join()
+        figures["during_refresh"] = {**_figures(tally, seconds, None, None), "refresh": done.get("seconds")}
     finally:
         server.terminate()
         server.wait(10)
@@ -425,7 +455,7 @@ def phase_inventory(database_url: str, offers: int, seconds: float) -> dict:
         _, token = ApiToken.issue(user=user, name="bench")
         cookie = _session_cookie(user)
         connections.close_all()
-        api = _bench_api(env, token, cookie, seconds)
+        api = _bench_api(env, token, cookie, seconds, offers)
     return {"offers": offers, "db": _db_label(database_url), **refresh, **api}
 
 
@@ -681,6 +711,16 @@ def _inventory_rows(results: list[tuple[str, int, dict | None]]) -> list[tuple]:
                 + (f" ({not_found} × 404¹)" if not_found else ""),
                 "0" + ("; ≤ 0.01" if conns else ""),
                 _met(errors == 0 and (not conns or max(conns) <= 0.01)),
+            )
+        )
+        d = r["during_refresh"]
+        refresh_note = f"refresh {d['refresh']:.1f} s" if d.get("refresh") else "refresh did not finish"
+        rows.append(
+            (
+                f"  realistic mix, API, while a refresh lands ({refresh_note}): req/s; p95; errors",
+                f"{d['rps']:,.0f}; {_ms(d['p95'])} ms; {d['errors']}",
+                "answers throughout",
+                _met(d["errors"] == 0 and d["requests"] > 0),
             )
         )
         rows.append(
