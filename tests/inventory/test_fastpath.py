@@ -20,6 +20,7 @@ from inventory import fastpath
 from inventory.menu import CHECK_SECONDS, holder
 from inventory.models import ProviderFeed
 from shopper.auth import TOKEN_CACHE_SECONDS
+from shopper.logconfig import request_id_var
 from shopper.models import ApiToken
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -136,3 +137,18 @@ def test_a_revoked_token_stops_working_within_seconds(menu, token, django_calls,
         ApiToken.objects.update(revoked_at=timezone.now())
         traveller.shift(timedelta(seconds=TOKEN_CACHE_SECONDS + 1))
         assert get(f"Token {token}")["status"] == 401
+
+
+def test_a_page_past_the_end_is_the_same_404_from_the_fast_path(menu, token, django_calls, get, monkeypatch):
+    first = get(f"Token {token}", query=b"page=9")  # the token is not confirmed yet: Django
+    assert first["status"] == 404 and django_calls == ["/api/v1/inventory"]
+    logged = []
+
+    def log_response(message, *args, response, request):
+        logged.append((message % args, response.status_code, request_id_var.get()))
+
+    monkeypatch.setattr(fastpath, "log_response", log_response)
+    second = get(f"Token {token}", query=b"page=9")
+    assert django_calls == ["/api/v1/inventory"]  # answered without Django
+    assert (second["status"], second["headers"], second["body"]) == (404, first["headers"], first["body"])
+    assert logged == [("Not Found: /api/v1/inventory", 404, "req-1")]  # as Django logs it
