@@ -28,7 +28,7 @@ def render_page(menu: Menu, request: Request, *, allow_db: bool) -> bytes | None
     ValidationError, a page past the end NotFound); paging and links are DRF's paginator's.
     None when answering needs the database and ``allow_db`` is False (see ``Menu.select``).
     """
-    now = timezone.now()
+    now, generation = timezone.now(), menu.generation
     key = request.build_absolute_uri()  # the paging links name the host and scheme
     body = menu.answer(key, now)
     if body is not None:
@@ -45,7 +45,7 @@ def render_page(menu: Menu, request: Request, *, allow_db: bool) -> bytes | None
     paginator = Pagination()
     page = paginator.paginate_queryset(Selection(menu, positions, as_dicts=True), request)
     body = JSONRenderer().render(paginator.get_paginated_response(page).data)
-    menu.remember(key, body, now)
+    menu.remember(key, body, now, generation)
     return body
 
 

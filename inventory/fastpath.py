@@ -1,18 +1,20 @@
-"""The hottest read of the product, ``GET /api/v1/inventory``, answered before Django's handler.
+"""The hottest reads of the product, ``GET /api/v1/inventory`` and the offers page's HTMX
+partial, answered before Django's handler.
 
 Scripts and pages query the menu with ever new filter combinations; the menu itself changes only
 when a refresh lands, and every web process holds it in memory (``inventory/menu.py``). Serving
 an answer through Django still costs far more than computing it: under ASGI every
 ``MiddlewareMixin`` middleware runs its hooks in a worker thread, and each request gets a thread
 of its own for them, which capped the menu near 270 requests/s per core pair. This ASGI layer
-answers any valid query, for a token the database confirmed moments ago, from the in-memory menu
-without leaving the event loop; everything else (no menu built yet, session login, a bad host,
-plain HTTP where HTTPS is required, bad input, a non-ASCII name term,
-another method or path) goes to the Django application unchanged.
+answers any valid query from the in-memory menu without leaving the event loop: the API for a
+token the database confirmed moments ago, the partial for a session the offers page confirmed
+moments ago. Everything else (no menu built yet, a bad host, plain HTTP where HTTPS is required,
+bad input, a non-ASCII name term, the full page, another method or path) goes to the Django
+application unchanged.
 
 The answer carries the headers the middleware would have added: Django's own security
-middleware computes them here (no I/O), and ``tests/inventory/test_fastpath.py`` holds the two
-paths to byte-identical answers apart from the request id.
+middleware computes them here (no I/O), and ``tests/inventory/test_fastpath.py`` and
+``test_menu.py`` hold the two paths to byte-identical answers apart from the request id.
 """
 
 from __future__ import annotations

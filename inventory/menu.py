@@ -184,6 +184,7 @@ class Menu:
         self.hidden_until = column
         if dict(hidden) != getattr(self, "hidden", None):
             self.answers = {}  # rendered answers of the previous suppression state
+            self.generation = getattr(self, "generation", 0) + 1
         self.hidden = dict(hidden)
         self.unhide_times = sorted({int(v) for v in column.tolist() if v})
 
@@ -192,9 +193,13 @@ class Menu:
         found = self.answers.get(key)
         return found[0] if found is not None and _epoch_us(now) < found[1] else None
 
-    def remember(self, key: str, body: bytes, now: datetime) -> None:
-        """Keep ``body`` (computed at ``now``) until the next suppression ends; a polling script
-        repeats its query, and rendering the same page again costs far more than this lookup."""
+    def remember(self, key: str, body: bytes, now: datetime, generation: int) -> None:
+        """Keep ``body`` (computed at ``now`` under suppression state ``generation``) until the
+        next suppression ends; a polling script repeats its query, and rendering the same page
+        again costs far more than this lookup. An answer computed under a suppression state that
+        changed meanwhile is not kept."""
+        if generation != self.generation:
+            return
         now_us = _epoch_us(now)
         valid_until = next((t for t in self.unhide_times if t > now_us), np.iinfo(np.int64).max)
         if len(self.answers) >= MAX_ANSWERS:
