@@ -2,39 +2,51 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from django.http import HttpResponse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, viewsets
 from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inventory.filters import SORTS, OfferFilterSet, PageSizeForm
+from inventory.filters import SORTS, OfferFilterSet, PageSizeForm, filter_form
+from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
-from inventory.services import menu_version
 from shopper.api import Pagination, documented_error
-from shopper.auth import local_cache
-
-# Bounds staleness from changes that do not bump the menu version (an offer suppressed after
-# failed provisions); renting re-checks the offer with the provider anyway.
-MENU_CACHE_SECONDS = 5
-
-
-VERSION_KEY = "inventory:menu-version"
-# How long a web process may serve pages under a version it read: a refresh made by the worker
-# shows up here at most this much later.
-VERSION_CACHE_SECONDS = 1
-
-
-def page_cache_key(version: str, full_path: str) -> str:
-    # Hashed: the query string is the client's and may be any length.
-    return f"inventory:{version}:{hashlib.sha256(full_path.encode()).hexdigest()}"
 
 
 def _bad_params(errors) -> exceptions.ValidationError:
     return exceptions.ValidationError({k: [str(m) for m in v] for k, v in errors.items()})
+
+
+def render_page(menu: Menu, request: Request, *, allow_db: bool) -> bytes | None:
+    """The JSON body of one menu page for ``request``, from the in-memory ``menu``.
+
+    Validation is the filter class's and the paging form's (a bad value raises the same
+    ValidationError, a page past the end NotFound); paging and links are DRF's paginator's.
+    None when answering needs the database and ``allow_db`` is False (see ``Menu.select``).
+    """
+    now, generation = timezone.now(), menu.generation
+    key = request.build_absolute_uri()  # the paging links name the host and scheme
+    body = menu.answer(key, now)
+    if body is not None:
+        return body
+    paging = PageSizeForm(request.query_params)
+    if not paging.is_valid():
+        raise _bad_params(paging.errors)
+    form = filter_form(request.query_params)
+    if not form.is_valid():
+        raise _bad_params(form.errors)
+    positions = menu.select(form.cleaned_data, now=now, allow_db=allow_db)
+    if positions is None:
+        return None
+    paginator = Pagination()
+    page = paginator.paginate_queryset(Selection(menu, positions, as_dicts=True), request)
+    body = JSONRenderer().render(paginator.get_paginated_response(page).data)
+    menu.remember(key, body, now, generation)
+    return body
 
 
 class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
@@ -69,26 +81,9 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
         },
     )
     def list(self, request, *args, **kwargs):
-        # The menu changes when a refresh lands (about once a minute): cache each rendered page
-        # under the menu version, so repeated queries cost one small read instead of a scan.
-        version = menu_version()
-        local_cache.set(VERSION_KEY, version, VERSION_CACHE_SECONDS)
-        key = page_cache_key(version, request.get_full_path())
-        body = local_cache.get(key)
-        if body is None:
-            body = JSONRenderer().render(self._page(request))
-            local_cache.set(key, body, MENU_CACHE_SECONDS)
+        # Answered from this process's in-memory menu (inventory/menu.py), not a scan per query.
+        body = render_page(holder.get(wait=True), request, allow_db=True)
         return HttpResponse(body, content_type="application/json")
-
-    def _page(self, request) -> dict:
-        paging = PageSizeForm(request.query_params)
-        if not paging.is_valid():
-            raise _bad_params(paging.errors)
-        filterset = OfferFilterSet(request.query_params, queryset=Offer.objects.visible())
-        if not filterset.is_valid():
-            raise _bad_params(filterset.errors)
-        page = self.paginator.paginate_queryset(offer_tuples(filterset.qs), request, view=self)
-        return self.paginator.get_paginated_response(offer_rows(page)).data
 
     @extend_schema(responses={200: OfferSerializer, 404: documented_error("No offer with that id")})
     def retrieve(self, request, *args, **kwargs):

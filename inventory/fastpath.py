@@ -1,44 +1,57 @@
-"""The hottest read of the product, ``GET /api/v1/inventory``, answered before Django's handler.
+"""The hottest reads of the product, ``GET /api/v1/inventory`` and the offers page's HTMX
+partial, answered before Django's handler.
 
-Scripts poll the menu. Its pages change only when a refresh lands, so the DRF view caches each
-rendered page under the menu version (``inventory.api``). Serving such a page through Django
-still costs far more than reading it: under ASGI every ``MiddlewareMixin`` middleware runs its
-hooks in a worker thread, and each request gets a thread of its own for them, which capped the
-menu near 270 requests/s per core pair. This ASGI layer answers a request whose page is cached,
-for a token the database confirmed moments ago, without leaving the event loop; everything else
-(first request, session login, a bad host, plain HTTP where HTTPS is required, bad input, another
-method or path) goes to the Django application unchanged.
+Scripts and pages query the menu with ever new filter combinations; the menu itself changes only
+when a refresh lands, and every web process holds it in memory (``inventory/menu.py``). Serving
+an answer through Django still costs far more than computing it: under ASGI every
+``MiddlewareMixin`` middleware runs its hooks in a worker thread, and each request gets a thread
+of its own for them, which capped the menu near 270 requests/s per core pair. This ASGI layer
+answers any valid query from the in-memory menu without leaving the event loop: the API for a
+token the database confirmed moments ago, the partial for a session the offers page confirmed
+moments ago. Everything else (no menu built yet, a bad host, plain HTTP where HTTPS is required,
+bad input, a non-ASCII name term, the full page, another method or path) goes to the Django
+application unchanged.
 
 The answer carries the headers the middleware would have added: Django's own security
-middleware computes them here (no I/O), and ``tests/inventory/test_fastpath.py`` holds the two
-paths to byte-identical answers apart from the request id.
+middleware computes them here (no I/O), and ``tests/inventory/test_fastpath.py`` and
+``test_menu.py`` hold the two paths to byte-identical answers apart from the request id.
 """
 
 from __future__ import annotations
 
 import io
 
+from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
+from django.template.loader import render_to_string
+from django.utils.cache import patch_vary_headers
+from django.utils.log import log_response
+from rest_framework.exceptions import APIException, NotFound
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
 
-from inventory.api import VERSION_KEY, page_cache_key
+from inventory.api import render_page
+from inventory.menu import holder
+from inventory.views import PARTIAL, ValidatedFilters, results_context, session_cache_key
+from shopper.api import exception_handler as api_exception_handler
 from shopper.auth import local_cache, token_user_id_cached
+from shopper.logconfig import request_id_var
 from shopper.middleware import REQUEST_ID_HEADER, request_id_for
 
 PATH = "/api/v1/inventory"
+PAGE_PATH = "/offers/"
 
 
 def _no_response(request):  # the middleware hooks below are called directly, never chained
     return None
 
 
-def cached_answer(request: ASGIRequest) -> HttpResponse | None:
-    """The full answer to ``request`` if its page is cached and its token was just confirmed."""
-    if not token_user_id_cached(request.headers.get("Authorization", "")):
-        return None
+def _passes_django_checks(request: ASGIRequest) -> SecurityMiddleware | None:
+    """The security middleware for the answer, or None if Django must answer (bad host, redirect)."""
     try:
         request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it
     except Exception:
@@ -46,17 +59,81 @@ def cached_answer(request: ASGIRequest) -> HttpResponse | None:
     security = SecurityMiddleware(_no_response)
     if security.process_request(request) is not None:  # an HTTPS redirect: Django answers it
         return None
-    version = local_cache.get(VERSION_KEY)
-    body = local_cache.get(page_cache_key(version, request.get_full_path())) if version else None
-    if body is None:
-        return None
-    # Allow: as DRF's view answers (the parity test in test_fastpath.py holds every header equal).
-    response = HttpResponse(body, content_type="application/json", headers={"Allow": "GET, HEAD, OPTIONS"})
+    return security
+
+
+def _finish(request: ASGIRequest, security: SecurityMiddleware, response: HttpResponse) -> HttpResponse:
     response = CommonMiddleware(_no_response).process_response(request, response)
     response = security.process_response(request, response)
     response = XFrameOptionsMiddleware(_no_response).process_response(request, response)
     response[REQUEST_ID_HEADER] = request_id_for(request)
     return response
+
+
+def cached_answer(request: ASGIRequest) -> HttpResponse | None:
+    """The full answer to ``request`` from the in-memory menu if its token was just confirmed."""
+    if not token_user_id_cached(request.headers.get("Authorization", "")):
+        return None
+    security = _passes_django_checks(request)
+    if security is None:
+        return None
+    menu = holder.get(wait=False)  # never blocks: a due version check runs in one thread
+    if menu is None:
+        return None
+    status = 200
+    try:
+        body = render_page(menu, Request(request), allow_db=False)
+    except NotFound as exc:
+        # A page past the end of a narrow filter: common in a mix of queries, and through Django
+        # it cost ten times an answer. The same error body and log line as Django's.
+        status, body = 404, JSONRenderer().render(api_exception_handler(exc, {}).data)
+    except APIException:  # a 400: Django answers it, naming the parameter
+        return None
+    if body is None:
+        return None
+    # Allow: as DRF's view answers (the parity test in test_fastpath.py holds every header equal).
+    response = HttpResponse(
+        body, status=status, content_type="application/json", headers={"Allow": "GET, HEAD, OPTIONS"}
+    )
+    response = _finish(request, security, response)
+    if status >= 400:
+        token = request_id_var.set(response[REQUEST_ID_HEADER])
+        try:
+            log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+        finally:
+            request_id_var.reset(token)
+    return response
+
+
+def partial_answer(request: ASGIRequest) -> HttpResponse | None:
+    """The offers page's HTMX partial (the results) for a session the view just confirmed.
+
+    Only a plain HTMX request (not boosted, not a history restore: those get the full page) with
+    a session cookie ``views.offer_list`` served within ``SESSION_CACHE_SECONDS``, and only
+    filters the menu can answer without the database.
+    """
+    headers = request.headers
+    if headers.get("HX-Request") != "true" or headers.get("HX-Boosted") == "true":
+        return None
+    if headers.get("HX-History-Restore-Request") == "true":
+        return None
+    session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if not session_key or local_cache.get(session_cache_key(session_key)) is None:
+        return None
+    security = _passes_django_checks(request)
+    if security is None:
+        return None
+    menu = holder.get(wait=False)
+    if menu is None:
+        return None
+    context = results_context(menu, request.GET, ValidatedFilters(request.GET), allow_db=False)
+    if context is None:
+        return None  # a term only the database can match: Django answers
+    body = render_to_string(PARTIAL, context)
+    response = HttpResponse(body)
+    # The session was read to authenticate: SessionMiddleware would say so.
+    patch_vary_headers(response, ("Cookie",))
+    return _finish(request, security, response)
 
 
 class InventoryFastPath:
@@ -66,9 +143,10 @@ class InventoryFastPath:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == PATH:
+        answer = {PATH: cached_answer, PAGE_PATH: partial_answer}.get(scope["path"])
+        if scope["type"] == "http" and scope["method"] == "GET" and answer is not None:
             # The body of a GET is never read: an empty stream stands in for it.
-            response = cached_answer(ASGIRequest(scope, io.BytesIO()))
+            response = answer(ASGIRequest(scope, io.BytesIO()))
             if response is not None:
                 await send(
                     {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import django_filters as filters
 from django import forms
+from django.http import QueryDict
 
 from inventory.models import Offer
 
@@ -86,3 +89,19 @@ class OfferFilterSet(filters.FilterSet):
 class PageSizeForm(forms.Form):
     page = forms.IntegerField(min_value=1, required=False)
     page_size = forms.IntegerField(min_value=1, max_value=500, required=False)
+
+
+@functools.cache
+def _filter_form_class() -> type[forms.Form]:
+    return OfferFilterSet(queryset=Offer.objects.none()).get_form_class()
+
+
+def filter_form(data: QueryDict) -> forms.Form:
+    """The bound form ``OfferFilterSet(data).form`` is, without building the filter set.
+
+    The filter set deep-copies its filters and builds its form class anew per instance (~0.6 ms,
+    half the cost of a menu answer). The class depends only on the declared filters, so it is
+    built once; the form's own fields are still copied per form, and the provider choices are
+    still read at validation. Same fields, same cleaned data, same errors.
+    """
+    return _filter_form_class()(data or QueryDict())

@@ -93,8 +93,11 @@ def enqueued(monkeypatch) -> list:
 def _clear_cache():
     from django.core.cache import caches
 
+    from inventory.menu import holder
+
     for name in ("default", "local"):
         caches[name].clear()
+    holder.reset()  # this process's in-memory offer menu: each test builds its own
     yield
     for name in ("default", "local"):
         caches[name].clear()

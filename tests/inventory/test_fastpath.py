@@ -17,9 +17,10 @@ from django.core.asgi import get_asgi_application
 from django.utils import timezone
 
 from inventory import fastpath
-from inventory.api import VERSION_CACHE_SECONDS
+from inventory.menu import CHECK_SECONDS, holder
 from inventory.models import ProviderFeed
 from shopper.auth import TOKEN_CACHE_SECONDS
+from shopper.logconfig import request_id_var
 from shopper.models import ApiToken
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,12 +80,11 @@ def test_a_repeated_query_is_answered_without_django_byte_for_byte(menu, token, 
     assert ("x-request-id", "req-1") in second["headers"]
 
 
-def test_another_query_goes_to_django_and_is_cached_in_turn(menu, token, django_calls, get):
+def test_any_other_query_is_answered_without_django_once_the_menu_is_built(menu, token, django_calls, get):
     get(f"Token {token}")
-    other = get(f"Token {token}", query=b"sort=price")
-    assert other["status"] == 200 and len(django_calls) == 2
-    get(f"Token {token}", query=b"sort=price")
-    assert len(django_calls) == 2
+    for query in (b"sort=price", b"gpu=a100", b"page_size=1&page=2", b"provider=vastai"):
+        assert get(f"Token {token}", query=query)["status"] == 200
+    assert len(django_calls) == 1
 
 
 @pytest.mark.parametrize("authorization", [None, "Token not-a-token", "Bearer x", "Token "])
@@ -123,8 +123,11 @@ def test_a_refresh_changes_the_version_and_the_next_answer(menu, token, make_off
         before = get(f"Token {token}")
         make_offer(gpu_type="H100 SXM 80GB", vram_gb=80, price_per_hour="0.1000")
         ProviderFeed.objects.create(provider="vastai", last_attempt_at=timezone.now())  # a refresh
-        traveller.shift(timedelta(seconds=VERSION_CACHE_SECONDS + 1))
+        traveller.shift(timedelta(seconds=CHECK_SECONDS + 1))
+        stale = get(f"Token {token}")  # the previous menu, while one thread checks and rebuilds
+        holder.wait_idle()
         after = get(f"Token {token}")
+    assert b"H100" not in stale["body"]
     assert after["status"] == 200 and b"H100" in after["body"] and b"H100" not in before["body"]
 
 
@@ -134,3 +137,18 @@ def test_a_revoked_token_stops_working_within_seconds(menu, token, django_calls,
         ApiToken.objects.update(revoked_at=timezone.now())
         traveller.shift(timedelta(seconds=TOKEN_CACHE_SECONDS + 1))
         assert get(f"Token {token}")["status"] == 401
+
+
+def test_a_page_past_the_end_is_the_same_404_from_the_fast_path(menu, token, django_calls, get, monkeypatch):
+    first = get(f"Token {token}", query=b"page=9")  # the token is not confirmed yet: Django
+    assert first["status"] == 404 and django_calls == ["/api/v1/inventory"]
+    logged = []
+
+    def log_response(message, *args, response, request):
+        logged.append((message % args, response.status_code, request_id_var.get()))
+
+    monkeypatch.setattr(fastpath, "log_response", log_response)
+    second = get(f"Token {token}", query=b"page=9")
+    assert django_calls == ["/api/v1/inventory"]  # answered without Django
+    assert (second["status"], second["headers"], second["body"]) == (404, first["headers"], first["body"])
+    assert logged == [("Not Found: /api/v1/inventory", 404, "req-1")]  # as Django logs it

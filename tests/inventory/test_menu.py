@@ -1,0 +1,308 @@
+"""The in-memory menu (inventory/menu.py) answers exactly what the filter class and serializer
+answer from the database, for any query: held equal over many random queries, through the real
+ASGI application (fast path and Django) and the offers page's HTMX partial."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from urllib.parse import urlencode
+
+import pytest
+import time_machine
+from asgiref.sync import async_to_sync
+from channels.testing import HttpCommunicator
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.core.asgi import get_asgi_application
+from django.core.paginator import Paginator
+from django.template.loader import render_to_string
+from django.test import RequestFactory
+from django.utils import timezone
+from django_htmx.middleware import HtmxDetails
+from rest_framework.exceptions import NotFound
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+
+from inventory import fastpath, menu
+from inventory.filters import OfferFilterSet, PageSizeForm
+from inventory.models import Offer, ProviderFeed
+from inventory.serializers import OfferSerializer
+from inventory.services import offers_freshness
+from inventory.views import SESSION_CACHE_SECONDS
+from shopper.api import Pagination
+from shopper.models import ApiToken
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+GPUS = [("RTX 4090 24GB", 24), ("A100 SXM4 80GB", 80), ("H100 SXM 80GB", 80), ("RTX A6000 48GB", 48)]
+LOCATIONS = ["Oregon, US", "Texas, US", "São Paulo, BR", "Zürich, CH", "", "DE"]
+GPU_TERMS = ["", "a100", "RTX", "4090", "80gb", "h1", "zz", " sxm ", "Ü", "100 s", "%", "_"]
+LOCATION_TERMS = ["", "us", "TEX", "são", "SÃO", "zü", "paulo", "x"]
+
+
+@pytest.fixture
+def offers(make_offer):
+    """A menu with ties on every sort key, NULL reliabilities, non-ASCII places, suppressed and
+    withdrawn offers."""
+    rng = random.Random(7)
+    now = timezone.now()
+    for _ in range(160):
+        name, vram = rng.choice(GPUS)
+        count = rng.choice([1, 1, 2, 4, 8])
+        price = Decimal(rng.choice(["0.3500", "0.5000", "1.2345", "2.0000", "4.1000"])) * count
+        hidden = rng.choice([None, None, None, now - timedelta(minutes=5), now + timedelta(minutes=5)])
+        make_offer(
+            provider=rng.choice(["vastai", "tensordock"]),
+            gpu_type=name,
+            vram_gb=vram,
+            gpu_count=count,
+            price_per_hour=price,
+            location=rng.choice(LOCATIONS),
+            reliability=rng.choice([None, Decimal("0.9500"), Decimal("0.9900"), Decimal("0.1235")]),
+            available=rng.random() > 0.1,
+            hidden_until=hidden,
+        )
+
+
+def random_query(rng: random.Random) -> dict:
+    q = {}
+    if rng.random() < 0.6:
+        q["gpu"] = rng.choice(GPU_TERMS)
+    if rng.random() < 0.3:
+        q["location"] = rng.choice(LOCATION_TERMS)
+    if rng.random() < 0.3:
+        q["min_gpus"] = rng.choice(["1", "2", "3", "8", "0", "x", "2.5"])
+    if rng.random() < 0.4:
+        q["min_vram_gb"] = rng.choice(["16", "24", "48", "80", "81", "-1"])
+    if rng.random() < 0.5:
+        q["max_price"] = rng.choice(["0.35", "1", "1.2345", "2.47", "10", "0", "1.23456", "abc"])
+    if rng.random() < 0.3:
+        q["min_reliability"] = rng.choice(["0.95", "0.99", "0.1235", "0.12345", "0.9", "1", "2"])
+    if rng.random() < 0.3:
+        q["provider"] = rng.choice(["vastai", "tensordock", "nope"])
+    if rng.random() < 0.7:
+        q["sort"] = rng.choice(["", "price", "-price", "price_per_gpu", "vram_gb", "-vram_gb"])
+        q["sort"] = rng.choice([q["sort"], "reliability", "-reliability", "bogus"])
+    if rng.random() < 0.5:
+        q["page"] = rng.choice(["1", "2", "3", "9", "0"])
+    if rng.random() < 0.4:
+        q["page_size"] = rng.choice(["1", "7", "20", "50", "501"])
+    return q
+
+
+def reference_api(query: dict) -> tuple[int, bytes | None]:
+    """The answer of the code before the in-memory menu: the filter class over the database."""
+    request = Request(RequestFactory().get("/api/v1/inventory", query))
+    if not PageSizeForm(request.query_params).is_valid():
+        return 400, None
+    filterset = OfferFilterSet(request.query_params, queryset=Offer.objects.visible())
+    if not filterset.is_valid():
+        return 400, None
+    paginator = Pagination()
+    try:
+        page = paginator.paginate_queryset(filterset.qs, request)
+    except NotFound:
+        return 404, None
+    data = paginator.get_paginated_response(OfferSerializer(page, many=True).data).data
+    return 200, JSONRenderer().render(data)
+
+
+def reference_partial(query: dict, user) -> str:
+    """The offers page's HTMX partial as the view rendered it from the database."""
+    request = RequestFactory().get("/offers/", query, HTTP_HX_REQUEST="true")
+    request.user, request.htmx = user, HtmxDetails(request)
+    filterset = OfferFilterSet(request.GET, queryset=Offer.objects.visible())
+    qs = filterset.qs if filterset.is_valid() else Offer.objects.none()
+    page = Paginator(qs, 25).get_page(request.GET.get("page"))
+    rest = request.GET.copy()
+    rest.pop("page", None)
+    context = {"filterset": filterset, "page": page, "query": rest.urlencode()}
+    context["freshness"] = offers_freshness()
+    return render_to_string("inventory/offer_list.html#offer-results", context, request)
+
+
+@pytest.fixture
+def asgi_get():
+    """asgi_get(token, query) -> (status, body, answered by the fast path?) of the real app."""
+    reached_django = []
+
+    async def django_app(scope, receive, send):
+        reached_django.append(scope["path"])
+        await ASGIStaticFilesHandler(get_asgi_application())(scope, receive, send)
+
+    app = fastpath.InventoryFastPath(django_app)
+
+    def call(token: str, query: dict) -> tuple[int, bytes, bool]:
+        before = len(reached_django)
+        headers = [(b"host", b"testserver"), (b"authorization", f"Token {token}".encode())]
+        communicator = HttpCommunicator(app, "GET", "/api/v1/inventory", headers=headers)
+        communicator.scope["query_string"] = urlencode(query).encode()
+        response = async_to_sync(communicator.get_response)(timeout=10)
+        return response["status"], response["body"], len(reached_django) == before
+
+    return call
+
+
+def test_the_api_equals_the_filter_class_over_many_random_queries(offers, user, asgi_get):
+    token = ApiToken.issue(user=user, name="parity")[1]
+    rng = random.Random(2026)
+    fast = 0
+    with time_machine.travel(timezone.now(), tick=False):
+        for _ in range(400):
+            query = random_query(rng)
+            status, body = reference_api(query)
+            got_status, got_body, was_fast = asgi_get(token, query)
+            assert got_status == status, query
+            if status == 200:
+                assert got_body == body, query
+            fast += was_fast
+    assert fast > 100  # many were answered in the ASGI layer, not only by Django's view
+
+
+def test_the_htmx_partial_equals_the_database_rendering(offers, user, client):
+    client.force_login(user)
+    rng = random.Random(11)
+    with time_machine.travel(timezone.now(), tick=False):
+        for _ in range(120):
+            query = random_query(rng)
+            got = client.get("/offers/", query, HTTP_HX_REQUEST="true")
+            assert got.status_code == 200
+            assert got.content.decode() == reference_partial(query, user), query
+
+
+def test_a_suppressed_offer_reappears_when_its_time_is_up_without_a_new_version(make_offer, api_client):
+    now = timezone.now()
+    offer = make_offer(hidden_until=now + timedelta(minutes=30))
+    with time_machine.travel(now, tick=False) as traveller:
+        assert api_client.get("/api/v1/inventory").json()["count"] == 0
+        traveller.shift(timedelta(minutes=31))
+        assert [r["id"] for r in api_client.get("/api/v1/inventory").json()["results"]] == [str(offer.pk)]
+
+
+def test_a_suppression_shows_up_within_one_check(make_offer, api_client):
+    offer = make_offer()
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        assert api_client.get("/api/v1/inventory").json()["count"] == 1
+        Offer.objects.filter(pk=offer.pk).update(hidden_until=timezone.now() + timedelta(minutes=30))
+        traveller.shift(timedelta(seconds=menu.CHECK_SECONDS))
+        assert api_client.get("/api/v1/inventory").json()["count"] == 0
+
+
+def test_bad_input_is_a_400_naming_the_parameter_and_changes_nothing(make_offer, api_client):
+    make_offer()
+    api_client.get("/api/v1/inventory")
+    built = menu.holder.menu
+    response = api_client.get("/api/v1/inventory", {"max_price": "cheap"})
+    assert response.status_code == 400 and "max_price" in response.json()["errors"]
+    assert menu.holder.menu is built and Offer.objects.count() == 1
+
+
+def test_one_rebuild_per_new_version_while_the_others_serve_the_previous_menu(make_offer, monkeypatch):
+    """The thundering herd: before, every in-flight request re-rendered after the expiry."""
+    make_offer()
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        first = menu.holder.get(wait=True)
+        ProviderFeed.objects.create(provider="vastai", last_attempt_at=timezone.now())  # a refresh
+        traveller.shift(timedelta(seconds=menu.CHECK_SECONDS + 1))
+        release, builds = threading.Event(), []
+        real_build = menu.build_menu
+
+        def slow_build(version):
+            builds.append(version)
+            release.wait(10)
+            return real_build(version)
+
+        monkeypatch.setattr(menu, "build_menu", slow_build)
+        served, returned = [], threading.Condition()
+
+        def ask(wait: bool) -> None:
+            got = menu.holder.get(wait=wait)
+            with returned:
+                served.append(got)
+                returned.notify_all()
+
+        threads = [threading.Thread(target=ask, args=(w,)) for w in [True, False] * 8]
+        for t in threads:
+            t.start()
+        with returned:  # all but (at most) the one rebuilding return at once, with the previous menu
+            assert returned.wait_for(lambda: len(served) >= len(threads) - 1, timeout=10)
+            assert served.count(first) >= len(threads) - 1
+        release.set()
+        for t in threads:
+            t.join(10)
+        menu.holder.wait_idle()
+    assert len(builds) == 1
+    assert menu.holder.menu is not first and menu.holder.menu.version == builds[0]
+
+
+def test_the_htmx_partial_of_the_asgi_layer_equals_djangos_byte_for_byte(offers, user, client):
+    """Every header and byte the same, whether the fast path or Django's view answers."""
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    reached_django = []
+
+    async def django_app(scope, receive, send):
+        reached_django.append(scope["path"])
+        await ASGIStaticFilesHandler(get_asgi_application())(scope, receive, send)
+
+    def get(app, query: dict, extra: list | None = None) -> dict:
+        headers = [(b"host", b"testserver"), (b"cookie", cookie), (b"x-request-id", b"req-1")]
+        headers += [(b"hx-request", b"true"), *(extra or [])]
+        communicator = HttpCommunicator(app, "GET", "/offers/", headers=headers)
+        communicator.scope["query_string"] = urlencode(query).encode()
+        response = async_to_sync(communicator.get_response)(timeout=10)
+        response["headers"] = sorted((k.decode().lower(), v.decode()) for k, v in response["headers"])
+        return response
+
+    fast_app = fastpath.InventoryFastPath(django_app)
+    rng = random.Random(5)
+    with time_machine.travel(timezone.now(), tick=False):
+        get(fast_app, {})  # Django confirms the session
+        answered_fast = 0
+        for _ in range(80):
+            query = random_query(rng)
+            before = len(reached_django)
+            fast = get(fast_app, query)
+            answered_fast += len(reached_django) == before
+            slow = get(django_app, query)
+            assert (fast["status"], fast["headers"], fast["body"]) == (
+                slow["status"],
+                slow["headers"],
+                slow["body"],
+            ), query
+        assert answered_fast > 40
+        # A boosted request or a history restore wants the full page: Django answers.
+        for extra in ([(b"hx-boosted", b"true")], [(b"hx-history-restore-request", b"true")]):
+            before = len(reached_django)
+            assert b"<html" in get(fast_app, {}, extra)["body"] and len(reached_django) == before + 1
+
+
+def test_the_partial_needs_a_session_the_view_confirmed(offers, user, client):
+    client.force_login(user)
+    cookie = client.cookies["sessionid"].value
+    scope_headers = [
+        (b"host", b"testserver"),
+        (b"hx-request", b"true"),
+        (b"cookie", f"sessionid={cookie}".encode()),
+    ]
+    reached_django = []
+
+    async def django_app(scope, receive, send):
+        reached_django.append(scope["path"])
+        await ASGIStaticFilesHandler(get_asgi_application())(scope, receive, send)
+
+    def get():
+        communicator = HttpCommunicator(
+            fastpath.InventoryFastPath(django_app), "GET", "/offers/", headers=scope_headers
+        )
+        return async_to_sync(communicator.get_response)(timeout=10)
+
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        assert get()["status"] == 200 and reached_django == ["/offers/"]  # not yet confirmed: Django
+        assert get()["status"] == 200 and reached_django == ["/offers/"]  # confirmed: the fast path
+        client.logout()  # the session is gone from the database
+        traveller.shift(timedelta(seconds=SESSION_CACHE_SECONDS + 1))
+        response = get()
+    assert response["status"] == 302 and len(reached_django) == 2  # Django sends it to the login page
