@@ -70,14 +70,19 @@ def up_stretch_start(now: datetime | None = None) -> datetime | None:
 
 
 def web_beat_forever(stop: threading.Event) -> None:
-    """The web process's touch, every quarter gap, until ``stop`` is set."""
+    """The web process's touch, every quarter gap, until ``stop`` is set.
+
+    The connection is handed back after every touch: on PostgreSQL it is borrowed from the
+    process's bounded pool (shopper/settings.py), which a thread holding one forever would shrink.
+    """
     interval = max(1.0, settings.SHOPPER_UPTIME_GAP_SECONDS / 4)
     while True:
         try:
             uptime_touch(WEB)
         except Exception:  # a database that is down: the gap it leaves is the record of it
-            log.warning("web up-stretch touch failed; retrying on a new connection", exc_info=True)
-            connection.close()  # this thread's connection; the next touch opens a fresh one
+            log.warning("web up-stretch touch failed; retrying", exc_info=True)
+        finally:
+            connection.close()
         if stop.wait(interval):
             return
 
