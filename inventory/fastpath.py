@@ -39,6 +39,7 @@ from inventory.menu import holder
 from inventory.views import PARTIAL, ValidatedFilters, results_context, session_cache_key
 from shopper.api import exception_handler as api_exception_handler
 from shopper.auth import local_cache, token_user_id_cached
+from shopper.csp import ContentSecurityPolicyMiddleware
 from shopper.logconfig import request_id_var
 from shopper.middleware import REQUEST_ID_HEADER, request_id_for
 
@@ -66,6 +67,7 @@ def _finish(request: ASGIRequest, security: SecurityMiddleware, response: HttpRe
     response = CommonMiddleware(_no_response).process_response(request, response)
     response = security.process_response(request, response)
     response = XFrameOptionsMiddleware(_no_response).process_response(request, response)
+    response = ContentSecurityPolicyMiddleware(_no_response).process_response(request, response)
     response[REQUEST_ID_HEADER] = request_id_for(request)
     return response
 
