@@ -5,6 +5,9 @@ any laptop with the package installed. Configuration: ``gpu-shopper config --url
 TOKEN`` writes ``$XDG_CONFIG_HOME/gpu-shopper/config.json`` (default ``~/.config/...``, mode
 0600); the environment variables ``GPU_SHOPPER_URL`` and ``GPU_SHOPPER_TOKEN`` override it.
 
+``ssh``, ``cp`` and ``ssh-config`` hand the machine's SSH address to OpenSSH (and rsync) on this
+machine: the shopper is the menu, never a middleman for the traffic.
+
 Exit codes: 0 success; 1 the server refused the request (or a wait ended without an active
 session); 2 authentication, permission or configuration problem (and bad command-line usage);
 3 not found; 4 the shopper cannot be reached; 130 interrupted.
@@ -49,6 +52,7 @@ EXIT_CODES_HELP = """exit codes:
   2  bad or missing token, permission denied, missing configuration, bad command-line usage
   3  not found
   4  the shopper cannot be reached
+  ssh and cp: the exit code of ssh, scp or rsync (ssh: the remote command's)
 """
 
 

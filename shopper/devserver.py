@@ -104,22 +104,30 @@ def wait_until_answering(url: str, procs: list[tuple[str, subprocess.Popen]], ti
         time.sleep(0.2)
 
 
-def stop_all(procs: list[tuple[str, subprocess.Popen]], grace: float = 15) -> None:
-    """Stop every process group in ``procs`` (newest first; the worker with SIGINT, its warm
-    shutdown, the others with SIGTERM), wait up to ``grace`` seconds, then SIGKILL what is left.
-
-    A Ctrl-C or SIGTERM that arrives meanwhile must not abandon the wait half-way (the processes
-    not yet reaped would outlive us, the sandbox still on its port): it only cuts the grace
-    period short. Each group is SIGKILLed at the end whatever happened, so a forked child that
-    outlived its parent (qcluster's workers) goes too."""
-    hurry: list[int] = []
+def impatient_on(hurry: list[int]) -> dict:
+    """From now on Ctrl-C and SIGTERM only note themselves in ``hurry`` (no KeyboardInterrupt
+    that would abandon the shutdown half-way). Returns the handlers replaced."""
 
     def impatient(signum, frame):
         if not hurry:
             print("\nStopping now (SIGKILL)…", flush=True)
         hurry.append(signum)
 
-    previous = {sig: signal.signal(sig, impatient) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return {sig: signal.signal(sig, impatient) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def stop_all(
+    procs: list[tuple[str, subprocess.Popen]], grace: float = 15, hurry: list[int] | None = None
+) -> None:
+    """Stop every process group in ``procs`` (newest first; the worker with SIGINT, its warm
+    shutdown, the others with SIGTERM), wait up to ``grace`` seconds, then SIGKILL what is left.
+
+    A Ctrl-C or SIGTERM that arrives meanwhile must not abandon the wait half-way (the processes
+    not yet reaped would outlive us, the sandbox still on its port): it only cuts the grace
+    period short. Each group is SIGKILLed at the end whatever happened, so a forked child that
+    outlived its parent (qcluster's workers) goes too. ``hurry``: signals already received."""
+    hurry = [] if hurry is None else hurry
+    previous = impatient_on(hurry)
     try:
         for name, proc in reversed(procs):
             if proc.poll() is None:
@@ -265,6 +273,7 @@ def main() -> None:
     env.setdefault("SHOPPER_PUBLIC_URL", f"http://{host}:{port}")
     procs: list[tuple[str, subprocess.Popen]] = []
     watch: WorkerWatch | None = None
+    hurry: list[int] = []
     if not env.get("SHOPPER_FERNET_KEYS") and not read_dotenv(ROOT / ".env").get("SHOPPER_FERNET_KEYS"):
         # An own .env without the key: a local key for generated SSH keys, kept out of git (.run/).
         key_file = ROOT / ".run" / "fernet.key"
@@ -330,11 +339,13 @@ def main() -> None:
             watch.step()
             time.sleep(0.5)
     except KeyboardInterrupt:
+        impatient_on(hurry)  # first: a second Ctrl-C while this prints must not skip the stop
         print("\nStopping… (Ctrl-C again to kill everything at once)", flush=True)
     finally:
+        impatient_on(hurry)
         if watch is not None:
             procs.append(("worker", watch.proc))
-        stop_all(procs)
+        stop_all(procs, hurry=hurry)
 
 
 if __name__ == "__main__":
