@@ -950,7 +950,14 @@ def session_key(client: Client, session: dict) -> Path | None:
     path = Path.home() / ".ssh" / match.group(1)
     if path.is_file():
         return path
-    pem = client.request("GET", f"sessions/{session['id']}/ssh-key", raw=True)
+    try:
+        pem = client.request("GET", f"sessions/{session['id']}/ssh-key", raw=True)
+    except CliError as exc:  # only the owner may download it, and only while the session is live
+        raise CliError(
+            f"the session's key {display_path(path)} is not on this machine and the shopper did not "
+            f"give it: {exc.message}; use -i FILE for a key you have",
+            exc.exit_code,
+        ) from None
     try:
         private_dir(path.parent)
         write_private_file(path, pem if pem.endswith("\n") else pem + "\n", exclusive=True)
@@ -1138,7 +1145,10 @@ def cmd_ssh_config(args) -> int:
         for s in iter_sessions(client):
             ssh = s.get("ssh") or {}
             if s.get("status") in LIVE and ssh.get("host") and ssh.get("port"):
-                entries.append((s, session_key(client, s)))
+                try:
+                    entries.append((s, session_key(client, s)))
+                except CliError as exc:  # staff see everyone's sessions, keys only of their own
+                    print(f"skipped {host_alias(s)}: {exc.message}", file=sys.stderr, flush=True)
     text = (ssh_config_block(entries) if entries else "") + rest
     if text != before:
         try:

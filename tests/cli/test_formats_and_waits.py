@@ -149,3 +149,23 @@ def test_an_unterminated_ssh_config_block_is_refused_and_left_alone(run, home):
     code, _, err = run("ssh-config", "--remove", "--file", str(config))
     assert code == 1 and "has no end line" in err
     assert config.read_text() == text
+
+
+def test_ssh_config_skips_sessions_whose_key_only_their_owner_may_fetch(live_server, run, staff, user, home):
+    """Staff list everyone's sessions; another user's generated key is theirs alone (404)."""
+    from shopper.models import ApiToken
+
+    mine = RentalFactory(consumer=staff, running=True, ssh_host="203.0.113.1", ssh_port=40001, with_key=True)
+    theirs = RentalFactory(consumer=user, running=True, ssh_host="203.0.113.2", ssh_port=40002, with_key=True)
+    _, raw = ApiToken.issue(user=staff, name="cli")
+    cli.config_write({"url": live_server.url, "token": raw})
+    target = home / "cfg"
+    code, _, err = run("ssh-config", "--file", str(target))
+    assert code == 0, err
+    assert f"skipped shopper-{str(theirs.pk)[:8]}: " in err and "did not give it" in err
+    text = target.read_text()
+    assert f"Host shopper-{str(mine.pk)[:8]}" in text and "shopper-" + str(theirs.pk)[:8] not in text
+    assert (home / ".ssh" / f"shopper-{str(mine.pk)[:8]}.pem").is_file()
+    # ssh to their session names the problem instead of a bare "Not found"
+    code, _, err = run("ssh", str(theirs.pk), "--", "true")
+    assert code == 3 and "is not on this machine" in err and "-i FILE" in err
