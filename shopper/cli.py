@@ -991,10 +991,11 @@ def ssh_options(session: dict, key: Path | None) -> list[str]:
 
 def _run_tool(argv: list[str]) -> int:
     """Run ssh/scp/rsync attached to this terminal; its exit code is ours. Ctrl-C belongs to the
-    tool (ssh passes it to the remote shell), so this process ignores SIGINT meanwhile."""
+    tool (ssh passes it to the remote shell, scp and rsync stop), so this process only waits for
+    it: a Python handler that does nothing, not SIG_IGN, which the tool would inherit."""
     if not shutil.which(argv[0]):
         raise CliError(f"`{argv[0]}` is not installed here (OpenSSH client needed)")
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
         return subprocess.run(argv).returncode
     finally:

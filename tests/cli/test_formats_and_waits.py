@@ -4,6 +4,7 @@ argument checks of ``cp`` that run before anything is contacted."""
 from __future__ import annotations
 
 import re
+import signal
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -169,3 +170,35 @@ def test_ssh_config_skips_sessions_whose_key_only_their_owner_may_fetch(live_ser
     # ssh to their session names the problem instead of a bare "Not found"
     code, _, err = run("ssh", str(theirs.pk), "--", "true")
     assert code == 3 and "is not on this machine" in err and "-i FILE" in err
+
+
+def test_ctrl_c_reaches_the_tool_and_not_the_cli():
+    """While ssh/scp/rsync run, Ctrl-C is theirs: the tool keeps the default SIGINT (an ignored
+    signal would be inherited and scp or rsync could not be stopped), the CLI waits for it."""
+    code = cli._run_tool(["sh", "-c", "kill -INT $$; echo survived"])
+    assert code == -signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def test_progress_keeps_counting_on_a_terminal(monkeypatch, capsys):
+    monkeypatch.setattr(cli.sys.stdout, "isatty", lambda: True)
+    progress = cli.Progress()
+    progress.show("booting", "Booting")
+    progress.show("booting", "Booting")  # no change: the last line counts on
+    progress.show("verifying", "")
+    out = capsys.readouterr().out
+    assert re.search(
+        r"\] booting: Booting\n  … booting for 0:0\d\r\x1b\[K\[\d\d:\d\d:\d\d \+0:0\d\] verifying\n$", out
+    )
+
+
+def test_cp_auto_uses_scp_when_rsync_is_missing_here(monkeypatch):
+    real = cli.shutil.which
+    monkeypatch.setattr(cli.shutil, "which", lambda name: None if name == "rsync" else real(name))
+    calls = []
+    monkeypatch.setattr(cli, "_run_tool", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(cli, "remote_has_rsync", lambda *a: True)
+    monkeypatch.setattr(cli, "ssh_target", lambda client, ident: SESSION)
+    monkeypatch.setattr(cli.Client, "from_config", classmethod(lambda cls: None))
+    assert cli.main(["cp", "abcdef12:/w/x", "."]) == 0
+    assert calls[0][0] == "scp"
