@@ -622,6 +622,13 @@ class Progress:
     def elapsed(self) -> str:
         return clock(time.monotonic() - self.started)
 
+    def end(self) -> None:
+        """Clear the counting line (before an error message, which would land on it)."""
+        if self.ticking:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+            self.ticking = False
+
 
 def wait_active(
     client: Client, session_id: str, key_path: Path | None, *, timeout: float, interval: float, quiet: bool
@@ -642,11 +649,13 @@ def wait_active(
             out(f"  {command}" if command else "  (the shopper has not published the ssh address yet)")
             return EXIT_OK
         if status in NEVER_ACTIVE:
+            progress.end()
             raise CliError(
                 f"session {session_id} is {status} and will not become active"
                 + (f": {detail}" if detail else "")
             )
         if time.monotonic() >= deadline:
+            progress.end()
             raise CliError(
                 f"session {session_id} is still {status} after {timeout:g} s; it keeps going: "
                 f"follow it with `gpu-shopper show {session_id}` "
@@ -821,6 +830,7 @@ def wait_ended(client: Client, session_id: str, args) -> dict:
                     out(f"Cost: {money(session.get('cost_so_far'), billed(session))}")
                 return session
             if time.monotonic() >= deadline:
+                progress.end()
                 raise CliError(
                     f"session {session_id} is still {status} after {args.timeout:g} s; the shopper "
                     f"keeps tearing it down (retrying until the provider confirms): follow it with "
@@ -828,6 +838,7 @@ def wait_ended(client: Client, session_id: str, args) -> dict:
                 )
             _sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
     except KeyboardInterrupt:
+        progress.end()
         raise CliError(
             f"interrupted; the shopper keeps tearing session {session_id} down: follow it with "
             f"`gpu-shopper show {session_id}`",
