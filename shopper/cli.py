@@ -5,6 +5,9 @@ any laptop with the package installed. Configuration: ``gpu-shopper config --url
 TOKEN`` writes ``$XDG_CONFIG_HOME/gpu-shopper/config.json`` (default ``~/.config/...``, mode
 0600); the environment variables ``GPU_SHOPPER_URL`` and ``GPU_SHOPPER_TOKEN`` override it.
 
+``ssh``, ``cp`` and ``ssh-config`` hand the machine's SSH address to OpenSSH (and rsync) on this
+machine: the shopper is the menu, never a middleman for the traffic.
+
 Exit codes: 0 success; 1 the server refused the request (or a wait ended without an active
 session); 2 authentication, permission or configuration problem (and bad command-line usage);
 3 not found; 4 the shopper cannot be reached; 130 interrupted.
@@ -17,10 +20,16 @@ import contextlib
 import json
 import os
 import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
 import sys
 import textwrap
 import time
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +52,7 @@ EXIT_CODES_HELP = """exit codes:
   2  bad or missing token, permission denied, missing configuration, bad command-line usage
   3  not found
   4  the shopper cannot be reached
+  ssh and cp: the exit code of ssh, scp or rsync (ssh: the remote command's)
 """
 
 
@@ -298,8 +308,83 @@ def when(value: str | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
-def money(value: Any) -> str:
-    return "" if value in (None, "") else f"${value}"
+CENT = Decimal("0.01")
+
+
+def money(value: Any, billed: bool = False) -> str:
+    """Amounts as the web shows them (shopper/templatetags/shopper_format.py ``money``):
+    ``$12.34``, and a charge under a cent reads ``< $0.01`` rather than a misleading ``$0.00``
+    (``billed``: time was billed, so a zero that was rounded down is such a charge)."""
+    if value in (None, ""):
+        return ""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return f"${value}"
+    if 0 < amount < CENT or (amount == 0 and billed):
+        return "< $0.01"
+    return f"${amount.quantize(CENT, rounding=ROUND_HALF_UP)}"
+
+
+def percent(value: Any) -> str:
+    """A 0..1 reliability as a whole percent, like the offers page; "n/a" when the provider
+    publishes none (TensorDock)."""
+    if value in (None, ""):
+        return "n/a"
+    try:
+        return f"{(Decimal(str(value)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)}%"
+    except InvalidOperation:
+        return str(value)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``1 h 05 min``, ``2 d 3 h`` (rounded down)."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def billed(session: dict) -> bool:
+    """Whether the session has been billed for any time (active since before its end or now)."""
+    start = parse_time(session.get("active_since"))
+    end = parse_time(session.get("ended_at")) or datetime.now(UTC)
+    return start is not None and end > start
+
+
+LIVE = ("pending", "provisioning", "booting", "verifying", "active")
+
+
+def time_left(session: dict, now: datetime | None = None) -> str:
+    """Until the reservation ends, as on the sessions page; blank once the session is ending."""
+    if session.get("status") not in LIVE:
+        return ""
+    end = parse_time(session.get("reservation_ends_at"))
+    if end is None:
+        return ""
+    seconds = (end - (now or datetime.now(UTC))).total_seconds()
+    return duration(seconds) if seconds > 0 else "due now"
+
+
+def clock(seconds: float) -> str:
+    """Elapsed time as ``m:ss`` (or ``h:mm:ss``)."""
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 def page_footer(page: dict, shown: int, noun: str, page_number: int) -> str:
@@ -373,7 +458,7 @@ def cmd_inventory(args) -> int:
             o.get("price_per_hour"),
             o.get("price_per_gpu_hour"),
             o.get("location"),
-            o.get("reliability") or "",
+            percent(o.get("reliability")),
             o.get("provider"),
         ]
         for o in offers
@@ -504,33 +589,73 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+class Progress:
+    """What a ``--wait`` shows: a line each time the status changes, with the clock time and the
+    time since the wait began (``[12:00:05 +0:12] booting: ...``); on a terminal one more line
+    keeps counting how long the current status has lasted, so a slow boot never looks hung."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.started = self.changed = time.monotonic()
+        self.last: tuple | None = None
+        self.ticker = not quiet and sys.stdout.isatty()
+        self.ticking = False
+
+    def show(self, status: str | None, detail: str = "") -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if self.ticking:
+            sys.stdout.write("\r\033[K")
+            self.ticking = False
+        if (status, detail) != self.last:
+            if self.last is None or status != self.last[0]:
+                self.changed = now
+            self.last = (status, detail)
+            stamp = datetime.now(UTC).strftime("%H:%M:%S")
+            out(f"[{stamp} +{clock(now - self.started)}] {status}" + (f": {detail}" if detail else ""))
+        elif self.ticker:
+            sys.stdout.write(f"  … {status} for {clock(now - self.changed)}")
+            sys.stdout.flush()
+            self.ticking = True
+
+    def elapsed(self) -> str:
+        return clock(time.monotonic() - self.started)
+
+    def end(self) -> None:
+        """Clear the counting line (before an error message, which would land on it)."""
+        if self.ticking:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+            self.ticking = False
+
+
 def wait_active(
     client: Client, session_id: str, key_path: Path | None, *, timeout: float, interval: float, quiet: bool
 ) -> int:
     """Poll the session until it is active (print the ssh command) or can no longer become so."""
     deadline = time.monotonic() + timeout
-    last = None
+    progress = Progress(quiet)
     while True:
         session = client.get(f"sessions/{session_id}")
         status, detail = session.get("status"), session.get("status_detail") or ""
-        if (status, detail) != last and not quiet:
-            stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            out(f"[{stamp}] {status}" + (f": {detail}" if detail else ""))
-        last = (status, detail)
+        progress.show(status, detail)
         if status == "active":
             command = ssh_command(session, key_path)
             if quiet:
                 print_json({**session, "ssh_command": command or None})
                 return EXIT_OK
-            out("Active. Connect with:")
+            out(f"Active after {progress.elapsed()}. Connect with:")
             out(f"  {command}" if command else "  (the shopper has not published the ssh address yet)")
             return EXIT_OK
         if status in NEVER_ACTIVE:
+            progress.end()
             raise CliError(
                 f"session {session_id} is {status} and will not become active"
                 + (f": {detail}" if detail else "")
             )
         if time.monotonic() >= deadline:
+            progress.end()
             raise CliError(
                 f"session {session_id} is still {status} after {timeout:g} s; it keeps going: "
                 f"follow it with `gpu-shopper show {session_id}` "
@@ -581,7 +706,7 @@ def cmd_sessions(args) -> int:
         out("No sessions.")
         return EXIT_OK
     staff_view = len({s.get("consumer") for s in sessions}) > 1 or args.consumer
-    headers = ["ID", "STATUS", "GPU", "PROVIDER", "CREATED", "COST"]
+    headers = ["ID", "STATUS", "GPU", "PROVIDER", "CREATED", "LEFT", "COST"]
     if staff_view:
         headers.insert(1, "CONSUMER")
     rows = []
@@ -592,12 +717,13 @@ def cmd_sessions(args) -> int:
             session_gpu(s),
             s.get("provider"),
             when(s.get("created_at")),
-            money(s.get("cost_so_far")),
+            time_left(s),
+            money(s.get("cost_so_far"), billed(s)),
         ]
         if staff_view:
             row.insert(1, s.get("consumer"))
         rows.append(row)
-    out(table(headers, rows, right={len(headers) - 1}))
+    out(table(headers, rows, right={len(headers) - 2, len(headers) - 1}))
     out(page_footer(page, len(sessions), "sessions", int(args.page or 1)))
     return EXIT_OK
 
@@ -612,10 +738,11 @@ def print_session(s: dict) -> None:
         ("location", s.get("location")),
         ("offer", s.get("offer_id")),
         ("price", f"${s.get('price_per_hour')}/h"),
-        ("cost so far", money(s.get("cost_so_far"))),
+        ("cost so far", money(s.get("cost_so_far"), billed(s))),
         ("created", when(s.get("created_at"))),
         ("active since", when(s.get("active_since"))),
         ("reserved until", when(s.get("reservation_ends_at"))),
+        ("time left", time_left(s)),
         ("hard maximum", when(s.get("hard_max_at"))),
         ("ended", when(s.get("ended_at"))),
         ("last heartbeat", when(s.get("last_heartbeat_at"))),
@@ -659,27 +786,64 @@ def cmd_done(args) -> int:
     client = Client.from_config()
     session_id = resolve_session_id(client, args.id)
     session = client.request("POST", f"sessions/{session_id}/done")
-    return report_stop(args, session, "Done")
+    return report_stop(args, session, "Done", client)
 
 
 def cmd_shutdown(args) -> int:
     client = Client.from_config()
     session_id = resolve_session_id(client, args.id)
     session = client.request("DELETE", f"sessions/{session_id}")
-    return report_stop(args, session, "Shutdown requested")
+    return report_stop(args, session, "Shutdown requested", client)
 
 
-def report_stop(args, session: dict, what: str) -> int:
+def report_stop(args, session: dict, what: str, client: Client | None = None) -> int:
+    status = session.get("status")
+    if getattr(args, "wait", False) and client is not None and status not in ("destroyed", "failed"):
+        session = wait_ended(client, str(session.get("id")), args)
+        if args.json:
+            print_json(session)
+        return EXIT_OK
     if args.json:
         print_json(session)
         return EXIT_OK
-    status = session.get("status")
     if status in ("destroyed", "failed"):
         out(f"Session {session.get('id')} has already ended ({status}).")
     else:
         out(f"{what}: session {session.get('id')} is {status}; the machine is being torn down.")
-    out(f"Cost so far: {money(session.get('cost_so_far'))}")
+    out(f"Cost so far: {money(session.get('cost_so_far'), billed(session))}")
     return EXIT_OK
+
+
+def wait_ended(client: Client, session_id: str, args) -> dict:
+    """Poll a stopping session until the provider has confirmed the machine is gone."""
+    deadline = time.monotonic() + args.timeout
+    progress = Progress(args.json)
+    try:
+        while True:
+            session = client.get(f"sessions/{session_id}")
+            status = session.get("status")
+            progress.show(status, session.get("status_detail") or "")
+            if status in ("destroyed", "failed"):
+                if not args.json:
+                    gone = "the provider confirmed the machine is gone" if status == "destroyed" else status
+                    out(f"Ended after {progress.elapsed()}: {gone}.")
+                    out(f"Cost: {money(session.get('cost_so_far'), billed(session))}")
+                return session
+            if time.monotonic() >= deadline:
+                progress.end()
+                raise CliError(
+                    f"session {session_id} is still {status} after {args.timeout:g} s; the shopper "
+                    f"keeps tearing it down (retrying until the provider confirms): follow it with "
+                    f"`gpu-shopper show {session_id}`"
+                )
+            _sleep(max(0.0, min(args.interval, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        progress.end()
+        raise CliError(
+            f"interrupted; the shopper keeps tearing session {session_id} down: follow it with "
+            f"`gpu-shopper show {session_id}`",
+            EXIT_INTERRUPTED,
+        ) from None
 
 
 def cmd_extend(args) -> int:
@@ -754,8 +918,290 @@ def cmd_costs(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Straight to the machine: ssh, cp, ssh-config (OpenSSH and rsync run here; never our server)
+# --------------------------------------------------------------------------------------------
+SSH_BLOCK_BEGIN = (
+    "# >>> gpu-shopper: live sessions (written by `gpu-shopper ssh-config`; edits here are lost) >>>"
+)
+SSH_BLOCK_END = "# <<< gpu-shopper <<<"
+REMOTE_RE = re.compile(r"^(?:shopper-)?([0-9a-fA-F][0-9a-fA-F-]{0,35}):(.*)$", re.S)
+
+
+def host_alias(session: dict) -> str:
+    """``shopper-<first 8 of the id>``: the ssh-config host name, the key file's stem."""
+    return f"shopper-{str(session.get('id', ''))[:8]}"
+
+
+def known_hosts_path() -> Path:
+    return config_path().parent / "known_hosts"
+
+
+def ssh_target(client: Client, ident: str) -> dict:
+    """The session with an SSH address, or a CliError saying why there is none."""
+    session = client.get(f"sessions/{resolve_session_id(client, ident)}")
+    status = session.get("status")
+    if status in ("destroyed", "failed"):
+        raise CliError(f"session {session.get('id')} has ended ({status}); its machine is gone")
+    ssh = session.get("ssh") or {}
+    if not (ssh.get("host") and ssh.get("port")):
+        raise CliError(
+            f"session {session.get('id')} is {status} and has no SSH address yet; "
+            f"wait with `gpu-shopper show {session.get('id')}`"
+        )
+    return session
+
+
+def session_key(client: Client, session: dict) -> Path | None:
+    """The private key the session's ssh command names, downloaded into ~/.ssh when this machine
+    does not have it (the owner may fetch it while the session is live); None when the session
+    uses the caller's own keys."""
+    match = re.search(r"-i ~/\.ssh/(\S+)", (session.get("ssh") or {}).get("command") or "")
+    if not match:
+        return None
+    path = Path.home() / ".ssh" / match.group(1)
+    if path.is_file():
+        return path
+    try:
+        pem = client.request("GET", f"sessions/{session['id']}/ssh-key", raw=True)
+    except CliError as exc:  # only the owner may download it, and only while the session is live
+        raise CliError(
+            f"the session's key {display_path(path)} is not on this machine and the shopper did not "
+            f"give it: {exc.message}; use -i FILE for a key you have",
+            exc.exit_code,
+        ) from None
+    try:
+        private_dir(path.parent)
+        write_private_file(path, pem if pem.endswith("\n") else pem + "\n", exclusive=True)
+    except FileExistsError:
+        pass  # another gpu-shopper saved it meanwhile: same key
+    except OSError as exc:
+        raise CliError(f"cannot save the private key to {path}: {exc}") from None
+    print(f"Private key downloaded to {path} (mode 0600).", file=sys.stderr, flush=True)
+    return path
+
+
+def ssh_options(session: dict, key: Path | None) -> list[str]:
+    """``-o`` options for ssh, scp and rsync's ssh alike. Host keys are trusted on first use and
+    kept per session (``HostKeyAlias``): provider SSH proxies reuse host:port across machines
+    (FIELD_NOTES: Vast ``ssh_host:ssh_port`` proxy), so keying on the address would either warn
+    of a changed key on the next rental or pin the wrong one."""
+    ssh = session["ssh"]
+    private_dir(known_hosts_path().parent)
+    opts = {
+        "Port": str(ssh["port"]),
+        "User": ssh.get("user") or "root",
+        "HostKeyAlias": host_alias(session),
+        "StrictHostKeyChecking": "accept-new",
+        "UserKnownHostsFile": str(known_hosts_path()),
+        "ServerAliveInterval": "30",
+    }
+    if key is not None:
+        opts.update(IdentityFile=str(key), IdentitiesOnly="yes")
+    return [arg for k, v in opts.items() for arg in ("-o", f"{k}={v}")]
+
+
+def _run_tool(argv: list[str]) -> int:
+    """Run ssh/scp/rsync attached to this terminal; its exit code is ours. Ctrl-C belongs to the
+    tool (ssh passes it to the remote shell, scp and rsync stop), so this process only waits for
+    it: a Python handler that does nothing, not SIG_IGN, which the tool would inherit."""
+    if not shutil.which(argv[0]):
+        raise CliError(f"`{argv[0]}` is not installed here (OpenSSH client needed)")
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        return subprocess.run(argv).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def cmd_ssh(args) -> int:
+    client = Client.from_config()
+    session = ssh_target(client, args.id)
+    key = Path(args.identity).expanduser() if args.identity else session_key(client, session)
+    command = list(args.remote_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    argv = ["ssh", *ssh_options(session, key)]
+    if not command and sys.stdin.isatty():
+        argv.append("-t")
+    argv += [_host(session["ssh"]["host"]), *(["--", *command] if command else [])]
+    return _run_tool(argv)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _split_remote(text: str) -> tuple[str, str] | None:
+    match = REMOTE_RE.match(text)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def rsync_argv(sources: list[str], dest: str, session: dict, key: Path | None, upload: bool) -> list[str]:
+    """rsync over ssh: archive mode, partial files kept (a re-run resumes), overall progress.
+    Trailing slashes are dropped so a folder is copied as itself, like scp and cp do."""
+    remote = f"{_host(session['ssh']['host'])}:"
+    shell = shlex.join(["ssh", *ssh_options(session, key)])
+
+    def clean(path: str) -> str:
+        return path.rstrip("/") or "/"
+
+    if upload:
+        paths = [clean(s) for s in sources] + [remote + dest]
+    else:
+        paths = [remote + clean(s) for s in sources] + [dest]
+    return ["rsync", "-a", "--partial", "--info=progress2", "-e", shell, *paths]
+
+
+def scp_argv(sources: list[str], dest: str, session: dict, key: Path | None, upload: bool) -> list[str]:
+    """scp, which speaks SFTP since OpenSSH 9 (``-s`` asks for it on 8.x as well), recursive,
+    keeping times and modes; shows its progress meter on a terminal."""
+    remote = f"{_host(session['ssh']['host'])}:"
+    paths = [*sources, remote + dest] if upload else [*(remote + s for s in sources), dest]
+    return ["scp", "-r", "-p", *ssh_options(session, key), *paths]
+
+
+def remote_has_rsync(session: dict, key: Path | None) -> bool:
+    argv = ["ssh", *ssh_options(session, key), "-o", "BatchMode=yes", _host(session["ssh"]["host"])]
+    try:
+        done = subprocess.run(
+            [*argv, "command -v rsync"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def cmd_cp(args) -> int:
+    paths = [*args.sources, args.dest]
+    remote = [_split_remote(p) for p in paths]
+    ids = {r[0].lower() for r in remote if r}
+    upload = remote[-1] is not None
+    if not ids:
+        raise CliError("one side must be a session: SESSION:path (e.g. 1a2b3c4d:/workspace)", EXIT_AUTH)
+    if len(ids) > 1 or (upload and any(remote[:-1])) or (not upload and not all(remote[:-1])):
+        raise CliError(
+            "copy between this machine and one session: `cp LOCAL... SESSION:path` "
+            "or `cp SESSION:path... LOCAL`",
+            EXIT_AUTH,
+        )
+    if upload:
+        missing = [p for p in args.sources if not Path(p).exists()]
+        if missing:
+            raise CliError(f"no such file or folder here: {missing[0]}")
+    client = Client.from_config()
+    session = ssh_target(client, ids.pop())
+    key = Path(args.identity).expanduser() if args.identity else session_key(client, session)
+    sources = [p for p in args.sources] if upload else [r[1] for r in remote[:-1]]  # type: ignore[index]
+    dest = remote[-1][1] if upload else args.dest  # type: ignore[index]
+    via = args.via
+    if via == "auto":
+        via = "rsync" if shutil.which("rsync") and remote_has_rsync(session, key) else "scp"
+    build = rsync_argv if via == "rsync" else scp_argv
+    print(f"Copying with {via}.", file=sys.stderr, flush=True)
+    return _run_tool(build(sources, dest, session, key, upload))
+
+
+def ssh_config_block(entries: list[tuple[dict, Path | None]]) -> str:
+    lines = [SSH_BLOCK_BEGIN]
+    for session, key in entries:
+        ssh = session["ssh"]
+        lines += [
+            f"Host {host_alias(session)}",
+            f"    # {session.get('gpu_type', '')} ×{session.get('gpu_count', '')} on "
+            f"{session.get('provider', '')}, session {session.get('id')}",
+            f"    HostName {ssh['host']}",
+            f"    Port {ssh['port']}",
+            f"    User {ssh.get('user') or 'root'}",
+            f"    HostKeyAlias {host_alias(session)}",
+            "    StrictHostKeyChecking accept-new",
+            f'    UserKnownHostsFile "{known_hosts_path()}"',
+            "    ServerAliveInterval 30",
+        ]
+        if key is not None:
+            lines += [f'    IdentityFile "{key}"', "    IdentitiesOnly yes"]
+    # The block goes first (ssh takes the first value it finds for an option, so ours win over a
+    # later `Host *`); this line ends it so whatever followed it before stays global.
+    lines += ["Host *", SSH_BLOCK_END]
+    return "\n".join(lines) + "\n"
+
+
+def strip_block(text: str) -> str:
+    """The file without our marked block (the rest kept byte for byte)."""
+    start = text.find(SSH_BLOCK_BEGIN)
+    if start == -1:
+        return text
+    end = text.find(SSH_BLOCK_END, start)
+    if end == -1:
+        raise CliError(f"the gpu-shopper block in the ssh config has no end line ({SSH_BLOCK_END!r})")
+    end += len(SSH_BLOCK_END)
+    if text[end : end + 1] == "\n":
+        end += 1
+    return text[:start] + text[end:]
+
+
+def cmd_ssh_config(args) -> int:
+    path = Path(args.file).expanduser() if args.file else Path.home() / ".ssh" / "config"
+    try:
+        before = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        before = ""
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    rest = strip_block(before)
+    entries: list[tuple[dict, Path | None]] = []
+    if not args.remove:
+        client = Client.from_config()
+        for s in iter_sessions(client):
+            ssh = s.get("ssh") or {}
+            if s.get("status") in LIVE and ssh.get("host") and ssh.get("port"):
+                try:
+                    entries.append((s, session_key(client, s)))
+                except CliError as exc:  # staff see everyone's sessions, keys only of their own
+                    print(f"skipped {host_alias(s)}: {exc.message}", file=sys.stderr, flush=True)
+    text = (ssh_config_block(entries) if entries else "") + rest
+    if text != before:
+        try:
+            private_dir(path.parent)
+            mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o600
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            write_private_file(tmp, text)
+            tmp.chmod(mode)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise CliError(f"cannot write {path}: {exc}") from None
+    if args.remove:
+        out(
+            f"Removed the gpu-shopper block from {path}."
+            if text != before
+            else f"Nothing to remove in {path}."
+        )
+    elif not entries:
+        out(f"No live session has an SSH address; {path} has no gpu-shopper block.")
+    else:
+        out(f"Wrote {len(entries)} host{'s' if len(entries) > 1 else ''} to {path}:")
+        for session, _ in entries:
+            out(f"  ssh {host_alias(session)}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # Parser and entry point
 # --------------------------------------------------------------------------------------------
+def add_wait_options(p: argparse.ArgumentParser, until: str, timeout: float) -> None:
+    p.add_argument("--wait", action="store_true", help=f"follow the progress {until}")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        metavar="S",
+        help=f"give up waiting after S seconds ({timeout:g})",
+    )
+    p.add_argument("--interval", type=float, default=2, metavar="S", help="poll every S seconds (2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -840,10 +1286,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("done", cmd_done, "the work is finished: shut the session's machine down")
     p.add_argument("id", metavar="ID", help=id_help)
+    add_wait_options(p, "until the provider confirms the machine is gone", 600)
     p.add_argument("--json", action="store_true", help="print the API answer as JSON")
 
     p = command("shutdown", cmd_shutdown, "force shutdown of a session's machine")
     p.add_argument("id", metavar="ID", help=id_help)
+    add_wait_options(p, "until the provider confirms the machine is gone", 600)
     p.add_argument("--json", action="store_true", help="print the API answer as JSON")
 
     p = command(
@@ -866,6 +1314,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="DATE", help="end, ISO date (inclusive) or date-time (default: now)")
     p.add_argument("--consumer", metavar="USERNAME", help="staff: one person's spend")
     p.add_argument("--json", action="store_true", help="print the API answer as JSON")
+
+    p = command(
+        "ssh",
+        cmd_ssh,
+        "open a shell on the session's machine, or run a command there",
+        "Log in to the machine with OpenSSH (straight to it, never through the shopper) using the "
+        "session's key: the generated key in ~/.ssh (downloaded when missing) or your own. "
+        "`gpu-shopper ssh ID -- nvidia-smi` runs one command; its exit code is returned.",
+    )
+    p.add_argument("id", metavar="ID", help=id_help)
+    p.add_argument("-i", "--identity", metavar="FILE", help="private key to use instead of the session's")
+    p.add_argument("remote_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="command to run")
+
+    p = command(
+        "cp",
+        cmd_cp,
+        "copy files and folders to or from a session's machine",
+        "Copy between this machine and a session's machine, folders recursively: "
+        "`cp data ID:/workspace/` uploads, `cp ID:/workspace/out .` downloads (ID: the session id "
+        "or a unique prefix of it, or its ssh-config name shopper-XXXXXXXX). Uses rsync over SSH "
+        "when both sides have it (shows progress; run it again to resume an interrupted copy), "
+        "else scp (SFTP).",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("--via", choices=("auto", "rsync", "scp"), default="auto", help="the tool (auto)")
+    p.add_argument("-i", "--identity", metavar="FILE", help="private key to use instead of the session's")
+
+    p = command(
+        "ssh-config",
+        cmd_ssh_config,
+        "write ssh config entries for your live sessions",
+        "Write a `Host shopper-XXXXXXXX` entry for each live session into a marked block of "
+        "~/.ssh/config, so `ssh shopper-XXXXXXXX`, scp, rsync and editors' remote SSH work. "
+        "Run it again after renting or ending a session; --remove takes the block out.",
+    )
+    p.add_argument("--remove", action="store_true", help="remove the gpu-shopper block")
+    p.add_argument("--file", metavar="PATH", help="the ssh config file (default ~/.ssh/config)")
     return parser
 
 

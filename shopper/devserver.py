@@ -6,6 +6,13 @@ processes live (sessions/stalled.py), so ``manage.py worker_health`` is asked ev
 worker unhealthy twice in a row is restarted; one that needs restarting over and over stops
 everything, loudly.
 
+On its first run it writes a git-ignored ``.env`` for development (``write_dotenv``: debug on, a
+generated ``SECRET_KEY`` and Fernet key) that settings.py reads, so ``manage.py createsuperuser``
+or ``create_token`` work in another shell with no environment set. An existing ``.env`` is never
+touched. "running" is printed once the web server answers. Stopping (Ctrl-C or SIGTERM) signals
+every process group it started and waits for them; a second Ctrl-C or SIGTERM during that wait
+SIGKILLs whatever is left (``stop_all``) rather than abandoning it, so nothing stays on its port.
+
 Imports no Django: it only orchestrates processes, so a crash in one is visible and the others
 are stopped with it.
 """
@@ -14,11 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,12 +45,116 @@ def _spawn(cmd: list[str], env: dict, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **kwargs)
 
 
-def _start_sandbox(env: dict, port: int) -> tuple[subprocess.Popen, str]:
+DOTENV_HEADER = """\
+# Written by `make run` for local development: git-ignored, never used by production (which
+# sets its variables itself; see .env.example). settings.py reads this file, so manage.py works
+# in any shell. Delete it for fresh keys (keys of sessions made with the old Fernet key are lost).
+"""
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of a .env file (comments and blank lines skipped, quotes stripped)."""
+    values: dict[str, str] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, value = line.split("=", 1)
+            values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return values
+
+
+def write_dotenv(root: Path) -> bool:
+    """Write ``root/.env`` for development unless one exists (never overwritten: O_EXCL). The
+    Fernet key of an earlier ``make run`` (``.run/fernet.key``) is kept, so the generated SSH keys
+    it encrypted still decrypt. Returns whether a file was written."""
+    from cryptography.fernet import Fernet
+
+    old_key = root / ".run" / "fernet.key"
+    fernet = old_key.read_text().strip() if old_key.is_file() else Fernet.generate_key().decode()
+    text = (
+        f"{DOTENV_HEADER}DEBUG=True\nSECRET_KEY={secrets.token_urlsafe(50)}\nSHOPPER_FERNET_KEYS={fernet}\n"
+    )
+    try:
+        fd = os.open(root / ".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return True
+
+
+def wait_until_answering(url: str, procs: list[tuple[str, subprocess.Popen]], timeout: float = 120) -> None:
+    """Return once ``url`` gives any HTTP answer; SystemExit if a process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return  # an answer all the same
+        except (OSError, ValueError):
+            pass
+        for name, proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited with code {proc.returncode} during start-up.")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"The web server did not answer at {url} within {timeout:.0f} s.")
+        time.sleep(0.2)
+
+
+def impatient_on(hurry: list[int]) -> dict:
+    """From now on Ctrl-C and SIGTERM only note themselves in ``hurry`` (no KeyboardInterrupt
+    that would abandon the shutdown half-way). Returns the handlers replaced."""
+
+    def impatient(signum, frame):
+        if not hurry:
+            print("\nStopping now (SIGKILL)…", flush=True)
+        hurry.append(signum)
+
+    return {sig: signal.signal(sig, impatient) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def stop_all(
+    procs: list[tuple[str, subprocess.Popen]], grace: float = 15, hurry: list[int] | None = None
+) -> None:
+    """Stop every process group in ``procs`` (newest first; the worker with SIGINT, its warm
+    shutdown, the others with SIGTERM), wait up to ``grace`` seconds, then SIGKILL what is left.
+
+    A Ctrl-C or SIGTERM that arrives meanwhile must not abandon the wait half-way (the processes
+    not yet reaped would outlive us, the sandbox still on its port): it only cuts the grace
+    period short. Each group is SIGKILLed at the end whatever happened, so a forked child that
+    outlived its parent (qcluster's workers) goes too. ``hurry``: signals already received."""
+    hurry = [] if hurry is None else hurry
+    previous = impatient_on(hurry)
+    try:
+        for name, proc in reversed(procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGINT if name == "worker" else signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while not hurry and time.monotonic() < deadline and any(p.poll() is None for _, p in procs):
+            time.sleep(0.1)
+        for _, proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for _, proc in procs:
+            proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _start_sandbox(
+    env: dict, port: int, procs: list[tuple[str, subprocess.Popen]]
+) -> tuple[subprocess.Popen, str]:
     state_dir = ROOT / ".sandbox"
     state_dir.mkdir(exist_ok=True)
     state = str(state_dir / "state.sqlite3")
     cmd = [PY, "-m", "inventory.sandbox", "--host", "127.0.0.1", "--port", str(port), "--state-file", state]
     proc = _spawn(cmd, env, stdout=subprocess.PIPE, text=True)
+    procs.append(("sandbox", proc))  # at once: an interrupt while it starts must still stop it
     deadline = time.monotonic() + 60
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -150,16 +264,18 @@ def _interrupt(signum, frame):
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    if write_dotenv(ROOT):
+        print(f"Wrote {ROOT / '.env'} for development (debug on, generated keys; git-ignored).")
     env = dict(os.environ)
     env.setdefault("DEBUG", "True")
-    env.setdefault("SECRET_KEY", "dev-only-make-run-key-not-for-production")
     host = env.get("HOST", "127.0.0.1")
     port = int(env.get("PORT", "8000"))
     env.setdefault("SHOPPER_PUBLIC_URL", f"http://{host}:{port}")
     procs: list[tuple[str, subprocess.Popen]] = []
     watch: WorkerWatch | None = None
-    if not env.get("SHOPPER_FERNET_KEYS"):
-        # A local key for generated SSH keys, made once and kept out of git (.run/).
+    hurry: list[int] = []
+    if not env.get("SHOPPER_FERNET_KEYS") and not read_dotenv(ROOT / ".env").get("SHOPPER_FERNET_KEYS"):
+        # An own .env without the key: a local key for generated SSH keys, kept out of git (.run/).
         key_file = ROOT / ".run" / "fernet.key"
         if not key_file.exists():
             from cryptography.fernet import Fernet
@@ -178,18 +294,16 @@ def main() -> None:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     use_sandbox = not (env.get("VASTAI_API_KEY") or env.get("TENSORDOCK_API_TOKEN"))
-    if use_sandbox:
-        sandbox, url = _start_sandbox(env, int(env.get("SANDBOX_PORT", "8765")))
-        procs.append(("sandbox", sandbox))
-        env.update(
-            SHOPPER_SANDBOX="True",
-            VASTAI_API_URL=f"{url}/vastai",
-            VASTAI_API_KEY="sandbox-vast-key",
-            TENSORDOCK_API_URL=f"{url}/tensordock/api/v2",
-            TENSORDOCK_API_TOKEN="sandbox-tensordock-token",
-        )
-
     try:
+        if use_sandbox:
+            _, url = _start_sandbox(env, int(env.get("SANDBOX_PORT", "8765")), procs)
+            env.update(
+                SHOPPER_SANDBOX="True",
+                VASTAI_API_URL=f"{url}/vastai",
+                VASTAI_API_KEY="sandbox-vast-key",
+                TENSORDOCK_API_URL=f"{url}/tensordock/api/v2",
+                TENSORDOCK_API_TOKEN="sandbox-tensordock-token",
+            )
         _manage("migrate", "--noinput", env=env)
         _manage("sync_schedules", env=env)
         _manage("create_demo_admin", env=env)
@@ -208,6 +322,8 @@ def main() -> None:
         procs.append(("web", _spawn(web, env)))
         watch = WorkerWatch(lambda: _spawn([PY, "manage.py", "qcluster"], env), env)
         procs.append(("safety", _spawn([PY, "manage.py", "safety_loop"], env)))
+        answer_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+        wait_until_answering(f"http://{answer_host}:{port}/api/v1/health", [*procs, ("worker", watch.proc)])
         print(
             "\n"
             "  Cloud GPU Shopper is running.\n"
@@ -223,19 +339,13 @@ def main() -> None:
             watch.step()
             time.sleep(0.5)
     except KeyboardInterrupt:
-        print("\nStopping…")
+        impatient_on(hurry)  # first: a second Ctrl-C while this prints must not skip the stop
+        print("\nStopping… (Ctrl-C again to kill everything at once)", flush=True)
     finally:
+        impatient_on(hurry)
         if watch is not None:
             procs.append(("worker", watch.proc))
-        for name, proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT if name == "worker" else signal.SIGTERM)
-        for _, proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                # Its own children too (qcluster forks workers): the whole process group.
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_all(procs, hurry=hurry)
 
 
 if __name__ == "__main__":

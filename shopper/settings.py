@@ -10,8 +10,12 @@ import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
-if (BASE_DIR / ".env").exists():
-    environ.Env.read_env(BASE_DIR / ".env")
+# A .env next to manage.py fills in what the environment leaves unset (`make run` writes one for
+# development; compose users copy .env.example). SHOPPER_ENV_FILE names another file, or none when
+# empty: the test suite sets it empty so a developer's .env never changes what the tests see.
+ENV_FILE = env.str("SHOPPER_ENV_FILE", default=str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")

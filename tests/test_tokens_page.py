@@ -44,7 +44,8 @@ def test_create_shows_the_key_once_and_it_authenticates(client_logged_in, user, 
     html = response.content.decode()
     assert "not shown again" in html
     assert "Authorization: Token &lt;key&gt;" in html
-    assert f"gpu-shopper config --token {raw}" in html
+    # the CLI hint names this site, so it works as pasted (--url)
+    assert f"gpu-shopper config --url http://testserver --token {raw}" in html
 
     token = ApiToken.objects.get(user=user)
     assert token.name == "CI nightly" and token.expires_at is None

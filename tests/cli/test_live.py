@@ -148,7 +148,7 @@ def test_provision_wait_prints_progress_then_the_ssh_command(shopper, run, offer
     code, out, err = run("provision", str(offer.pk), "--hours", "1.5", "--wait")
     assert code == 0, err
     rental = Rental.objects.get()
-    stamp = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
+    stamp = re.compile(r"^\[\d\d:\d\d:\d\d \+\d+:\d\d\] ")  # clock time, time since the wait began
     progress = [stamp.sub("", line) for line in out.splitlines() if stamp.match(line)]
     assert progress == [
         "pending",
@@ -159,7 +159,8 @@ def test_provision_wait_prints_progress_then_the_ssh_command(shopper, run, offer
     ]
     assert sleeps == [2, 2, 2, 2]
     key = f"~/.ssh/shopper-{str(rental.pk)[:8]}.pem"
-    assert out.rstrip().endswith(f"Active. Connect with:\n  ssh -i {key} -p 2222 root@198.51.100.7")
+    assert re.search(r"\nActive after \d+:\d\d\. Connect with:\n", out)
+    assert out.rstrip().endswith(f"Connect with:\n  ssh -i {key} -p 2222 root@198.51.100.7")
     assert (home / ".ssh" / key[len("~/.ssh/") :]).exists()
 
 
@@ -237,7 +238,7 @@ def test_sessions_lists_mine_in_a_table(shopper, run, user, other_user):
     code, out, _ = run("sessions")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "STATUS", "GPU", "PROVIDER", "CREATED", "COST"]
+    assert lines[0].split() == ["ID", "STATUS", "GPU", "PROVIDER", "CREATED", "LEFT", "COST"]
     assert lines[2].split()[:2] == [str(mine.pk)[:8], "active"]
     assert "RTX 4090 24GB ×1" in lines[2] and "clicloud" in lines[2] and "$0.50" in lines[2]
     assert lines[-1] == "1 of 1 sessions"
