@@ -39,7 +39,8 @@ def idle_rental(active_rental):
 
 
 def beat(client, body):
-    r = client.post(URL, data=json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION="Bearer tok")
+    auth = {"HTTP_AUTHORIZATION": "Bearer tok"}
+    r = client.post(URL, data=json.dumps(body), content_type="application/json", **auth)
     assert r.status_code == 200, r.content
     return r.json()["action"]
 
@@ -143,13 +144,15 @@ def test_the_api_sets_and_clears_it_on_a_session(api_client, idle_rental, other_
     r = api_client.patch(url, {"idle_stop_minutes": 15}, format="json")
     assert r.status_code == 200, r.content
     assert r.json()["idle_stop_minutes"] == 15 and fresh(rental).idle_stop_minutes == 15
-    assert api_client.patch(url, {"idle_stop_minutes": None}, format="json").json()["idle_stop_minutes"] is None
+    cleared = api_client.patch(url, {"idle_stop_minutes": None}, format="json")
+    assert cleared.json()["idle_stop_minutes"] is None
     assert fresh(rental).idle_stop_minutes is None
 
     for bad in ({"idle_stop_minutes": 0}, {"idle_stop_minutes": "x"}, {}):
         r = api_client.patch(url, bad, format="json")
         assert r.status_code == 400, (bad, r.content)
-    assert token_client(other_user, "o").patch(url, {"idle_stop_minutes": 5}, format="json").status_code == 404
+    other = token_client(other_user, "o")
+    assert other.patch(url, {"idle_stop_minutes": 5}, format="json").status_code == 404
     assert fresh(rental).idle_stop_minutes is None  # nothing changed
 
     Rental.objects.filter(pk=rental.pk).update(status=S.DESTROYED)
