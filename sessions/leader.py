@@ -6,7 +6,9 @@ renews it before every pass and before every job of a pass, and gives it up when
 Taking it is a compare-and-swap UPDATE (holder is me, or the lease has expired), so two loops
 on two hosts never both win, on SQLite and PostgreSQL alike, and nothing lives in one process's
 memory. A loop that dies (SIGKILL, host gone) stops renewing; another takes over once its lease
-has expired: within SHOPPER_SAFETY_LEASE_SECONDS + one loop interval.
+has expired: within SHOPPER_SAFETY_LEASE_SECONDS + one loop interval. Expiry is judged by each
+host's clock, so hosts keep NTP time: a skew of s seconds moves a takeover by s (keep it well
+under the lease).
 
 Every job a loop runs is also safe to repeat (conditional updates: a rental is stopped once, an
 alert raised once), so a leader paused past its lease that wakes mid-job does no harm; it then
