@@ -18,7 +18,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from sessions import services
+from sessions import idle, services
 from sessions.models import LIVE_STATUSES, Rental, token_hash
 from shopper.api import documented_error, error_response
 from shopper.parsers import JSONParser, json_loads
@@ -185,6 +185,7 @@ class AgentHeartbeatView(APIView):
         except BadHeartbeat as exc:
             return error_response(str(exc), "invalid", 400)
         action = services.rental_heartbeat(rental=rental, data=data)
+        idle.heartbeat_record(rental, data)  # the idle stop's count (sessions/idle.py)
         return Response(
             {
                 "action": action,

@@ -14,12 +14,13 @@ from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from sessions import idempotency, keys, services
+from sessions import idempotency, idle, keys, services
 from sessions.lifecycle import rental_extend
 from sessions.models import EventKind, Rental, Status
 from sessions.serializers import (
     EventSerializer,
     ExtendSerializer,
+    IdleStopSerializer,
     SessionCreatedSerializer,
     SessionCreateSerializer,
     SessionSerializer,
@@ -30,7 +31,10 @@ ERRORS = {
     400: documented_error("Bad input, naming the parameter or field"),
     403: documented_error("`budget_exceeded` or `hard_max_exceeded`"),
     404: documented_error("No such session (or not yours)"),
-    409: documented_error("`offer_unavailable`, `price_changed`, `capacity_reached`, `already_ended`"),
+    409: documented_error(
+        "`offer_unavailable`, `price_changed`, `capacity_reached`, `already_ended`, "
+        "`insufficient_balance` (the provider account cannot pay for the reservation)"
+    ),
     410: documented_error("`gone`: the key was deleted at teardown"),
     415: documented_error("The body is not JSON, a form or multipart"),
 }
@@ -140,6 +144,8 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "expected_price": v.get("expected_price_per_hour"),
             "generate_key": v.get("generate_key", False),
         }
+        if "idle_stop_minutes" in v:  # absent: the team default (sessions/idle.py)
+            kwargs["idle_stop_minutes"] = v["idle_stop_minutes"]
         try:
             if key is None:
                 created = services.rental_create(user=request.user, **kwargs)
@@ -237,6 +243,23 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 hours=data.validated_data["hours"],
                 reason=data.validated_data.get("reason", ""),
                 actor=request.user,
+            )
+        except services.RentalError as exc:
+            raise as_api_error(exc) from exc
+        return Response(SessionSerializer(rental).data)
+
+    @extend_schema(
+        summary="Set or clear the idle stop",
+        request=IdleStopSerializer,
+        responses={200: SessionSerializer, **{k: ERRORS[k] for k in (400, 404, 409, 415)}},
+    )
+    def partial_update(self, request, pk=None):
+        rental = self.get_object()
+        data = IdleStopSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            rental = idle.idle_set(
+                rental=rental, minutes=data.validated_data["idle_stop_minutes"], actor=request.user
             )
         except services.RentalError as exc:
             raise as_api_error(exc) from exc

@@ -43,6 +43,14 @@ class RentForm(forms.Form):
             attrs={"rows": 3, "placeholder": "ssh-ed25519 AAAA… you@laptop", "spellcheck": "false"}
         ),
     )
+    idle_stop_minutes = forms.IntegerField(
+        label="Stop when idle (minutes)",
+        required=False,
+        min_value=1,
+        max_value=1440,
+        help_text="Stopped after this many minutes with every GPU idle (warned first); empty: never.",
+        error_messages={"invalid": "Give whole minutes (1 to 1440), or leave it empty for no idle stop."},
+    )
     expected_price = forms.DecimalField(widget=forms.HiddenInput, max_digits=12, decimal_places=4)
     # One-time token: a second submit of the same form finds the first one's rental.
     form_token = forms.UUIDField(
@@ -56,6 +64,8 @@ class RentForm(forms.Form):
         hours = self.fields["reservation_hours"]
         hours.help_text = f"At most {hard_max} hours; the machine is shut down when it ends."
         hours.widget.attrs.update({"min": str(MIN_HOURS), "max": str(hard_max), "step": str(STEP_HOURS)})
+        # The team default (SHOPPER_IDLE_STOP_MINUTES) is filled in; the user may change or clear it.
+        self.fields["idle_stop_minutes"].initial = settings.SHOPPER_IDLE_STOP_MINUTES or None
         if key_count:
             plural = "s" if key_count != 1 else ""
             choices = [

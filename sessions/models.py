@@ -106,6 +106,12 @@ class Rental(models.Model):
     teardown_queued_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     reservation_warned_at = models.DateTimeField(null=True, blank=True)
+    # Idle stop (sessions/idle.py): stop after this many minutes of GPU utilisation below
+    # SHOPPER_IDLE_UTIL_PERCENT; null = off. idle_since is the first of the consecutive idle
+    # heartbeats (cleared by a busy one, or one without utilisation).
+    idle_stop_minutes = models.PositiveIntegerField(null=True, blank=True)
+    idle_since = models.DateTimeField(null=True, blank=True)
+    idle_warned_at = models.DateTimeField(null=True, blank=True)
 
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat_data = models.JSONField(default=dict, blank=True)
@@ -256,6 +262,7 @@ class AlertKind(models.TextChoices):
     AGENT_SILENT = "agent_silent", "Agent gone silent"
     BUDGET = "budget", "Budget threshold"
     QUEUE_STALLED = "queue_stalled", "Task queue stalled"
+    BALANCE_LOW = "balance_low", "Provider balance low"
 
 
 class Alert(models.Model):
@@ -295,6 +302,8 @@ class QueueProbe(models.Model):
 
     def __str__(self) -> str:
         return f"probe {self.pk} queued {self.enqueued_at:%H:%M:%S}, started {self.started_at or 'not yet'}"
+
+
 class UpStretch(models.Model):
     """One row per side of the shopper ("web", "safety"): since when it has been up without a gap.
 
@@ -309,3 +318,30 @@ class UpStretch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} up since {self.since:%Y-%m-%d %H:%M:%S} (seen {self.seen_at:%H:%M:%S})"
+
+
+class SafetyLease(models.Model):
+    """Which safety loop acts (sessions/leader.py). One row per lease name; a loop acts only
+    while ``holder`` is itself and ``expires_at`` is ahead. Several loops (one per host) race
+    for it with a compare-and-swap update, so it works the same on SQLite and PostgreSQL."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    holder = models.CharField(max_length=128, blank=True)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder or 'nobody'} until {self.expires_at:%H:%M:%S}"
+
+
+class ProviderBalance(models.Model):
+    """A provider account's balance as last read by the safety loop (sessions/balances.py);
+    shared by every process: the web refuses a rental the account cannot pay for from it."""
+
+    provider = models.CharField(max_length=32, primary_key=True)
+    balance = models.DecimalField(max_digits=14, decimal_places=4, null=True, blank=True)
+    fetched_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.provider}: {self.balance}"

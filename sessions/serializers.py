@@ -31,6 +31,13 @@ class SessionCreateSerializer(serializers.Serializer):
     )
     image = serializers.CharField(required=False, allow_blank=True, max_length=200)
     disk_gb = serializers.IntegerField(required=False, min_value=1, max_value=10000)
+    idle_stop_minutes = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=1440,
+        help_text="Stop after this many minutes of idle GPUs (null: never; absent: the team default)",
+    )
     expected_price_per_hour = serializers.DecimalField(
         required=False,
         max_digits=10,
@@ -71,7 +78,7 @@ class SessionSerializer(serializers.ModelSerializer):
             "id", "consumer", "status", "status_detail", "provider", "offer_id", "provider_offer_id",
             "gpu_type", "gpu_count", "vram_gb", "location", "price_per_hour", "created_at", "active_since",
             "reservation_ends_at", "hard_max_at", "ended_at", "cost_so_far", "last_heartbeat_at", "ssh",
-            "label", "provider_instance_id",
+            "label", "provider_instance_id", "idle_stop_minutes", "idle_since",
         )  # fmt: skip
         read_only_fields = fields
 
@@ -120,3 +127,11 @@ class ExtendSerializer(serializers.Serializer):
 
     def validate_hours(self, value):
         return hours_check(value, maximum=MAX_EXTENSION_HOURS, what="extension")
+
+
+class IdleStopSerializer(serializers.Serializer):
+    """PATCH /api/v1/sessions/{id}: set or clear the idle stop (the only field that changes)."""
+
+    idle_stop_minutes = serializers.IntegerField(
+        allow_null=True, min_value=1, max_value=1440, help_text="Idle minutes before the stop; null: off"
+    )

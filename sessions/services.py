@@ -210,6 +210,10 @@ def _ssh_keys_for(user, ssh_public_key: str | None, generate_key: bool) -> tuple
     return registered, not registered
 
 
+# rental_create's idle_stop_minutes when the caller did not say: the team default applies.
+IDLE_DEFAULT: Any = object()
+
+
 def rental_create(
     *,
     user,
@@ -222,6 +226,7 @@ def rental_create(
     generate_key: bool = False,
     request_key: str = "",
     request_fingerprint: str = "",
+    idle_stop_minutes: Any = IDLE_DEFAULT,
 ) -> RentalCreated:
     """Rent an offer: validate, re-check the offer with the provider, then commit the Rental and
     its first event and enqueue provisioning on commit (no instance exists yet).
@@ -235,6 +240,13 @@ def rental_create(
     if image and (len(image) > 200 or any(c.isspace() for c in image)):
         raise ValidationError({"image": "Give an image name without spaces (at most 200 characters)."})
     public_keys, generate = _ssh_keys_for(user, ssh_public_key, generate_key)
+    # Imported here: sessions.idle and sessions.balances import this module.
+    from sessions.balances import balance_check_rental
+    from sessions.idle import idle_default, idle_minutes_check
+
+    idle_minutes = (
+        idle_default() if idle_stop_minutes is IDLE_DEFAULT else idle_minutes_check(idle_stop_minutes)
+    )
 
     offer = Offer.objects.visible().filter(pk=offer_id).first() if str(offer_id).isdigit() else None
     if offer is None:
@@ -272,6 +284,8 @@ def rental_create(
 
         estimate = rental_estimate(price_per_hour=offer.price_per_hour, hours=hours)
         budget_reserve(user=user, estimated_cost=estimate, now=now)
+        # The provider account must be able to pay too (409 insufficient_balance, sessions/balances.py).
+        balance_check_rental(provider=offer.provider, estimate=offer.price_per_hour * hours, now=now)
         rental = Rental.objects.create(
             consumer=user,
             offer=offer,
@@ -289,6 +303,7 @@ def rental_create(
             ssh_private_key_encrypted=keys.secret_encrypt(private_pem) if private_pem else "",
             request_key=request_key,  # unique per consumer: a repeat fails here (sessions/idempotency.py)
             request_fingerprint=request_fingerprint,
+            idle_stop_minutes=idle_minutes,
             created_at=now,
             reservation_ends_at=now + timedelta(seconds=float(hours) * 3600),
             hard_max_at=now + timedelta(hours=settings.SHOPPER_HARD_MAX_HOURS),

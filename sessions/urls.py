@@ -13,6 +13,7 @@ urlpatterns = [
     path("sessions/<uuid:rental_id>/done/", views.rental_done, name="done"),
     path("sessions/<uuid:rental_id>/extend/", views.rental_extend, name="extend"),
     path("sessions/<uuid:rental_id>/shutdown/", views.rental_shutdown, name="shutdown"),
+    path("sessions/<uuid:rental_id>/idle-stop/", views.rental_idle_stop, name="idle_stop"),
     path("keys/", views.sshkey_list, name="keys"),
     path("safety/", views.safety, name="safety"),
     path("safety/kill-switch/", views.safety_kill_switch, name="kill_switch"),

@@ -78,6 +78,7 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
                     ssh_public_key=form.public_key,
                     generate_key=form.generate_key,
                     expected_price=form.cleaned_data["expected_price"],
+                    idle_stop_minutes=form.cleaned_data.get("idle_stop_minutes"),
                 )
             except services.PriceChanged as exc:
                 offer.refresh_from_db()
@@ -274,6 +275,32 @@ def rental_extend(request: HttpRequest, rental_id) -> HttpResponse:
 
 @require_POST
 @login_required
+def rental_idle_stop(request: HttpRequest, rental_id) -> HttpResponse:
+    """Set or clear the idle stop (sessions/idle.py); bad input is a message and changes nothing."""
+    rental = _rental_for(request, rental_id)
+    if rental.consumer_id != request.user.pk and not request.user.is_staff:
+        raise Http404
+    from sessions.idle import idle_set
+
+    try:
+        minutes = request.POST.get("idle_stop_minutes", "")
+        rental = idle_set(rental=rental, minutes=minutes, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    except services.RentalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            f"Idle stop set to {rental.idle_stop_minutes} min."
+            if rental.idle_stop_minutes
+            else "Idle stop turned off.",
+        )
+    return redirect("sessions:detail", rental_id=rental.pk)
+
+
+@require_POST
+@login_required
 def rental_done(request: HtmxHttpRequest, rental_id) -> HttpResponse:
     return _stop(request, rental_id, "Done: the work is finished")
 
@@ -353,7 +380,23 @@ def safety(request: HttpRequest) -> HttpResponse:
         "now": now,
         "kill_phrase": KILL_SWITCH_PHRASE,
     }
+    context.update(_safety_loop_and_balances(now))
     return render(request, "sessions/safety.html", context)
+
+
+def _safety_loop_and_balances(now) -> dict:
+    """Which safety loop acts (sessions/leader.py) and each provider account's balance with the
+    hours it covers at the current burn rate (sessions/balances.py)."""
+    from sessions.balances import burn_per_hour
+    from sessions.leader import lease_current
+    from sessions.models import ProviderBalance
+
+    balances = []
+    for row in ProviderBalance.objects.order_by("provider"):
+        burn = burn_per_hour(row.provider)
+        hours = (row.balance / burn).quantize(Decimal("0.1")) if row.balance is not None and burn else None
+        balances.append({"row": row, "burn": burn, "hours": hours})
+    return {"safety_lease": lease_current(now), "balances": balances}
 
 
 @require_POST

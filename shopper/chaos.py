@@ -62,6 +62,7 @@ class Procs:
         self.commands = {
             "worker": [sys.executable, "manage.py", "qcluster"],
             "safety": [sys.executable, "manage.py", "safety_loop"],
+            "safety2": [sys.executable, "manage.py", "safety_loop"],  # --kill-safety-leader
             "web": [sys.executable, "-m", "shopper.serve", "--port", str(web_port), "--workers", "1"],
         }
 
@@ -258,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--listing-lag", type=float, default=75.0, help="Vast listing lag in the grace phase (s)"
     )
+    parser.add_argument(
+        "--kill-safety-leader",
+        action="store_true",
+        help="two safety loops; SIGKILL the acting one mid-run and keep it dead (acting_safety_loop)",
+    )
     args = parser.parse_args(argv)
     if args.kill_idle_workers:
         return run_killed_idle_workers(args)
@@ -308,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.set_faults(FAULTS)
         user, _ = get_user_model().objects.get_or_create(username="chaos")
         procs = Procs(env, tmp, web_port)
-        for name in ("web", "worker", "safety"):
+        loops = ("safety", "safety2") if args.kill_safety_leader else ("safety",)
+        for name in ("web", "worker", *loops):
             procs.start(name)
+        killed_leader = ""
         rng = random.Random(7)
         offers = list(Offer.objects.visible().order_by("?").values_list("pk", flat=True)[: args.rentals * 3])
         started = time.monotonic()
@@ -325,7 +333,13 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 except RentalError:
                     refused += 1  # an offer the sandbox no longer has: fine, try another
-                if i == args.rentals // 3:
+                if i == args.rentals // 3 and args.kill_safety_leader:
+                    procs.kill("worker")  # mid-flight: creates in progress die with it
+                    procs.start("worker")
+                    # The acting loop dies for good: the other must take over (sessions/leader.py).
+                    killed_leader = acting_safety_loop(procs)
+                    procs.kill(killed_leader)
+                elif i == args.rentals // 3:
                     procs.kill("worker")  # mid-flight: creates in progress die with it
                     procs.kill("safety")
                     procs.start("worker")
@@ -365,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
             "worst_deadline_lag_s": round(max(lags, default=0.0), 2),
             "seconds": round(time.monotonic() - started, 1),
         }  # fmt: skip
+        if args.kill_safety_leader:
+            report["killed_safety_leader"] = killed_leader
+        ok_leader = not args.kill_safety_leader or killed_leader in ("safety", "safety2")
         if args.report_lags:
             report["lags"] = lags
         ok = (
@@ -372,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             and not not_terminal
             and report["worst_deadline_lag_s"] <= 60
             and (created or not args.rentals)
+            and ok_leader
         )
         if args.grace_rentals:
             grace = grace_phase(sandbox, env, tmp, web_port, args)
@@ -384,6 +402,23 @@ def main(argv: list[str] | None = None) -> int:
             print("NOT TERMINAL:", not_terminal[:20])
         print("CHAOS OK" if ok else f"CHAOS FAILED (logs in {tmp})")
         return 0 if ok else 1
+
+
+def acting_safety_loop(procs: Procs, timeout: float = 60) -> str:
+    """The name of the safety loop process holding the lease (its holder id carries its pid);
+    waits for one to act (the loops may still be starting)."""
+    from sessions.leader import lease_current
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lease = lease_current()
+        if lease is not None:
+            pid = int(lease.holder.split(":")[1])
+            for name, proc in procs.procs.items():
+                if proc.pid == pid and proc.poll() is None:
+                    return name
+        time.sleep(0.5)
+    raise RuntimeError("no safety loop took the lease")
 
 
 # --------------------------------------------------------------------------------------------

@@ -550,6 +550,8 @@ def cmd_provision(args) -> int:
         body["image"] = args.image
     if args.disk_gb is not None:
         body["disk_gb"] = args.disk_gb
+    if args.idle_stop is not None:  # absent: the team default
+        body["idle_stop_minutes"] = idle_minutes_arg(args.idle_stop)
     session = client.request("POST", "sessions", body=body)
     session_id = str(session.get("id", ""))
     key_path = None
@@ -857,6 +859,31 @@ def cmd_extend(args) -> int:
     out(
         f"Session {session.get('id')} extended: reserved until {when(session.get('reservation_ends_at'))} "
         f"(hard maximum {when(session.get('hard_max_at'))})."
+    )
+    return EXIT_OK
+
+
+def idle_minutes_arg(value: str) -> int | str | None:
+    """'off' (or 'none') clears the idle stop; anything else goes to the server as given, which
+    answers a clear 400 for what it does not accept."""
+    if value.strip().lower() in ("off", "none", "never"):
+        return None
+    return int(value) if value.strip().isascii() and value.strip().isdigit() else value
+
+
+def cmd_idle_stop(args) -> int:
+    client = Client.from_config()
+    session_id = resolve_session_id(client, args.id)
+    body = {"idle_stop_minutes": idle_minutes_arg(args.minutes)}
+    session = client.request("PATCH", f"sessions/{session_id}", body=body)
+    if args.json:
+        print_json(session)
+        return EXIT_OK
+    minutes = session.get("idle_stop_minutes")
+    out(
+        f"Session {session.get('id')}: stops after {minutes} min with idle GPUs."
+        if minutes
+        else f"Session {session.get('id')}: idle stop off."
     )
     return EXIT_OK
 
@@ -1264,6 +1291,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image", help="machine image (default: the shopper's)")
     p.add_argument("--disk-gb", type=int, metavar="GB", help="disk size (default: the shopper's)")
+    p.add_argument(
+        "--idle-stop",
+        metavar="MIN",
+        help="stop after MIN minutes with every GPU idle, or 'off' (default: the team's setting)",
+    )
     p.add_argument("--wait", action="store_true", help="follow the progress until the session is active")
     p.add_argument(
         "--timeout", type=float, default=900, metavar="S", help="give up waiting after S seconds (900)"
@@ -1304,6 +1336,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID", help=id_help)
     p.add_argument("--hours", required=True, metavar="N", help="hours to add, e.g. 1 or 0.5")
     p.add_argument("--reason", metavar="TEXT", default="", help="why (required past the hard maximum)")
+    p.add_argument("--json", action="store_true", help="print the API answer as JSON")
+
+    p = command(
+        "idle-stop",
+        cmd_idle_stop,
+        "set or clear a session's idle stop",
+        "Stop the machine after MINUTES with every GPU idle (warned on the timeline first); 'off' clears it.",
+    )
+    p.add_argument("id", metavar="ID", help=id_help)
+    p.add_argument("minutes", metavar="MINUTES", help="whole minutes (1 to 1440), or 'off'")
     p.add_argument("--json", action="store_true", help="print the API answer as JSON")
 
     p = command("costs", cmd_costs, "spend summary (yours; staff: the team's)")

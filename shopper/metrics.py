@@ -167,6 +167,34 @@ class ShopperCollector:
             value=float(spend),
         )
 
+        # Provider balances as the safety loop last read them (sessions/balances.py).
+        from sessions.balances import burn_per_hour
+        from sessions.leader import lease_current
+        from sessions.models import ProviderBalance
+
+        balance = GaugeMetricFamily(
+            "shopper_provider_balance_usd",
+            "Provider account balance as last read (only providers with a balance endpoint).",
+            labels=["provider"],
+        )
+        covers = GaugeMetricFamily(
+            "shopper_provider_balance_hours",
+            "Hours the provider balance covers at the current burn rate (absent at no burn).",
+            labels=["provider"],
+        )
+        for row in ProviderBalance.objects.exclude(balance=None).order_by("provider"):
+            balance.add_metric([row.provider], float(row.balance))
+            burn = burn_per_hour(row.provider)
+            if burn:
+                covers.add_metric([row.provider], float(row.balance / burn))
+        yield balance
+        yield covers
+        yield GaugeMetricFamily(
+            "shopper_safety_loop_acting",
+            "1 while a safety loop holds the lease (sessions/leader.py), else 0: alert on 0.",
+            value=1 if lease_current(now) else 0,
+        )
+
 
 _db_registry = CollectorRegistry(auto_describe=False)
 _db_registry.register(ShopperCollector())

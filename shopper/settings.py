@@ -328,3 +328,17 @@ LOGGING = {
     # django-q2 logs as "django-q" through these handlers too, at the root's level.
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# Several safety loops, one acting (sessions/leader.py): the acting loop renews its lease every
+# pass; when it dies another takes over once the lease has expired, so a deadline is enforced
+# within this + SHOPPER_LIFECYCLE_INTERVAL_SECONDS + one pass of it passing (keep the sum < 60 s).
+SHOPPER_SAFETY_LEASE_SECONDS = env.float("SHOPPER_SAFETY_LEASE_SECONDS", default=20.0)
+# Idle stop (sessions/idle.py): the team default in minutes (unset = off; a user may set or clear
+# it per rental), the utilisation (percent, every GPU) under which a heartbeat counts as idle, and
+# how long before the stop the warning is given (at most half the idle time).
+SHOPPER_IDLE_STOP_MINUTES = env.int("SHOPPER_IDLE_STOP_MINUTES", default=None)
+SHOPPER_IDLE_UTIL_PERCENT = env.int("SHOPPER_IDLE_UTIL_PERCENT", default=5)
+SHOPPER_IDLE_WARNING_MINUTES = env.int("SHOPPER_IDLE_WARNING_MINUTES", default=10)
+# Provider balances (inventory/balances.py): alert admins when a balance covers fewer hours than
+# this at the current burn rate.
+SHOPPER_BALANCE_ALERT_HOURS = env.float("SHOPPER_BALANCE_ALERT_HOURS", default=24.0)

@@ -208,6 +208,21 @@ def health(request):
         }
         for p in freshness["providers"]
     ]
+    # Where the provider has a balance endpoint (sessions/balances.py): an account detail, so only
+    # signed-in callers see the figure; anonymous probes see that there is one.
+    from sessions.models import ProviderBalance
+
+    balances = {b.provider: b for b in ProviderBalance.objects.exclude(balance=None)}
+    for p in providers:
+        row = balances.get(p["name"])
+        p["balance"] = (
+            None
+            if row is None
+            else {
+                "usd": str(row.balance) if signed_in else "hidden",
+                "fetched_at": row.fetched_at.isoformat() if row.fetched_at else None,
+            }
+        )
     return Response(
         {"status": "ok", "database": "ok", "sandbox": freshness["sandbox"], "providers": providers}
     )

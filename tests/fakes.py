@@ -96,6 +96,8 @@ class Cloud:
         self.hooks: dict[str, Any] = {}
         self.calls: list[tuple[str, Any]] = []
         self.features = frozenset({FEATURE_ATTACH_SSH_KEY, FEATURE_LABEL_LOOKUP})
+        # The account balance (Provider.account_balance); None: no balance endpoint.
+        self.balance: Decimal | None = None
         # create stores the instance, then raises Transient this many times ("error but created").
         self.create_error_but_created = 0
         # create stores the instance, then raises PermanentError(instance_id=...) this many times.
@@ -319,6 +321,10 @@ class FakeCloud(Provider):
 
     def attach_ssh_key(self, instance_id, public_key):
         return self.cloud.attach_ssh_key(instance_id, public_key)
+
+    def account_balance(self):
+        self.cloud._call("balance")
+        return self.cloud.balance
 
 
 def public_of(private_pem: str) -> str:

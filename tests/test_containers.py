@@ -34,7 +34,7 @@ from tests.sandbox._util import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-APP_SERVICES = ("migrate", "web", "worker", "safety")
+APP_SERVICES = ("migrate", "web", "worker", "safety", "safety-standby")
 POSTGRES = "postgres://postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379"
 SANDBOX_BLOCK = "# --- Sandbox demo"
@@ -114,20 +114,20 @@ def dockerignored(path: str) -> bool:
 # The files, read
 # --------------------------------------------------------------------------------------------
 def test_the_services_and_their_order():
-    assert set(SERVICES) == {"db", "redis", "migrate", "web", "worker", "safety", "sandbox"}
+    assert set(SERVICES) == {"db", "redis", "migrate", "web", "worker", "safety", "safety-standby", "sandbox"}
     assert {name for name, s in SERVICES.items() if s.get("profiles")} == {"sandbox"}
     assert SERVICES["sandbox"]["profiles"] == ["sandbox"]
     # Nothing starts on a database that migrate has not finished with.
     assert SERVICES["migrate"]["depends_on"]["db"] == {"condition": "service_healthy"}
     assert SERVICES["migrate"]["restart"] == "no"
-    for name in ("web", "worker", "safety"):
+    for name in ("web", "worker", "safety", "safety-standby"):
         assert SERVICES[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     # One image, one environment for the app.
     for name in APP_SERVICES:
         assert SERVICES[name]["build"] == "." and SERVICES[name]["env_file"] == ".env"
         assert SERVICES[name]["environment"] == SERVICES["web"]["environment"]
-    # Exactly one safety loop: its start-up recovery assumes no other is running.
-    assert "deploy" not in SERVICES["safety"] and "scale" not in SERVICES["safety"]
+    # Two safety loops, one acting at a time (the lease, sessions/leader.py; tests/e2e/test_safety_leader.py).
+    assert SERVICES["safety"]["command"] == SERVICES["safety-standby"]["command"]
 
 
 def test_the_metrics_directory_is_one_tmpfs_shared_by_the_app():

@@ -278,3 +278,8 @@ class Provider:
 
     def attach_ssh_key(self, instance_id: str, public_key: str) -> None:
         raise PermanentError(f"{self.name} installs SSH keys at create time")
+
+    def account_balance(self) -> Decimal | None:
+        """The account's balance in USD, or None where the provider has no balance endpoint
+        (FIELD_NOTES X-BALANCE). Raises ProviderError when the endpoint exists and fails."""
+        return None

@@ -447,3 +447,18 @@ class VastAI(Provider):
         if resp.status == 404:
             raise NotFound(http.describe(self, "POST", path, resp), status=404)
         raise self._error(resp, "POST", path)
+
+    # ---------------------------------------------------------------- account
+    def account_balance(self) -> Decimal | None:
+        """``GET /api/v0/users/current/``: ``credit`` (FIELD_NOTES X-BALANCE: the seed reads
+        credit; ``balance`` is undocumented). At credit <= 0 Vast stops (does not destroy) every
+        instance and keeps charging storage (X-BILLING)."""
+        path = "/api/v0/users/current/"
+        resp = self._call("GET", path)
+        data = resp.data if isinstance(resp.data, dict) else None
+        if not resp.ok or data is None:
+            raise self._error(resp, "GET", path)
+        credit = _number(data.get("credit"))
+        if credit is None:
+            raise ProviderError(http.describe(self, "GET", path, resp, "no credit in the answer"))
+        return credit

@@ -57,6 +57,9 @@ class Cloud:
         self.active: set[str] = set()
         self.session_pids: dict[str, set[int]] = {}
         self.calls: dict[str, int] = {}
+        # Vast account credit in USD (users/current; set with PUT /_sandbox/balance). Plenty by
+        # default so tests that do not look at balances never meet it.
+        self.vast_credit: float = 100_000.0
         self.ssh = SSHManager(
             self.state_dir / "ssh_host_ed25519_key", self._authorize, self._session_spec, self._track_pid
         )

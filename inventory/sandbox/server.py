@@ -110,6 +110,16 @@ def admin(cloud: Cloud, req: Request) -> Response:
         return ok({"instances": [cloud.admin_view(r) for r in cloud.records()]})
     if path == "/instances/listing-only" and method == "POST":
         return listing_only(cloud, req)
+    if path == "/balance" and method == "PUT":
+        try:
+            body = req.json({})
+        except BadJSON as exc:
+            return ok({"error": str(exc)}, 400)
+        credit = body.get("vastai") if isinstance(body, dict) else None
+        if isinstance(credit, bool) or not isinstance(credit, int | float):
+            return ok({"error": 'give {"vastai": <credit in USD>}'}, 400)
+        cloud.vast_credit = float(credit)
+        return ok({"vastai": cloud.vast_credit})
     if path == "/calls" and method == "GET":
         return ok(dict(cloud.calls))
     if path == "/catalog" and method == "GET":

@@ -134,6 +134,10 @@ class SandboxHandle:
     def set_faults(self, config: object) -> dict:
         return self._admin("PUT", "/faults", json=config)  # type: ignore[return-value]
 
+    def set_balance(self, vastai: float) -> dict:
+        """The Vast account's credit (``GET /api/v0/users/current/``)."""
+        return self._admin("PUT", "/balance", json={"vastai": vastai})  # type: ignore[return-value]
+
     def add_listing_only(self, dialect: str, labels: list[str]) -> list[dict]:
         """Listing-only instances, one per label: ``[{"id", "label"}, ...]``."""
         r = requests.post(

@@ -187,8 +187,27 @@ def h_search_asks(cloud: Cloud, req: Request, m: re.Match) -> Response:
 _PORT_KEY = re.compile(r"^-p\s+(?:[\d.]+:)?(\d+):(\d+)(?:/(tcp|udp))?$")
 
 
+def h_users_current(cloud: Cloud, req: Request, m: re.Match) -> Response:
+    """The account (FIELD_NOTES X-BALANCE): ``credit`` and ``balance`` as Vast answers them; the
+    sandbox keeps one figure (the real split is undocumented)."""
+    credit = cloud.vast_credit
+    return ok(
+        {
+            "id": 1,
+            "username": "sandbox",
+            "credit": credit,
+            "balance": credit,
+            "balance_threshold": 0.0,
+            "can_pay": credit > 0,
+        }
+    )
+
+
 def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
     ask_id = int(m.group(1))
+    if cloud.vast_credit <= 0:
+        # X-BILLING: creates are refused at a balance <= 0 (body shape a GUESS, VCLI's wording).
+        return error(400, "insufficient_credit", "Insufficient credits")
     body = req.json({}) or {}
     if not isinstance(body, dict):
         return error(400, "invalid_args", "body must be a JSON object")
@@ -599,6 +618,7 @@ ROUTES = [
     ("DELETE", r"/api/v0/instances/(\d+)/?", "destroy", h_destroy, True),
     ("POST", r"/api/v0/instances/(\d+)/ssh/?", "attach_key", h_attach_ssh, True),
     ("PUT", r"/api/v0/instances/(\d+)/?", "label", h_update, True),
+    ("GET", r"/api/v0/users/current/?", "account", h_users_current, True),
 ]
 
 

@@ -334,3 +334,26 @@ def test_costs_prints_totals_and_series(shopper, run, user):
     assert code == 1 and err.startswith("error: from: ")
     code, _, err = run("costs", "--consumer", "bob")
     assert code == 2 and "(forbidden)" in err
+
+
+# --- idle stop ------------------------------------------------------------------------------
+def test_idle_stop_sets_and_clears_and_bad_minutes_are_the_servers_400(shopper, run, user):
+    rental = RentalFactory(consumer=user)
+    code, out, _ = run("idle-stop", str(rental.pk), "45")
+    assert code == 0 and "stops after 45 min" in out
+    rental.refresh_from_db()
+    assert rental.idle_stop_minutes == 45
+    code, out, _ = run("idle-stop", str(rental.pk), "off")
+    assert code == 0 and "idle stop off" in out
+    rental.refresh_from_db()
+    assert rental.idle_stop_minutes is None
+    code, _, err = run("idle-stop", str(rental.pk), "soon")
+    assert code == 1 and "idle_stop_minutes" in err
+    rental.refresh_from_db()
+    assert rental.idle_stop_minutes is None
+
+
+def test_provision_with_an_idle_stop(shopper, run, offer):
+    code, out, _ = run("provision", str(offer.pk), "--hours", "1", "--idle-stop", "30", "--json")
+    assert code == 0, out
+    assert Rental.objects.get().idle_stop_minutes == 30

@@ -38,3 +38,19 @@ def test_fifty_rentals_under_chaos_leave_nothing_running():
     assert report["healthy_destroyed"] == 0
     assert report["still_active_after_outage"] == report["heartbeating_after_outage"] == 6
     assert report["grace_leaks"] == 0 and report["grace_not_terminal"] == 0
+
+
+@pytest.mark.e2e
+def test_a_killed_acting_safety_loop_leaves_nothing_running():
+    """Two safety loops; the acting one is SIGKILLed mid-run and stays dead: the other takes over
+    (sessions/leader.py). 0 leaks, every deadline within 60 s."""
+    run = subprocess.run(
+        [sys.executable, "-m", "shopper.chaos", "--rentals", "20", "--reservation-minutes", "1.5",
+         "--kill-safety-leader", "--grace-rentals", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert "CHAOS OK" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]
+    report = json.loads(run.stdout[run.stdout.index("{") : run.stdout.rindex("}") + 1])
+    assert report["killed_safety_leader"] in ("safety", "safety2")
+    assert report["leaks"] == 0 and report["not_terminal"] == 0
+    assert report["deadlines_enforced"] > 0 and report["worst_deadline_lag_s"] <= 60
