@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
@@ -11,7 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -21,10 +22,14 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from inventory.models import Offer
+from inventory.providers.base import ProviderError
 from sessions import idempotency, keys, lifecycle, services
+from sessions.deployment import deployment_id
 from sessions.forms import RentForm, SSHKeyForm
-from sessions.models import Alert, EventKind, Rental, SSHKey, Status
+from sessions.models import Alert, AlertKind, EventKind, ForeignInstance, Rental, SSHKey, Status
+from sessions.reconcile import unscoped_destroy as reconcile_unscoped_destroy
 
+log = logging.getLogger(__name__)
 LIST_PAGE_SIZE = 50
 
 
@@ -352,8 +357,34 @@ def safety(request: HttpRequest) -> HttpResponse:
         "live": live,
         "now": now,
         "kill_phrase": KILL_SWITCH_PHRASE,
+        "deployment_id": deployment_id(),
+        "foreign": ForeignInstance.objects.all()[:500],
     }
     return render(request, "sessions/safety.html", context)
+
+
+@require_POST
+@login_required
+def unscoped_destroy(request: HttpRequest, alert_id: int) -> HttpResponse:
+    """Staff: destroy the instance of an unscoped-instance alert (a pre-scoping label no live
+    rental here owns: reconcile never destroys it by itself, it may be another deployment's).
+    The decision is recorded on the alert and reconcile retries until the provider confirms."""
+    if not request.user.is_staff:
+        raise Http404
+    alert = Alert.objects.filter(pk=alert_id, resolved_at__isnull=True).first()
+    if alert is None or alert.kind != AlertKind.UNSCOPED:
+        return HttpResponseBadRequest("Only an open unscoped-instance alert can be destroyed here.")
+    try:
+        confirmed = reconcile_unscoped_destroy(alert, actor=request.user.get_username())
+    except ProviderError as exc:
+        confirmed = False
+        log.warning("unscoped destroy of %s: %s", alert.provider_instance_id, exc)
+    where = f"{alert.provider} instance {alert.provider_instance_id}"
+    if confirmed:
+        messages.success(request, f"Destroyed {where} (confirmed by the provider).")
+    else:
+        messages.warning(request, f"Destroy of {where} requested; retried every reconcile until confirmed.")
+    return redirect("sessions:safety")
 
 
 @require_POST
