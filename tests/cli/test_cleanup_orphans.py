@@ -138,7 +138,7 @@ def test_a_failing_listing_is_an_error_never_nothing_there(sandbox, fleet):
     failing = {"dialect": "vastai", "op": "list", "error_rate": 1.0, "error_status": 503}
     sandbox.set_faults({"rules": [failing]})
     try:
-        code, out, err = kill_switch(sandbox, "--deployment", "prod", "--destroy", "--yes", "--interval", "0.2")
+        code, out, err = kill_switch(sandbox, "--deployment", "prod", "--destroy", "--yes")
     finally:
         sandbox.set_faults({"rules": []})
 
