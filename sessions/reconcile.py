@@ -315,7 +315,12 @@ def recover_on_start() -> dict:
         enqueue("sessions.tasks.provision", rental_id)
         resumed += 1
     stopping = rentals_resume_stopping()
-    return {"reconciled": results, "provisioning_resumed": resumed, "teardowns_resumed": stopping}
+    return {
+        "reconciled": results,
+        "provisioning_resumed": resumed,
+        "teardowns_resumed": stopping,
+        "deployment": deployment_id(),
+    }
 
 
 def unscoped_destroy(alert: Alert, *, actor: str) -> bool:

@@ -12,7 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -371,9 +371,11 @@ def unscoped_destroy(request: HttpRequest, alert_id: int) -> HttpResponse:
     The decision is recorded on the alert and reconcile retries until the provider confirms."""
     if not request.user.is_staff:
         raise Http404
-    alert = Alert.objects.filter(pk=alert_id, resolved_at__isnull=True).first()
-    if alert is None or alert.kind != AlertKind.UNSCOPED:
-        return HttpResponseBadRequest("Only an open unscoped-instance alert can be destroyed here.")
+    alert = get_object_or_404(Alert, pk=alert_id)
+    if alert.kind != AlertKind.UNSCOPED or alert.resolved_at is not None:
+        # Like the kill switch's wrong phrase: back to the page with the reason, nothing done.
+        messages.error(request, "Nothing was destroyed: only an open unscoped-instance alert can be.")
+        return redirect("sessions:safety")
     try:
         confirmed = reconcile_unscoped_destroy(alert, actor=request.user.get_username())
     except ProviderError as exc:

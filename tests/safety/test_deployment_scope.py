@@ -166,13 +166,18 @@ def test_an_admin_destroys_an_unscoped_instance_from_the_safety_page(ours, fake,
     assert "prod" in body and foreign.instance_id in body and "staging" in body
     assert reverse("sessions:unscoped_destroy", args=[alert.pk]) in body
 
-    # Not staff: 404 and nothing destroyed; a wrong alert kind: 400 and nothing destroyed.
+    # Not staff: 404; no such alert: 404; another kind of alert: refused with the reason. Each
+    # time nothing is destroyed and no alert changes.
     client.force_login(user)
     assert client.post(reverse("sessions:unscoped_destroy", args=[alert.pk])).status_code == 404
     orphan_alert = Alert.objects.create(kind=AlertKind.ORPHAN, provider="fakecloud", provider_instance_id="1")
     client.force_login(staff)
-    assert client.post(reverse("sessions:unscoped_destroy", args=[orphan_alert.pk])).status_code == 400
+    assert client.post(reverse("sessions:unscoped_destroy", args=[999999])).status_code == 404
+    refused = client.post(reverse("sessions:unscoped_destroy", args=[orphan_alert.pk]), follow=True)
+    assert "Nothing was destroyed" in refused.content.decode()
     assert fake.count("destroy") == 0
+    assert not Alert.objects.exclude(destroy_approved_by="").exists()
+    assert not Alert.objects.filter(resolved_at__isnull=False).exists()
 
     response = client.post(reverse("sessions:unscoped_destroy", args=[alert.pk]))
     assert response.status_code == 302
