@@ -82,13 +82,15 @@ def generate_id() -> str:
 
 def deployment_id() -> str:
     """This deployment's id: the setting, else the one stored in the database (created at first
-    use; two processes starting at once agree, the row is unique). Cached per process: it never
-    changes once stored."""
+    use — the safety loop's start-up reconcile, outside any transaction; two processes starting
+    at once agree, the row is unique). Cached per process once it is known to be committed: a
+    row created inside a transaction that is then rolled back must not leave this process
+    labelling machines with an id no other process knows."""
     global _cached
     if _cached:
         return _cached
     from django.conf import settings
-    from django.db import IntegrityError, transaction
+    from django.db import IntegrityError, connection, transaction
 
     configured = getattr(settings, "SHOPPER_DEPLOYMENT_ID", "") or ""
     if configured:
@@ -103,8 +105,9 @@ def deployment_id() -> str:
                 row = DeploymentIdentity.objects.create(pk=1, deployment_id=generate_id())
         except IntegrityError:  # another process stored one first: use theirs
             row = DeploymentIdentity.objects.get(pk=1)
-    _cached = row.deployment_id
-    return _cached
+    if not connection.in_atomic_block:
+        _cached = row.deployment_id
+    return row.deployment_id
 
 
 def reset_cache() -> None:

@@ -224,3 +224,20 @@ def test_rentals_from_before_the_migration_keep_an_empty_deployment(ours, make_r
     rental = make_rental(S.ACTIVE)
     Rental.objects.filter(pk=rental.pk).update(deployment_id="")
     assert fresh(rental).label == f"shopper-{rental.pk}"
+
+
+def test_an_id_generated_in_a_rolled_back_transaction_is_not_kept(settings, db):
+    """A rental refused after its default id was generated rolls the row back: this process
+    must not go on labelling with an id that no other process will ever read."""
+    import contextlib
+
+    from django.db import transaction
+
+    settings.SHOPPER_DEPLOYMENT_ID = ""
+    deployment.reset_cache()
+    with contextlib.suppress(RuntimeError), transaction.atomic():
+        deployment_id()
+        raise RuntimeError("refused")
+    assert not DeploymentIdentity.objects.exists()
+    again = deployment_id()
+    assert DeploymentIdentity.objects.get().deployment_id == again
