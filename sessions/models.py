@@ -8,13 +8,20 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
+from django.core.checks import Error, register
 from django.core.signals import setting_changed
 from django.db import models
 from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
 
-from sessions.deployment import LABEL_PREFIX, make_label, rental_default_deployment
+from sessions.deployment import (
+    LABEL_PREFIX,
+    InvalidDeploymentId,
+    make_label,
+    rental_default_deployment,
+    validate_deployment_id,
+)
 from sessions.deployment import reset_cache as deployment_reset_cache
 
 __all__ = ["LABEL_PREFIX"]
@@ -358,6 +365,19 @@ class ForeignInstance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.provider_instance_id} ({self.label})"
+
+
+@register()
+def deployment_id_check(app_configs, **kwargs) -> list[Error]:
+    """A bad SHOPPER_DEPLOYMENT_ID stops the start (migrate, web, safety loop), not a reconcile."""
+    configured = getattr(settings, "SHOPPER_DEPLOYMENT_ID", "") or ""
+    if not configured:
+        return []
+    try:
+        validate_deployment_id(configured)
+    except InvalidDeploymentId as exc:
+        return [Error(str(exc), hint="Leave it empty to have one generated.", id="rentals.E001")]
+    return []
 
 
 @receiver(setting_changed)

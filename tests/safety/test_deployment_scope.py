@@ -241,3 +241,13 @@ def test_an_id_generated_in_a_rolled_back_transaction_is_not_kept(settings, db):
     assert not DeploymentIdentity.objects.exists()
     again = deployment_id()
     assert DeploymentIdentity.objects.get().deployment_id == again
+
+
+def test_a_bad_deployment_id_setting_fails_the_system_checks(settings):
+    from sessions.models import deployment_id_check
+
+    settings.SHOPPER_DEPLOYMENT_ID = "prod-eu"
+    [error] = deployment_id_check(None)
+    assert error.id == "rentals.E001" and "not valid" in error.msg
+    settings.SHOPPER_DEPLOYMENT_ID = "prod_eu"
+    assert deployment_id_check(None) == []
