@@ -8,11 +8,23 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
+from django.core.checks import Error, register
+from django.core.signals import setting_changed
 from django.db import models
 from django.db.models import Q
+from django.dispatch import receiver
 from django.utils import timezone
 
-LABEL_PREFIX = "shopper-"
+from sessions.deployment import (
+    LABEL_PREFIX,
+    InvalidDeploymentId,
+    make_label,
+    rental_default_deployment,
+    validate_deployment_id,
+)
+from sessions.deployment import reset_cache as deployment_reset_cache
+
+__all__ = ["LABEL_PREFIX"]
 
 
 class Status(models.TextChoices):
@@ -124,6 +136,9 @@ class Rental(models.Model):
     # the same key with another request is refused (422 idempotency_key_reused) by the API.
     request_key = models.CharField(max_length=255, blank=True, default="")
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    # The deployment whose label the instance carries (sessions/deployment.py); "" for rentals
+    # made before labels were scoped: they keep their old label ``shopper-<uuid>``.
+    deployment_id = models.CharField(max_length=32, blank=True, default=rental_default_deployment)
 
     objects = RentalQuerySet.as_manager()
 
@@ -157,8 +172,8 @@ class Rental(models.Model):
 
     @property
     def label(self) -> str:
-        """The label/name every instance carries (safety rule 2)."""
-        return f"{LABEL_PREFIX}{self.id}"
+        """The label/name every instance carries (safety rule 2): ``shopper-<deployment>-<uuid>``."""
+        return make_label(self.deployment_id, self.id)
 
     @property
     def is_live(self) -> bool:
@@ -263,6 +278,9 @@ class AlertKind(models.TextChoices):
     BUDGET = "budget", "Budget threshold"
     QUEUE_STALLED = "queue_stalled", "Task queue stalled"
     BALANCE_LOW = "balance_low", "Provider balance low"
+    # An instance with a pre-scoping label no live rental owns: maybe another deployment's
+    # (both used to label alike), so only an admin destroys it (safety page).
+    UNSCOPED = "unscoped_orphan", "Unscoped instance"
 
 
 class Alert(models.Model):
@@ -277,6 +295,8 @@ class Alert(models.Model):
     message = models.TextField()
     created_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)
+    # Unscoped instances: the admin who said destroy it (reconcile retries until confirmed).
+    destroy_approved_by = models.CharField(max_length=150, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
@@ -345,3 +365,56 @@ class ProviderBalance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}: {self.balance}"
+
+
+class DeploymentIdentity(models.Model):
+    """This deployment's generated id (one row, pk=1), when SHOPPER_DEPLOYMENT_ID is not set."""
+
+    deployment_id = models.CharField(max_length=32)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.deployment_id
+
+
+class ForeignInstance(models.Model):
+    """An instance labelled by another deployment on a shared provider account, as the last
+    reconcile listing showed it. Listed on the safety page; never touched."""
+
+    provider = models.CharField(max_length=32)
+    provider_instance_id = models.CharField(max_length=128)
+    label = models.CharField(max_length=255)
+    deployment = models.CharField(max_length=32)
+    state = models.CharField(max_length=32, blank=True)
+    price_per_hour = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["deployment", "provider", "provider_instance_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "provider_instance_id"], name="foreign_instance_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.provider_instance_id} ({self.label})"
+
+
+@register()
+def deployment_id_check(app_configs, **kwargs) -> list[Error]:
+    """A bad SHOPPER_DEPLOYMENT_ID stops the start (migrate, web, safety loop), not a reconcile."""
+    configured = getattr(settings, "SHOPPER_DEPLOYMENT_ID", "") or ""
+    if not configured:
+        return []
+    try:
+        validate_deployment_id(configured)
+    except InvalidDeploymentId as exc:
+        return [Error(str(exc), hint="Leave it empty to have one generated.", id="rentals.E001")]
+    return []
+
+
+@receiver(setting_changed)
+def _deployment_setting_changed(*, setting: str, **kwargs) -> None:
+    if setting == "SHOPPER_DEPLOYMENT_ID":
+        deployment_reset_cache()

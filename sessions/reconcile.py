@@ -11,6 +11,11 @@
   SHOPPER_CREATE_SETTLE_SECONDS are not counted at all (their instance may not be listed yet).
 - A listing that fails, or is empty while rentals are live, aborts the cycle: it never means
   "all gone". Instances without our prefix are never touched.
+- Deployment scoping (sessions/deployment.py): only this deployment's labels
+  ``shopper-<deployment id>-<uuid>`` are reconciled. Another deployment's instances on a shared
+  account are recorded (ForeignInstance, for the safety page) and never touched. A pre-scoping
+  label ``shopper-<uuid>`` is adopted when a live rental here owns it; otherwise it is alerted
+  (``unscoped_orphan``) and destroyed only by an admin (``unscoped_destroy``).
 The number of queries per cycle does not grow with the number of instances.
 """
 
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -27,8 +31,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from inventory import providers as registry
-from inventory.providers.base import NotFound, ProviderError
+from inventory.providers.base import InstanceData, NotFound, ProviderError
 from sessions.alerts import alert_raise
+from sessions.deployment import ParsedLabel, deployment_id, parse_label
 from sessions.models import (
     IN_FLIGHT_STATUSES,
     LABEL_PREFIX,
@@ -36,6 +41,7 @@ from sessions.models import (
     Alert,
     AlertKind,
     EventKind,
+    ForeignInstance,
     Rental,
     Status,
 )
@@ -55,15 +61,33 @@ class ReconcileResult:
     orphans_found: list[str] = field(default_factory=list)
     orphans_destroyed: list[str] = field(default_factory=list)
     ghosts: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # other deployments' instances (untouched)
+    unscoped: list[str] = field(default_factory=list)  # pre-scoping labels no live rental owns
 
 
-def _rental_id(label: str | None) -> uuid.UUID | None:
-    if not label or not label.startswith(LABEL_PREFIX):
-        return None
-    try:
-        return uuid.UUID(label[len(LABEL_PREFIX) :])
-    except ValueError:
-        return None
+def _foreign_record(provider_name: str, foreign: list[tuple[InstanceData, ParsedLabel]]) -> None:
+    """Keep the safety page's list of other deployments' instances as this listing shows them."""
+    now = timezone.now()
+    ids = [i.instance_id for i, _ in foreign]
+    ForeignInstance.objects.filter(provider=provider_name).exclude(provider_instance_id__in=ids).delete()
+    if foreign:
+        ForeignInstance.objects.bulk_create(
+            [
+                ForeignInstance(
+                    provider=provider_name,
+                    provider_instance_id=i.instance_id,
+                    label=i.label or "",
+                    deployment=p.deployment,
+                    state=i.state,
+                    price_per_hour=i.price_per_hour,
+                    seen_at=now,
+                )
+                for i, p in foreign
+            ],
+            update_conflicts=True,
+            unique_fields=["provider", "provider_instance_id"],
+            update_fields=["label", "deployment", "state", "price_per_hour", "seen_at"],
+        )
 
 
 def reconcile(*, provider_name: str) -> ReconcileResult:
@@ -75,24 +99,47 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
     except (ProviderError, registry.ProviderDisabled) as exc:
         result.aborted = f"listing failed: {exc}"
         return result
+    me = deployment_id()
+    parsed = [(i, p) for i in instances if (p := parse_label(i.label))]
+    known = {r.pk: r for r in Rental.objects.filter(pk__in=[p.rental_id for _, p in parsed])}
+    # Sort every labelled instance: ours (this deployment's label, or a rental row here that
+    # carries exactly that label), unscoped (a pre-scoping label no rental here owns) and
+    # foreign (another deployment's label): listed, never touched.
+    ours: list[tuple[InstanceData, Rental | None]] = []
+    unscoped: list[InstanceData] = []
+    foreign: list[tuple[InstanceData, ParsedLabel]] = []
+    for instance, label in parsed:
+        rental = known.get(label.rental_id)
+        if rental is not None and rental.deployment_id != label.deployment:
+            rental = None  # same uuid under another label: not this rental's machine
+        if label.deployment == "":
+            if rental is not None and rental.status in LIVE_STATUSES:
+                ours.append((instance, rental))  # adopted: a live rental from before scoping
+            else:
+                unscoped.append(instance)
+        elif label.deployment == me or rental is not None:
+            ours.append((instance, rental))
+        else:
+            foreign.append((instance, label))
+    result.foreign = [i.instance_id for i, _ in foreign]
+    _foreign_record(provider_name, foreign)
+
     live = Rental.objects.filter(provider=provider_name, status__in=LIVE_STATUSES)
     expecting = live.filter(status__in=EXPECT_INSTANCE).exclude(provider_instance_id="")
-    ours = [i for i in instances if _rental_id(i.label)]
     result.instances = len(ours)
     if not ours and expecting.exists():
         result.aborted = "empty listing while rentals are live"
         return result
 
-    rentals = {r.pk: r for r in Rental.objects.filter(pk__in=[_rental_id(i.label) for i in ours])}
-    seen_ids = {i.instance_id for i in ours}
+    seen_ids = {i.instance_id for i, _ in ours}
     now = timezone.now()
     grace = timedelta(seconds=settings.SHOPPER_ORPHAN_GRACE_SECONDS)
+    _unscoped_alerts(provider, provider_name, unscoped, result)
     open_orphans = {
         a.provider_instance_id: a
         for a in Alert.objects.filter(kind=AlertKind.ORPHAN, provider=provider_name, resolved_at__isnull=True)
     }
-    for instance in ours:
-        rental = rentals.get(_rental_id(instance.label))
+    for instance, rental in ours:
         if rental is not None and rental.status in LIVE_STATUSES:
             continue
         alert = open_orphans.get(instance.instance_id) or alert_raise(
@@ -145,6 +192,39 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
                 reason="The instance is gone at the provider (missing from two listings, not found by id)",
             )
     return result
+
+
+def _unscoped_alerts(provider, provider_name: str, unscoped: list[InstanceData], result) -> None:
+    """Alert once per unscoped instance no live rental owns; never destroy it here. Before
+    scoping, every deployment on the account labelled alike, so it may be another team's
+    machine: an admin decides (safety page, ``unscoped_destroy``). An alert whose instance has
+    left the listing is closed once the provider confirms it is gone."""
+    listed = {i.instance_id for i in unscoped}
+    approved = {
+        a.provider_instance_id: a
+        for a in Alert.objects.filter(
+            kind=AlertKind.UNSCOPED, provider=provider_name, resolved_at__isnull=True
+        ).exclude(destroy_approved_by="")
+    }
+    for instance in unscoped:
+        result.unscoped.append(instance.instance_id)
+        alert = approved.get(instance.instance_id)
+        if alert is not None:  # an admin said destroy: retried each cycle until confirmed
+            if _destroy_verified(provider, instance.instance_id):
+                Alert.objects.filter(pk=alert.pk).update(resolved_at=timezone.now())
+            continue
+        alert_raise(
+            AlertKind.UNSCOPED,
+            f"Unscoped instance {instance.instance_id} ({instance.label}) at {provider_name}: no live "
+            "rental here owns it and its label names no deployment, so it may be another deployment's; "
+            "it is not destroyed automatically. Destroy it from the safety page if it is not.",
+            provider=provider_name,
+            provider_instance_id=instance.instance_id,
+        )
+    still_open = Alert.objects.filter(kind=AlertKind.UNSCOPED, resolved_at__isnull=True)
+    for alert in still_open.filter(provider=provider_name):
+        if alert.provider_instance_id not in listed and _gone(provider, alert.provider_instance_id):
+            Alert.objects.filter(pk=alert.pk).update(resolved_at=timezone.now())
 
 
 def _confirmed_gone(provider, rental: Rental) -> bool:
@@ -235,4 +315,26 @@ def recover_on_start() -> dict:
         enqueue("sessions.tasks.provision", rental_id)
         resumed += 1
     stopping = rentals_resume_stopping()
-    return {"reconciled": results, "provisioning_resumed": resumed, "teardowns_resumed": stopping}
+    return {
+        "reconciled": results,
+        "provisioning_resumed": resumed,
+        "teardowns_resumed": stopping,
+        "deployment": deployment_id(),
+    }
+
+
+def unscoped_destroy(alert: Alert, *, actor: str) -> bool:
+    """An admin's decision: destroy the unscoped instance of this alert. Recorded on the alert
+    first, so the reconcile cycle keeps destroying it until the provider confirms it is gone;
+    True when that is already confirmed here. Provider calls run outside any transaction."""
+    if alert.kind != AlertKind.UNSCOPED or alert.resolved_at is not None:
+        return False
+    Alert.objects.filter(pk=alert.pk).update(destroy_approved_by=actor[:150])
+    try:
+        provider = registry.get_provider(alert.provider)
+    except (registry.ProviderDisabled, registry.UnknownProvider):
+        return False
+    if not _destroy_verified(provider, alert.provider_instance_id):
+        return False
+    Alert.objects.filter(pk=alert.pk, resolved_at__isnull=True).update(resolved_at=timezone.now())
+    return True

@@ -18,5 +18,6 @@ urlpatterns = [
     path("safety/", views.safety, name="safety"),
     path("safety/kill-switch/", views.safety_kill_switch, name="kill_switch"),
     path("safety/alerts/<int:alert_id>/resolve/", views.alert_resolve, name="alert_resolve"),
+    path("safety/alerts/<int:alert_id>/destroy/", views.unscoped_destroy, name="unscoped_destroy"),
     path("keys/<int:key_id>/delete/", views.sshkey_delete, name="key_delete"),
 ]

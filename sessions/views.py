@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
@@ -21,10 +22,14 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from inventory.models import Offer
+from inventory.providers.base import ProviderError
 from sessions import idempotency, keys, lifecycle, services
+from sessions.deployment import deployment_id
 from sessions.forms import RentForm, SSHKeyForm
-from sessions.models import Alert, EventKind, Rental, SSHKey, Status
+from sessions.models import Alert, AlertKind, EventKind, ForeignInstance, Rental, SSHKey, Status
+from sessions.reconcile import unscoped_destroy as reconcile_unscoped_destroy
 
+log = logging.getLogger(__name__)
 LIST_PAGE_SIZE = 50
 
 
@@ -379,6 +384,8 @@ def safety(request: HttpRequest) -> HttpResponse:
         "live": live,
         "now": now,
         "kill_phrase": KILL_SWITCH_PHRASE,
+        "deployment_id": deployment_id(),
+        "foreign": ForeignInstance.objects.all()[:500],
     }
     context.update(_safety_loop_and_balances(now))
     return render(request, "sessions/safety.html", context)
@@ -397,6 +404,32 @@ def _safety_loop_and_balances(now) -> dict:
         hours = (row.balance / burn).quantize(Decimal("0.1")) if row.balance is not None and burn else None
         balances.append({"row": row, "burn": burn, "hours": hours})
     return {"safety_lease": lease_current(now), "balances": balances}
+
+
+@require_POST
+@login_required
+def unscoped_destroy(request: HttpRequest, alert_id: int) -> HttpResponse:
+    """Staff: destroy the instance of an unscoped-instance alert (a pre-scoping label no live
+    rental here owns: reconcile never destroys it by itself, it may be another deployment's).
+    The decision is recorded on the alert and reconcile retries until the provider confirms."""
+    if not request.user.is_staff:
+        raise Http404
+    alert = get_object_or_404(Alert, pk=alert_id)
+    if alert.kind != AlertKind.UNSCOPED or alert.resolved_at is not None:
+        # Like the kill switch's wrong phrase: back to the page with the reason, nothing done.
+        messages.error(request, "Nothing was destroyed: only an open unscoped-instance alert can be.")
+        return redirect("sessions:safety")
+    try:
+        confirmed = reconcile_unscoped_destroy(alert, actor=request.user.get_username())
+    except ProviderError as exc:
+        confirmed = False
+        log.warning("unscoped destroy of %s: %s", alert.provider_instance_id, exc)
+    where = f"{alert.provider} instance {alert.provider_instance_id}"
+    if confirmed:
+        messages.success(request, f"Destroyed {where} (confirmed by the provider).")
+    else:
+        messages.warning(request, f"Destroy of {where} requested; retried every reconcile until confirmed.")
+    return redirect("sessions:safety")
 
 
 @require_POST

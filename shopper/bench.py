@@ -512,10 +512,12 @@ def phase_reconcile(database_url: str, instances: int, orphans: int, ghosts: int
         from django.contrib.auth import get_user_model
         from django.utils import timezone
 
+        from sessions.deployment import deployment_id, make_label
         from sessions.models import Alert, AlertKind, Rental, Status
 
         rental_ids = [uuid.uuid4() for _ in range(instances - orphans)]
-        labels = [f"shopper-{r}" for r in rental_ids] + [f"shopper-{uuid.uuid4()}" for _ in range(orphans)]
+        me = deployment_id()  # reconcile acts only on this deployment's labels
+        labels = [make_label(me, r) for r in rental_ids + [uuid.uuid4() for _ in range(orphans)]]
         started = time.perf_counter()
         created = sandbox.add_listing_only("vastai", labels)
         setup_seconds = time.perf_counter() - started

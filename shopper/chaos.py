@@ -9,6 +9,10 @@ the django-q2 worker and the safety loop, on a fresh SQLite file (or BENCH_DATAB
 prints leaks (instances left in the sandbox), rentals not terminal, and the worst deadline lag,
 and exits non-zero if any of them breaks its bound.
 
+Then the deployments phase (``--deployment-rentals``, issue 16): a second deployment (its own
+database, id and processes) rents beside the first on the same sandbox account; 0 machines of
+one touched by the other, each destroys its own orphan, 0 leaks (``--deployments-only``).
+
 Then the grace phase (``--grace-rentals``, issue 12 "destroys healthy machines"): a few long
 rentals whose agents heartbeat every 2 s against a 20 s heartbeat timeout, on a Vast listing that
 lags ``--listing-lag`` s (a second batch is rented once the first is listed, so the lag really
@@ -241,6 +245,210 @@ def grace_ok(report: dict, wanted: int) -> bool:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Two deployments on one provider account (issue 16, deployment scoping): a second shopper with
+# its own database, id and processes rents beside the first on the same sandbox account; neither
+# may touch the other's machines, and each must still destroy its own orphans.
+# --------------------------------------------------------------------------------------------
+SECOND_DEPLOYMENT_ID = "chaosb"
+
+
+def _second(env_b: dict, action: str, n: int = 0) -> dict:
+    """Run ``action`` in the second deployment (its own database) as a process; its JSON answer."""
+    run = subprocess.run(
+        [sys.executable, "-m", "shopper.chaos", "--second-deployment", action,
+         "--deployment-rentals", str(n)],
+        cwd=ROOT, env=env_b, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if run.returncode != 0:
+        raise RuntimeError(f"second deployment {action} failed: {run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _rent(user, n: int) -> list[str]:
+    """Up to n rentals of offers the sandbox still has, in this process's deployment."""
+    from inventory.models import Offer
+    from sessions.services import RentalError, rental_create
+
+    out = []
+    offers = Offer.objects.visible().filter(gpu_count=1).order_by("?")
+    for offer_id in offers.values_list("pk", flat=True)[: n * 4]:
+        if len(out) >= n:
+            break
+        with contextlib.suppress(RentalError):
+            out.append(str(rental_create(user=user, offer_id=offer_id, reservation_hours="0.5").rental.pk))
+    return out
+
+
+def _deployment_view() -> dict:
+    """What this process's deployment knows: its rentals, their instances, its alerts and the
+    other deployments' instances it has listed."""
+    from sessions.deployment import deployment_id
+    from sessions.models import Alert, AlertKind, ForeignInstance, Rental
+
+    return {
+        "deployment": deployment_id(),
+        "rentals": {str(r.pk): [r.status, r.provider_instance_id] for r in Rental.objects.all()},
+        "orphan_alerts": list(
+            Alert.objects.filter(kind=AlertKind.ORPHAN).values_list("provider_instance_id", flat=True)
+        ),
+        "ghost_alerts": Alert.objects.filter(kind=AlertKind.GHOST).count(),
+        "foreign": list(ForeignInstance.objects.values_list("provider_instance_id", flat=True)),
+    }
+
+
+def second_deployment_main(action: str, n: int) -> int:
+    """The second deployment's side of deployments_phase (its environment says which database)."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "shopper.settings"
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from sessions.models import TERMINAL_STATUSES, Rental
+    from sessions.services import RentalError, rental_stop
+
+    answer: dict = {}
+    if action == "setup":
+        call_command("migrate", verbosity=0)
+        from inventory.services import offers_refresh
+
+        offers_refresh(force=True)
+    elif action == "rent":
+        user, _ = get_user_model().objects.get_or_create(username="chaos-b")
+        answer["rented"] = _rent(user, n)
+    elif action == "stop":
+        for rental in Rental.objects.exclude(status__in=TERMINAL_STATUSES):
+            with contextlib.suppress(RentalError):
+                rental_stop(rental=rental, reason="Done (chaos deployments phase)")
+    answer.update(_deployment_view())
+    print(json.dumps(answer))
+    return 0
+
+
+def deployments_phase(sandbox, env: dict, tmp: Path, web_port: int, args) -> dict:
+    """Deployment A (this process's database and SHOPPER_DEPLOYMENT_ID) and deployment B (its own
+    SQLite database, id ``chaosb``, web, worker and safety loop) rent side by side on the same
+    sandbox account, each with an orphan of its own; both stacks reconcile for several orphan
+    grace periods. Counts the machines of one deployment the other touched (a destroy attempt at
+    the sandbox, or the machine gone, before its owner stopped it), the orphans each destroyed and
+    the leaks once both are done."""
+    import uuid
+
+    from django.contrib.auth import get_user_model
+
+    from sessions.deployment import deployment_id, make_label
+    from sessions.models import TERMINAL_STATUSES, Rental, Status
+    from sessions.services import RentalError, rental_stop
+
+    n = args.deployment_rentals
+    port_b = _free_port()
+    dir_b = tmp / "deployment-b"
+    dir_b.mkdir(exist_ok=True)
+    env_b = dict(env)
+    env_b.update(
+        DATABASE_URL=f"sqlite:///{dir_b / 'b.sqlite3'}", SHOPPER_DEPLOYMENT_ID=SECOND_DEPLOYMENT_ID,
+        SHOPPER_PUBLIC_URL=f"http://127.0.0.1:{port_b}",
+    )  # fmt: skip
+    env_b.pop("REDIS_URL", None)  # its own queue (the ORM broker in its own database)
+    sandbox.set_faults({"rules": []})
+    _second(env_b, "setup")
+    me = deployment_id()
+    user, _ = get_user_model().objects.get_or_create(username="chaos")
+    procs_a, procs_b = Procs(env, tmp, web_port), Procs(env_b, dir_b, port_b)
+    for name in ("web", "worker", "safety"):
+        procs_a.start(name)
+        procs_b.start(name)
+    started = time.monotonic()
+    report: dict = {}
+    ours = Rental.objects.filter(created_at__gte=timezone_now())
+    try:
+        ids_a = _rent(user, n)
+        ids_b = _second(env_b, "rent", n)["rented"]
+        labels = [make_label(me, uuid.uuid4()), make_label(SECOND_DEPLOYMENT_ID, uuid.uuid4())]
+        orphans = sandbox.add_listing_only("vastai", labels)
+        orphan_a, orphan_b = str(orphans[0]["id"]), str(orphans[1]["id"])
+
+        def settled() -> tuple[dict, dict]:
+            view_b = _second(env_b, "status")
+            a = {str(r.pk): [r.status, r.provider_instance_id] for r in Rental.objects.filter(pk__in=ids_a)}
+            return a, {k: v for k, v in view_b["rentals"].items() if k in ids_b}
+
+        deadline = time.monotonic() + 240
+        in_flight = {"pending", "provisioning", "booting", "verifying"}
+        while time.monotonic() < deadline:
+            rentals_a, rentals_b = settled()
+            if not any(s in in_flight for s, _ in [*rentals_a.values(), *rentals_b.values()]):
+                break
+            time.sleep(3)
+        live_a = {iid for s, iid in rentals_a.values() if s == Status.ACTIVE}
+        live_b = {iid for s, iid in rentals_b.values() if s == Status.ACTIVE}
+        # Several reconcile cycles past the orphan grace in both deployments.
+        grace = float(env.get("SHOPPER_ORPHAN_GRACE_SECONDS", "10"))
+        interval = float(env.get("SHOPPER_RECONCILE_INTERVAL_SECONDS", "5"))
+        time.sleep(grace + 4 * interval + 5)
+        at_sandbox = {str(i["id"]): i for i in sandbox.instances()}
+        touched = [
+            iid
+            for iid in live_a | live_b
+            if iid not in at_sandbox or at_sandbox[iid].get("destroy_attempts", 0) > 0
+        ]
+        rentals_a, rentals_b = settled()
+        view_a, view_b = _deployment_view(), _second(env_b, "status")
+        report.update(
+            deployment_ids=[me, SECOND_DEPLOYMENT_ID],
+            deployment_rentals=[len(ids_a), len(ids_b)],
+            deployment_active=[len(live_a), len(live_b)],
+            deployment_still_active=[
+                sum(s == Status.ACTIVE for s, _ in rentals_a.values()),
+                sum(s == Status.ACTIVE for s, _ in rentals_b.values()),
+            ],
+            touched_by_other_deployment=len(touched),
+            own_orphans_destroyed=int(orphan_a not in at_sandbox and orphan_a in view_a["orphan_alerts"])
+            + int(orphan_b not in at_sandbox and orphan_b in view_b["orphan_alerts"]),
+            cross_orphan_alerts=len(set(view_a["orphan_alerts"]) & (live_b | {orphan_b}))
+            + len(set(view_b["orphan_alerts"]) & (live_a | {orphan_a})),
+            ghosts=[view_a["ghost_alerts"], view_b["ghost_alerts"]],
+            foreign_listed=[len(set(view_a["foreign"]) & live_b), len(set(view_b["foreign"]) & live_a)],
+        )
+        for pk in ours.exclude(status__in=TERMINAL_STATUSES).values_list("pk", flat=True):
+            with contextlib.suppress(RentalError):
+                rental_stop(rental=Rental.objects.get(pk=pk), reason="Done (chaos deployments phase)")
+        _second(env_b, "stop")
+        end = time.monotonic() + 120
+        while sandbox.instances() and time.monotonic() < end:
+            time.sleep(2)
+    finally:
+        procs_a.stop_all()
+        procs_b.stop_all()
+    report.update(
+        deployment_leaks=len(sandbox.instances()),
+        deployment_seconds=round(time.monotonic() - started, 1),
+    )
+    return report
+
+
+def timezone_now():
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def deployments_ok(report: dict, wanted: int) -> bool:
+    return (
+        report.get("deployment_rentals") == [wanted, wanted]
+        and min(report.get("deployment_active") or [0]) > 0  # an offer may fail to rent: not the point
+        and report.get("deployment_still_active") == report.get("deployment_active")
+        and report.get("touched_by_other_deployment") == 0
+        and report.get("cross_orphan_alerts") == 0
+        and report.get("own_orphans_destroyed") == 2
+        and report.get("foreign_listed") == report.get("deployment_active")[::-1]
+        and report.get("deployment_leaks") == 0
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Chaos run against the sandbox cloud.")
     parser.add_argument("--rentals", type=int, default=50)
@@ -264,7 +472,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="two safety loops; SIGKILL the acting one mid-run and keep it dead (acting_safety_loop)",
     )
+    parser.add_argument(
+        "--deployment-rentals",
+        type=int,
+        default=3,
+        help="rentals per deployment of the two-deployments phase (0: skip it)",
+    )
+    parser.add_argument(
+        "--deployments-only", action="store_true", help="only the two-deployments phase (deployments_phase)"
+    )
+    parser.add_argument("--second-deployment", metavar="ACTION", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.deployments_only:  # the main phase with nothing to rent, then this phase alone
+        args.rentals, args.grace_rentals = 0, 0
+    if args.second_deployment:
+        return second_deployment_main(args.second_deployment, args.deployment_rentals)
     if args.kill_idle_workers:
         return run_killed_idle_workers(args)
 
@@ -286,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         SHOPPER_MAX_LIVE_RENTALS=str(args.rentals + 10),
         # Short leases: work a killed worker held is taken over (and tested) within the run.
         SHOPPER_LEASE_SECONDS="30",
+        SHOPPER_DEPLOYMENT_ID="chaosa",  # the deployments phase adds "chaosb" on the same account
     )  # fmt: skip
     sys.path.insert(0, str(ROOT))
     from inventory.sandbox.testing import running_sandbox
@@ -395,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
             grace = grace_phase(sandbox, env, tmp, web_port, args)
             report.update(grace)
             ok = ok and grace_ok(grace, args.grace_rentals)
+        if args.deployment_rentals:
+            deployments = deployments_phase(sandbox, env, tmp, web_port, args)
+            report.update(deployments)
+            ok = ok and deployments_ok(deployments, args.deployment_rentals)
         print(json.dumps(report, indent=2))
         if leaks:
             print("LEAKED:", json.dumps(leaks)[:2000])

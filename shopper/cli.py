@@ -1229,6 +1229,13 @@ def add_wait_options(p: argparse.ArgumentParser, until: str, timeout: float) -> 
     p.add_argument("--interval", type=float, default=2, metavar="S", help="poll every S seconds (2)")
 
 
+def cmd_cleanup_orphans(args) -> int:
+    """The offline kill switch (shopper/killswitch.py): provider keys only, no server, no database."""
+    from shopper import killswitch
+
+    return killswitch.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -1394,6 +1401,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--remove", action="store_true", help="remove the gpu-shopper block")
     p.add_argument("--file", metavar="PATH", help="the ssh config file (default ~/.ssh/config)")
+
+    p = command(
+        "cleanup-orphans",
+        cmd_cleanup_orphans,
+        "offline kill switch: list (and destroy) every machine of a deployment at the providers",
+        "For when the shopper or its database is gone. Needs only the provider keys in the "
+        "environment (VASTAI_API_KEY / VASTAI_API_URL, TENSORDOCK_API_TOKEN / TENSORDOCK_API_URL, "
+        "as the server reads them); no server, no database, no API token. Lists every instance "
+        "labelled shopper-<ID>-... with its age and price; --destroy destroys each and waits until "
+        "the provider confirms it is gone, after you type the deployment id (--yes for scripts).",
+    )
+    p.add_argument("--deployment", required=True, metavar="ID", help="the deployment id (safety page)")
+    p.add_argument("--destroy", action="store_true", help="destroy every machine listed")
+    p.add_argument("--yes", action="store_true", help="with --destroy: no typed confirmation")
+    p.add_argument(
+        "--unscoped",
+        action="store_true",
+        help="also pre-scoping labels shopper-<uuid> (any deployment's before scoping: careful)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=600, metavar="S", help="per machine: give up after S seconds (600)"
+    )
+    p.add_argument("--interval", type=float, default=5, metavar="S", help="poll every S seconds (5)")
     return parser
 
 

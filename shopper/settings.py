@@ -239,6 +239,7 @@ PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=30.0)
 PROVIDER_MIN_INTERVAL_SECONDS = env.float("PROVIDER_MIN_INTERVAL_SECONDS", default=None)
 # True when the provider URLs point at the local sandbox cloud: every page says so.
 SHOPPER_SANDBOX = env.bool("SHOPPER_SANDBOX", default=False)
+SHOPPER_DEPLOYMENT_ID = env.str("SHOPPER_DEPLOYMENT_ID", default="")
 
 # --- Product rules ----------------------------------------------------------------------------
 SHOPPER_HARD_MAX_HOURS = env.int("SHOPPER_HARD_MAX_HOURS", default=12)

@@ -93,6 +93,7 @@ ROUTES: dict[str, Route] = {
     "safety/": Route(STAFF),
     "safety/kill-switch/": Route(STAFF, methods=("post",), data={"confirm": "STOP ALL"}),
     "safety/alerts/<int:alert_id>/resolve/": Route(STAFF, methods=("post",)),
+    "safety/alerts/<int:alert_id>/destroy/": Route(STAFF, methods=("post",)),
     # costs
     "costs/": Route(LOGIN),
     "costs/export.csv": Route(LOGIN),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -147,6 +148,9 @@ class InstanceData:
     ssh_user: str = "root"
     price_per_hour: Decimal | None = None
     ssh_endpoints: tuple[tuple[str, int], ...] = ()
+    # When the provider started it (aware UTC), None when it does not say: the offline kill
+    # switch shows the age (Vast ``start_date``, TensorDock ``created_at``).
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)

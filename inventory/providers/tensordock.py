@@ -352,6 +352,7 @@ class TensorDock(Provider):
             ssh_port=port or (22 if host else None),
             ssh_user="root",  # the key is installed for root and user; root matches Vast
             price_per_hour=http.to_money(price),
+            started_at=http.to_time(fields.get("created_at", fields.get("createdAt"))),
         )
 
     # ---------------------------------------------------------------- delete

@@ -403,6 +403,7 @@ class VastAI(Provider):
             ssh_user="root",
             price_per_hour=http.to_money(raw.get("dph_total")),
             ssh_endpoints=endpoints,
+            started_at=http.to_time(raw.get("start_date")),
         )
 
     @staticmethod

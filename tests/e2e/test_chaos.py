@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.e2e
 def test_fifty_rentals_under_chaos_leave_nothing_running():
     run = subprocess.run(
-        [sys.executable, "-m", "shopper.chaos", "--rentals", "50", "--reservation-minutes", "1.5"],
+        [sys.executable, "-m", "shopper.chaos", "--rentals", "50", "--reservation-minutes", "1.5",
+         "--deployment-rentals", "0"],  # the deployments phase has its own test
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert "CHAOS OK" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]
@@ -46,7 +47,7 @@ def test_a_killed_acting_safety_loop_leaves_nothing_running():
     (sessions/leader.py). 0 leaks, every deadline within 60 s."""
     run = subprocess.run(
         [sys.executable, "-m", "shopper.chaos", "--rentals", "20", "--reservation-minutes", "1.5",
-         "--kill-safety-leader", "--grace-rentals", "0"],
+         "--kill-safety-leader", "--grace-rentals", "0", "--deployment-rentals", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert "CHAOS OK" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]

@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from inventory.providers.base import NotFound, PermanentError, Transient
+from sessions.deployment import deployment_id, make_label
 from sessions.models import LABEL_PREFIX, Alert, AlertKind, Rental, RentalEvent, Status
 from sessions.reconcile import reconcile, reconcile_all
 from sessions.services import rental_teardown
@@ -41,7 +42,8 @@ def gone_at_provider(instance_id: str) -> bool:
 
 
 def stranger_label() -> str:
-    return f"{LABEL_PREFIX}{uuid.uuid4()}"
+    """A label of this deployment that no rental here owns."""
+    return make_label(deployment_id(), uuid.uuid4())
 
 
 @pytest.fixture

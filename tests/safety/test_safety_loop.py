@@ -12,8 +12,9 @@ import pytest
 from django.core.management import call_command
 from django.db import OperationalError
 
+from sessions.deployment import deployment_id, make_label
 from sessions.management.commands import safety_loop
-from sessions.models import LABEL_PREFIX, Alert, AlertKind, Status
+from sessions.models import Alert, AlertKind, Status
 from tests.sessions.conftest import START, fresh
 
 S = Status
@@ -36,7 +37,7 @@ def world(fake, make_rental, active_rental):
         # destroy alerts: stopping for 20 min (its teardown lease long expired)
         "stuck": make_rental(S.STOPPING, stop_requested_at=START - timedelta(minutes=20)),
         # reconcile: an instance with our label and no rental
-        "orphan": fake.add_instance(f"{LABEL_PREFIX}{uuid.uuid4()}", state="running"),
+        "orphan": fake.add_instance(make_label(deployment_id(), uuid.uuid4()), state="running"),
         # recovery: provisioning left half-way by a dead worker
         "half_way": make_rental(S.PROVISIONING),
         # keeps the listing non-empty and must stay untouched

@@ -19,6 +19,7 @@ from inventory.providers.base import (
     Transient,
 )
 from sessions import services
+from sessions.deployment import deployment_id
 from sessions.models import Rental, RentalEvent, Status, token_hash
 from sessions.services import rental_provision, rental_stop, rental_transition
 from tests.fakes import BANNER, GPU_OUTPUT
@@ -58,7 +59,7 @@ def test_it_takes_a_rental_from_pending_to_active(fake, rented):
     assert transitions(rental) == TO_ACTIVE
     [inst] = fake.instances.values()
     assert rental.provider_instance_id == inst.instance_id
-    assert inst.label == rental.label == f"shopper-{rental.pk}"
+    assert inst.label == rental.label == f"shopper-{deployment_id()}-{rental.pk}"
     assert (rental.ssh_host, rental.ssh_port, rental.ssh_user) == ("203.0.113.7", inst.ssh_port, "root")
     assert rental.active_since == timezone_now_after(fake)
     assert rental.ended_at is None

@@ -13,6 +13,7 @@ from django.utils import timezone
 from inventory.models import Offer
 from inventory.providers.base import Transient
 from sessions import keys
+from sessions.deployment import deployment_id, parse_label
 from sessions.models import LABEL_PREFIX, Rental, RentalEvent, SSHKey, Status
 from sessions.services import CapacityReached, OfferGone, PriceChanged, RentalError
 from tests.fakes import public_of
@@ -192,7 +193,7 @@ def test_it_commits_a_pending_rental_with_a_snapshot_and_its_first_event(
     assert fake.enqueued == [("sessions.tasks.provision", rental.pk)]
     assert fake.ops() == ["get_offer"]  # provisioning is the task's job, not the request's
     assert rental.status == S.PENDING
-    assert rental.label == f"{LABEL_PREFIX}{rental.pk}"
+    assert rental.label == f"{LABEL_PREFIX}{deployment_id()}-{rental.pk}"
     assert (rental.consumer, rental.offer) == (user, offer)
     assert (rental.provider, rental.provider_offer_id) == ("fakecloud", "fc-1")
     assert (rental.gpu_type, rental.gpu_count, rental.vram_gb) == ("RTX 4090 24GB", 2, 24)
@@ -275,7 +276,7 @@ def test_the_row_is_committed_before_the_provider_create_call(fake, offer, rent)
     seen = []
 
     def on_create(request):
-        rental = Rental.objects.get(pk=request.label.removeprefix(LABEL_PREFIX))
+        rental = Rental.objects.get(pk=parse_label(request.label).rental_id)
         seen.append((rental.status, connection.in_atomic_block))
 
     fake.hooks["create"] = on_create

@@ -92,7 +92,7 @@ class Command(BaseCommand):
             return False
         self.stdout.write(
             f"recovery: {summary['provisioning_resumed']} provisioning and "
-            f"{summary['teardowns_resumed']} teardowns resumed"
+            f"{summary['teardowns_resumed']} teardowns resumed (deployment {summary.get('deployment', '?')})"
         )
         return True
 
