@@ -75,3 +75,13 @@ def test_a_missing_fernet_key_stops_a_production_start():
         [sys.executable, "manage.py", "check"], capture_output=True, text=True, env=env, timeout=60
     )
     assert run.returncode != 0 and "shopper.E001" in run.stderr
+
+
+def test_the_models_and_migrations_agree():
+    """Branches that each add a migration (or a choice) need a merge: a model change without its
+    migration would only show up as an error in production's migrate."""
+    out = StringIO()
+    try:
+        call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    except SystemExit as exc:  # --check exits 1 when a migration is missing
+        pytest.fail(f"models and migrations differ (exit {exc.code}):\n{out.getvalue()}")
