@@ -1,12 +1,22 @@
-"""Request ids: every request gets one, logs carry it, the response echoes it."""
+"""Request ids; HTMX requests whose login expired; the user's time zone."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from functools import cache
+from urllib.parse import urlencode, urlsplit
+from zoneinfo import ZoneInfo, available_timezones
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.shortcuts import resolve_url
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.log import log_response
+from django_htmx.http import HttpResponseClientRedirect
 
 from shopper.logconfig import request_id_var
 
@@ -64,3 +74,101 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
         response[REQUEST_ID_HEADER] = request.request_id
         return response
+
+
+# --------------------------------------------------------------------------------------------
+# HTMX requests whose login expired
+# --------------------------------------------------------------------------------------------
+def _login_path() -> str:
+    return urlsplit(resolve_url(settings.LOGIN_URL)).path
+
+
+def _page_url(request) -> str:
+    """The page the user is on (htmx sends it as HX-Current-URL), as a local path; else ''.
+
+    An HTMX request goes to a fragment endpoint (a poll, a form post, the estimate); after
+    logging in the user should land on the page, not on that fragment.
+    """
+    current = request.headers.get("HX-Current-URL", "")
+    if not current or not url_has_allowed_host_and_scheme(
+        current, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return ""
+    parts = urlsplit(current)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+class HtmxLoginRedirectMiddleware:
+    """An HTMX request that ``login_required`` (or any view) redirects to the login page is
+    answered with ``HX-Redirect`` instead, so the browser loads the login page as a whole page.
+
+    The browser follows a plain 302 inside the XHR, so htmx would swap the login page into the
+    form or status box it was updating (issue 19). Done here once for every HTMX endpoint;
+    ``next`` is the page the user was on (HX-Current-URL), not the fragment URL.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.headers.get("HX-Request") != "true" or response.status_code not in (301, 302, 303, 307):
+            return response
+        location = response.get("Location", "")
+        if urlsplit(location).path != _login_path():
+            return response
+        page = _page_url(request)
+        if page:
+            location = f"{_login_path()}?{urlencode({REDIRECT_FIELD_NAME: page})}"
+        return HttpResponseClientRedirect(location)
+
+
+# --------------------------------------------------------------------------------------------
+# The user's time zone
+# --------------------------------------------------------------------------------------------
+TZ_COOKIE = "tz"
+
+# The zone pages show times in, for this request (None: UTC). Deliberately not Django's active
+# time zone: date arithmetic (the costs page's periods, token expiry days, budgets) stays in UTC
+# as the API's; only how a moment is written changes (the ``when`` filter).
+display_zone: ContextVar[ZoneInfo | None] = ContextVar("display_zone", default=None)
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def zone_named(name: str) -> ZoneInfo | None:
+    """The IANA zone called ``name``, or None when it is not one (anything a cookie may hold)."""
+    if not name or len(name) > 64 or name not in _zones():
+        return None
+    return ZoneInfo(name)
+
+
+def user_time_zone(request) -> ZoneInfo | None:
+    """The zone to show times in: the one the browser reported (cookie ``tz``, set by
+    static/js/app.js from ``Intl.DateTimeFormat``); None (UTC) when absent or not a real zone."""
+    return zone_named(request.COOKIES.get(TZ_COOKIE, ""))
+
+
+def local_time(moment: datetime) -> datetime:
+    """``moment`` in this request's display zone (UTC when none)."""
+    return moment.astimezone(display_zone.get() or UTC)
+
+
+class TimeZoneMiddleware:
+    """Sets this request's display zone (``request.time_zone`` and :data:`display_zone`), so
+    every page and fragment writes times the same way."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        zone = user_time_zone(request)
+        request.time_zone = zone.key if zone else ""
+        token = display_zone.set(zone)
+        try:
+            return self.get_response(request)
+        finally:
+            display_zone.reset(token)
