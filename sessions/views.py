@@ -26,6 +26,7 @@ from sessions.forms import RentForm, SSHKeyForm
 from sessions.hours import MIN_HOURS, STEP_HOURS, hours_check
 from sessions.models import IN_FLIGHT_STATUSES, Alert, EventKind, Rental, SSHKey, Status
 from shopper.middleware import local_time
+from shopper.templatetags.shopper_format import offset_label
 
 LIST_PAGE_SIZE = 50
 
@@ -342,7 +343,9 @@ def rental_extend(request: HttpRequest, rental_id) -> HttpResponse:
         messages.error(request, exc.message)
     else:
         ends = local_time(rental.reservation_ends_at)  # the user's zone (TimeZoneMiddleware)
-        messages.success(request, f"Extended: the reservation now ends {ends:%Y-%m-%d %H:%M %Z}.")
+        messages.success(
+            request, f"Extended: the reservation now ends {ends:%Y-%m-%d %H:%M} {offset_label(ends)}."
+        )
     return redirect("sessions:detail", rental_id=rental.pk)
 
 

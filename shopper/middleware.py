@@ -119,7 +119,7 @@ class HtmxLoginRedirectMiddleware:
             return response
         page = _page_url(request)
         if page:
-            location = f"{_login_path()}?{urlencode({REDIRECT_FIELD_NAME: page})}"
+            location = f"{_login_path()}?{urlencode({REDIRECT_FIELD_NAME: page}, safe='/')}"
         return HttpResponseClientRedirect(location)
 
 

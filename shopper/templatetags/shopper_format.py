@@ -62,7 +62,10 @@ def when(moment: datetime | None, fmt: str = "Y-m-d H:i"):
     writes times this one way.
 
     ``<time datetime="2026-12-07T22:05:00+00:00" title="2026-12-07 22:05 UTC" data-when="Y-m-d H:i"
-    data-zone="Europe/Berlin">2026-12-07 23:05 CET</time>``
+    data-zone="Europe/Berlin">2026-12-07 23:05 UTC+1</time>``
+
+    The zone is written as its UTC offset, not an abbreviation: the browser (which writes pushed
+    fragments, below) has no reliable abbreviations ("JST" here, "GMT+9" there).
 
     The zone is this request's (shopper.middleware.TimeZoneMiddleware). Fragments rendered
     without a request (the live relay, sessions/live.py) come out in UTC without ``data-zone``;
@@ -80,8 +83,19 @@ def when(moment: datetime | None, fmt: str = "Y-m-d H:i"):
         fmt,
         format_html(' data-zone="{}"', zone.key) if zone else "",
         date_format(local, fmt),
-        local.tzname(),
+        offset_label(local),
     )
+
+
+def offset_label(moment: datetime) -> str:
+    """``UTC``, ``UTC+9``, ``UTC-5``, ``UTC+5:30`` for an aware moment (static/js/app.js writes
+    the same)."""
+    minutes = int(moment.utcoffset().total_seconds() // 60)
+    if not minutes:
+        return "UTC"
+    sign, minutes = ("+" if minutes > 0 else "-"), abs(minutes)
+    hours, rest = divmod(minutes, 60)
+    return f"UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
 
 
 def _seconds(value) -> int | None:

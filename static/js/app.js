@@ -81,23 +81,35 @@
 
   // <time data-when="Y-m-d H:i"> without data-zone was rendered without knowing the user's zone
   // (a fragment pushed by the live relay, or the first page before the tz cookie existed): write
-  // it in the browser's zone, as the server writes the others (the "when" filter).
+  // it in the page's zone (<body data-time-zone>, else the browser's) the way the server writes
+  // the others (the "when" filter: the zone as its UTC offset).
+  function pageZone() {
+    return document.body.dataset.timeZone || Intl.DateTimeFormat().resolvedOptions().timeZone;
+  }
+  function offsetLabel(parts) {
+    // "GMT+09:00", "GMT-05:00", "GMT+05:30", "GMT" -> "UTC+9", "UTC-5", "UTC+5:30", "UTC"
+    var m = /^GMT(?:([+-])(\d{1,2})(?::(\d{2}))?)?$/.exec(parts.timeZoneName || "");
+    if (!m || !m[1]) return "UTC";
+    var rest = m[3] && m[3] !== "00" ? ":" + m[3] : "";
+    return "UTC" + m[1] + parseInt(m[2], 10) + rest;
+  }
   function localize(el) {
     var moment = new Date(el.getAttribute("datetime"));
     if (isNaN(moment)) return;
+    var zone = pageZone();
     var parts = {};
     new Intl.DateTimeFormat("en-GB", {
       year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
-      second: "2-digit", hourCycle: "h23", timeZoneName: "short"
+      second: "2-digit", hourCycle: "h23", timeZone: zone, timeZoneName: "longOffset"
     }).formatToParts(moment).forEach(function (p) { parts[p.type] = p.value; });
     var map = { Y: parts.year, m: parts.month, d: parts.day, H: parts.hour, i: parts.minute, s: parts.second };
     var text = el.dataset.when.replace(/[YmdHis]/g, function (c) { return map[c]; });
-    el.textContent = text + " " + parts.timeZoneName;
-    el.dataset.zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    el.textContent = text + " " + offsetLabel(parts);
+    el.dataset.zone = zone;
   }
   function localizeAll(root) {
     if (!root.querySelectorAll) return;
-    if (root.matches("time[data-when]:not([data-zone])")) localize(root);
+    if (root.matches && root.matches("time[data-when]:not([data-zone])")) localize(root);
     root.querySelectorAll("time[data-when]:not([data-zone])").forEach(localize);
   }
   try {
