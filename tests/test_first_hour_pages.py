@@ -318,3 +318,38 @@ def test_rent_page_hours_input_follows_the_hours_rule(client, user, offer, setti
         assert "<strong>—</strong>" in html.content.decode(), refused
     ok = client.get(f"/offers/{offer.pk}/rent/estimate/", {"reservation_hours": "1.25"}, **HTMX)
     assert "<strong>$2.50</strong>" in ok.content.decode()
+
+
+@pytest.mark.parametrize(
+    "zone,label",
+    [
+        ("UTC", "UTC"),
+        ("Asia/Tokyo", "UTC+9"),
+        ("America/St_Johns", "UTC-3:30"),
+        ("Asia/Kathmandu", "UTC+5:45"),
+    ],
+)
+def test_offset_label(zone, label):
+    from zoneinfo import ZoneInfo
+
+    from shopper.templatetags.shopper_format import offset_label
+
+    assert offset_label(datetime(2025, 1, 15, 12, 0, tzinfo=ZoneInfo(zone))) == label
+
+
+def test_live_pushed_fragments_match_the_page(client, user):
+    """The live relay renders without a request: times come out in UTC for app.js to rewrite in
+    the page's zone (no data-zone), and the Done question is there exactly as on the page."""
+    from sessions import live
+
+    rental = RentalFactory(consumer=user, reachable=True, with_key=True, request_key="form:1")
+    RentalEvent.objects.create(rental=rental, kind=EventKind.INFO, reason="hello", at=NOW)
+    html = live.render_rental(rental, owner_view=True)
+    assert (
+        '<time datetime="2025-03-01T12:00:00+00:00" title="2025-03-01 12:00:00 UTC" data-when="Y-m-d H:i:s">'
+        in html
+    )
+    assert "data-zone" not in html
+    assert "hx-confirm=" in _done_form(html)
+    client.force_login(user)
+    assert "hx-confirm=" in _done_form(detail(client, rental))
