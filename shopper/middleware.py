@@ -14,6 +14,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.shortcuts import resolve_url
+from django.utils.functional import SimpleLazyObject
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.log import log_response
 from django_htmx.http import HttpResponseClientRedirect
@@ -127,11 +128,35 @@ class HtmxLoginRedirectMiddleware:
 # The user's time zone
 # --------------------------------------------------------------------------------------------
 TZ_COOKIE = "tz"
+# The profile's zone, kept in the session (read once per login: no query per page or poll).
+PROFILE_ZONE_SESSION_KEY = "shopper_profile_tz"
+
+
+class _ZoneFor:
+    """This request's display zone, worked out the first time a page writes a time (an API
+    answer never does, so it never touches the session for it)."""
+
+    def __init__(self, request):
+        self.request = request
+        self._zone: ZoneInfo | None = None
+        self._done = False
+
+    def __call__(self) -> ZoneInfo | None:
+        if not self._done:
+            self._zone, self._done = user_time_zone(self.request), True
+        return self._zone
+
 
 # The zone pages show times in, for this request (None: UTC). Deliberately not Django's active
 # time zone: date arithmetic (the costs page's periods, token expiry days, budgets) stays in UTC
 # as the API's; only how a moment is written changes (the ``when`` filter).
-display_zone: ContextVar[ZoneInfo | None] = ContextVar("display_zone", default=None)
+_display_zone: ContextVar[_ZoneFor | None] = ContextVar("display_zone", default=None)
+
+
+def display_zone() -> ZoneInfo | None:
+    """The zone this request writes times in (None: UTC, also outside a request)."""
+    resolve = _display_zone.get()
+    return resolve() if resolve else None
 
 
 @cache
@@ -147,28 +172,50 @@ def zone_named(name: str) -> ZoneInfo | None:
 
 
 def user_time_zone(request) -> ZoneInfo | None:
-    """The zone to show times in: the one the browser reported (cookie ``tz``, set by
-    static/js/app.js from ``Intl.DateTimeFormat``); None (UTC) when absent or not a real zone."""
+    """The zone to show times in: the one set in the person's profile, else the one the browser
+    reported (cookie ``tz``, set by static/js/app.js from ``Intl.DateTimeFormat``); None (UTC)
+    when neither names a real zone."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        session = request.session
+        if PROFILE_ZONE_SESSION_KEY not in session:
+            from shopper.models import Profile
+
+            row = Profile.objects.filter(user=user).values_list("time_zone", flat=True).first()
+            session[PROFILE_ZONE_SESSION_KEY] = row or ""
+        zone = zone_named(session[PROFILE_ZONE_SESSION_KEY])
+        if zone is not None:
+            return zone
     return zone_named(request.COOKIES.get(TZ_COOKIE, ""))
+
+
+def profile_zone_to_session(sender, request, user, **kwargs) -> None:
+    """On login (``user_logged_in``, connected in ShopperConfig.ready): the profile's zone into
+    the new session, so no page pays a query or a session write for it."""
+    from shopper.models import Profile
+
+    if request is not None and hasattr(request, "session"):
+        row = Profile.objects.filter(user=user).values_list("time_zone", flat=True).first()
+        request.session[PROFILE_ZONE_SESSION_KEY] = row or ""
 
 
 def local_time(moment: datetime) -> datetime:
     """``moment`` in this request's display zone (UTC when none)."""
-    return moment.astimezone(display_zone.get() or UTC)
+    return moment.astimezone(display_zone() or UTC)
 
 
 class TimeZoneMiddleware:
-    """Sets this request's display zone (``request.time_zone`` and :data:`display_zone`), so
-    every page and fragment writes times the same way."""
+    """Sets this request's display zone (``request.zone_name`` for templates, and what
+    :func:`display_zone` answers), so every page and fragment writes times the same way."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        zone = user_time_zone(request)
-        request.time_zone = zone.key if zone else ""
-        token = display_zone.set(zone)
+        resolve = _ZoneFor(request)
+        request.zone_name = SimpleLazyObject(lambda: resolve().key if resolve() else "")
+        token = _display_zone.set(resolve)
         try:
             return self.get_response(request)
         finally:
-            display_zone.reset(token)
+            _display_zone.reset(token)

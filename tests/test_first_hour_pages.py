@@ -151,14 +151,14 @@ def render_when(moment, fmt="Y-m-d H:i") -> str:
 def test_when_writes_the_users_zone_with_utc_on_hover():
     from zoneinfo import ZoneInfo
 
-    from shopper.middleware import display_zone
+    from shopper import middleware
 
     moment = datetime(2025, 7, 1, 22, 5, tzinfo=UTC)
-    token = display_zone.set(ZoneInfo("Europe/Berlin"))
+    token = middleware._display_zone.set(lambda: ZoneInfo("Europe/Berlin"))
     try:
         html = render_when(moment)
     finally:
-        display_zone.reset(token)
+        middleware._display_zone.reset(token)
     assert html == (
         '<time datetime="2025-07-01T22:05:00+00:00" title="2025-07-01 22:05 UTC" data-when="Y-m-d H:i"'
         ' data-zone="Europe/Berlin">2025-07-02 00:05 UTC+2</time>'
@@ -353,3 +353,47 @@ def test_live_pushed_fragments_match_the_page(client, user):
     assert "hx-confirm=" in _done_form(html)
     client.force_login(user)
     assert "hx-confirm=" in _done_form(detail(client, rental))
+
+
+# --------------------------------------------------------------------------------------------
+# The profile setting: a zone for every browser, over the browser's own
+# --------------------------------------------------------------------------------------------
+def test_profile_time_zone_wins_over_the_browser_and_holds_across_logins(client, user):
+    from shopper.models import Profile
+
+    rental = RentalFactory(consumer=user, reachable=True, created_at=NOW, now=NOW)
+    client.force_login(user)
+    client.cookies["tz"] = "America/New_York"
+    assert ">2025-03-01 07:00 UTC-5</time>" in detail(client, rental)
+
+    response = client.post("/settings/", {"time_zone": "Asia/Tokyo"}, follow=True)
+    assert "Times are now shown in Asia/Tokyo." in response.content.decode()
+    assert Profile.objects.get(user=user).time_zone == "Asia/Tokyo"
+    html = detail(client, rental)
+    assert ">2025-03-01 21:00 UTC+9</time>" in html and 'data-time-zone="Asia/Tokyo"' in html
+
+    client.logout()  # another browser, another login: the profile still holds
+    client.force_login(user)
+    client.cookies["tz"] = "Europe/Paris"
+    assert ">2025-03-01 21:00 UTC+9</time>" in detail(client, rental)
+
+    client.post("/settings/", {"time_zone": ""})  # back to the browser's
+    assert ">2025-03-01 13:00 UTC+1</time>" in detail(client, rental)
+
+
+def test_settings_refuse_an_unknown_zone_and_change_nothing(client, user):
+    from shopper.models import Profile
+
+    client.force_login(user)
+    for bad in ("Mars/Olympus", "../../etc/passwd", "x" * 500):
+        response = client.post("/settings/", {"time_zone": bad})
+        assert response.status_code == 400
+        assert "Pick a time zone from the list" in response.content.decode()
+    assert not Profile.objects.exists()
+
+
+def test_api_answers_never_touch_the_session_for_the_zone(api_client):
+    """The zone is worked out only when a page writes a time: an API answer has no Vary: Cookie
+    from it (cached answers stay shareable)."""
+    response = api_client.get("/api/v1/health")
+    assert "Cookie" not in response.get("Vary", "")

@@ -73,7 +73,7 @@ def when(moment: datetime | None, fmt: str = "Y-m-d H:i"):
     """
     if not moment:
         return ""
-    zone = display_zone.get()
+    zone = display_zone()
     utc = moment.astimezone(UTC)
     local = moment.astimezone(zone or UTC)
     return format_html(
