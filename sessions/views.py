@@ -270,6 +270,7 @@ def pending_hint(rental: Rental) -> str:
 
 def _detail_context(request: HttpRequest, rental: Rental, **extra) -> dict:
     events = list(rental.events.select_related("actor").order_by("at", "id"))
+    is_owner = rental.consumer_id == request.user.pk
     # Only the rent page makes a generated key without handing it over (the API's 201 carries
     # it): such a key is unsaved until a download is on the timeline.
     handed_over = not rental.request_key.startswith(FORM_KEY_PREFIX) or any(
@@ -279,9 +280,10 @@ def _detail_context(request: HttpRequest, rental: Rental, **extra) -> dict:
         "rental": rental,
         "events": events,
         "version": _version(rental, max((e.pk for e in events), default=0)),
-        "is_owner": rental.consumer_id == request.user.pk,
+        "is_owner": is_owner,
         # "Done" asks first when the generated key (deleted at teardown) was never downloaded.
-        "key_unsaved": rental.has_generated_key and rental.is_live and not handed_over,
+        # (Only the owner is asked: staff cannot download someone's key, Force shutdown asks them.)
+        "key_unsaved": is_owner and rental.has_generated_key and rental.is_live and not handed_over,
         "pending_hint": pending_hint(rental),
         **extra,
     }

@@ -108,11 +108,25 @@ class HtmxLoginRedirectMiddleware:
     ``next`` is the page the user was on (HX-Current-URL), not the fragment URL.
     """
 
+    sync_capable = True
+    async_capable = True  # sync-only middleware would make Daphne hop threads on every request
+
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
-        response = self.get_response(request)
+        if self.is_async:
+            return self._acall(request)
+        return self._answer(request, self.get_response(request))
+
+    async def _acall(self, request):
+        return self._answer(request, await self.get_response(request))
+
+    @staticmethod
+    def _answer(request, response):
         if request.headers.get("HX-Request") != "true" or response.status_code not in (301, 302, 303, 307):
             return response
         location = response.get("Location", "")
@@ -208,14 +222,34 @@ class TimeZoneMiddleware:
     """Sets this request's display zone (``request.zone_name`` for templates, and what
     :func:`display_zone` answers), so every page and fragment writes times the same way."""
 
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
-    def __call__(self, request):
+    @staticmethod
+    def _start(request):
         resolve = _ZoneFor(request)
         request.zone_name = SimpleLazyObject(lambda: resolve().key if resolve() else "")
-        token = _display_zone.set(resolve)
+        return _display_zone.set(resolve)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self._acall(request)
+        token = self._start(request)
         try:
             return self.get_response(request)
+        finally:
+            _display_zone.reset(token)
+
+    async def _acall(self, request):
+        # The sync view runs in a copy of this context (asgiref), so it sees the zone.
+        token = self._start(request)
+        try:
+            return await self.get_response(request)
         finally:
             _display_zone.reset(token)

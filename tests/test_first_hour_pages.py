@@ -101,12 +101,16 @@ def test_done_asks_when_the_page_made_key_was_not_downloaded(client, user):
     assert "hx-confirm" not in _done_form(detail(client, rental))
 
 
-def test_done_does_not_ask_without_a_generated_key_or_when_the_api_handed_it_over(client, user):
+def test_done_does_not_ask_without_a_generated_key_or_when_the_api_handed_it_over(client, user, staff):
     client.force_login(user)
     own_key = RentalFactory(consumer=user, reachable=True)
     api_made = RentalFactory(consumer=user, reachable=True, with_key=True, request_key="")
     for rental in (own_key, api_made):
         assert "hx-confirm" not in _done_form(detail(client, rental))
+    # Staff looking at someone's session are not asked about a key they cannot download.
+    page_made = RentalFactory(consumer=user, reachable=True, with_key=True, request_key="form:1")
+    client.force_login(staff)
+    assert "hx-confirm" not in _done_form(detail(client, page_made))
 
 
 # --------------------------------------------------------------------------------------------

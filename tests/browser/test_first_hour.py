@@ -115,4 +115,8 @@ def test_done_asks_for_an_undownloaded_key_and_the_ended_page_shows_duration_and
         status = page.locator(".rental-status")
         for live_only in ("Cost so far", "Reservation ends", "Last heartbeat"):
             expect(status).not_to_contain_text(live_only)
+    # The server itself (Daphne, the async middleware path) wrote them in Tokyo time, from the
+    # tz cookie the login page's script set.
+    served = page.request.get(f"/sessions/{rental_id}/").text()
+    assert 'data-zone="Asia/Tokyo"' in served and " UTC+9</time>" in served
     screenshot(page, "first-hour-ended-session")
