@@ -401,3 +401,14 @@ def test_api_answers_never_touch_the_session_for_the_zone(api_client):
     from it (cached answers stay shareable)."""
     response = api_client.get("/api/v1/health")
     assert "Cookie" not in response.get("Vary", "")
+
+
+def test_dashboard_top_spenders_show_billed_time_as_hours_and_minutes(client, staff, user, clock):
+    RentalFactory(
+        consumer=user, status=Status.DESTROYED, price_per_hour=Decimal("2.0000"),
+        active_since=NOW - timedelta(hours=3), ended_at=NOW - timedelta(hours=3) + timedelta(seconds=5430),
+        now=NOW - timedelta(hours=4),
+    )  # fmt: skip
+    client.force_login(staff)
+    html = client.get("/").content.decode()
+    assert re.search(r"<td>alice</td><td class=\"num nowrap\">1 h 30 min</td>", html)
