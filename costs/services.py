@@ -360,7 +360,8 @@ def _key(record: SpendRecord, group_by: str) -> str:
 
 
 def group_records(records: Iterable[SpendRecord], group_by: str) -> list[dict]:
-    """Rows ``{"key", "amount", "provider_cost", "hours"}`` sorted by key (money in cents)."""
+    """Rows ``{"key", "amount", "provider_cost", "hours", "seconds"}`` sorted by key (money in
+    cents; ``seconds`` exact, for pages showing hours and minutes)."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
     sums: dict[str, list] = defaultdict(lambda: [Decimal(0), Decimal(0), 0])
@@ -375,6 +376,7 @@ def group_records(records: Iterable[SpendRecord], group_by: str) -> list[dict]:
             "amount": cents(amount),
             "provider_cost": cents(provider_cost),
             "hours": cents(Decimal(seconds) / SECONDS_PER_HOUR),
+            "seconds": seconds,
         }
         for key, (amount, provider_cost, seconds) in sorted(sums.items())
     ]

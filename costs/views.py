@@ -25,6 +25,7 @@ from django_htmx.middleware import HtmxDetails
 
 from costs import services
 from sessions.models import Rental
+from shopper.templatetags.shopper_format import hm
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0")
@@ -210,7 +211,7 @@ def _fmt_axis(value: float) -> str:
 
 
 def _column_chart(points: list[tuple[str, str, Decimal, Decimal]]) -> dict:
-    """Vertical bars. ``points``: (tick label or "", hover label, amount, hours)."""
+    """Vertical bars. ``points``: (tick label or "", hover label, amount, billed time as text)."""
     width, height = 1160, 280
     left, right, top, bottom = 76, 12, 12, 48
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -241,7 +242,7 @@ def _column_chart(points: list[tuple[str, str, Decimal, Decimal]]) -> dict:
 
 
 def _bar_chart(rows: list[tuple[str, Decimal, Decimal]]) -> dict:
-    """Horizontal bars, biggest first. ``rows``: (label, amount, hours)."""
+    """Horizontal bars, biggest first. ``rows``: (label, amount, billed time as text)."""
     width, label_w, value_w, row_h, top, bottom = 560, 160, 76, 30, 8, 34
     plot_w = width - label_w - value_w
     top_value = float(max((r[1] for r in rows), default=ZERO)) or 1.0
@@ -261,10 +262,6 @@ def _bar_chart(rows: list[tuple[str, Decimal, Decimal]]) -> dict:
         "width": width, "height": height, "x0": label_w, "label_x": label_w - 8, "bars": bars,
         "base": top + len(rows) * row_h, "mid_x": label_w + plot_w / 2, "xlabel_y": height - 8,
     }  # fmt: skip
-
-
-def _hours(value) -> Decimal:
-    return (value or ZERO).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 def _time_chart(period: Period, rows: list[dict], monthly: bool) -> dict:
@@ -287,7 +284,7 @@ def _time_chart(period: Period, rows: list[dict], monthly: bool) -> dict:
             tick = f"{day:%b} {day.day}" if (i == 0 or day.day == 1) else str(day.day)
             label = f"{day:%a %Y-%m-%d}"
         points.append(
-            (tick if i % every == 0 else "", label, row.get("amount") or ZERO, _hours(row.get("hours")))
+            (tick if i % every == 0 else "", label, row.get("amount") or ZERO, hm(row.get("seconds") or 0))
         )
     return _column_chart(points)
 
@@ -332,7 +329,7 @@ def _summary(request: HttpRequest, scope: Scope) -> dict:
     months = services.spend_summary(**args, group_by="month")
     amount = sum((r["amount"] for r in months), ZERO)
     provider_cost = sum((r["provider_cost"] for r in months), ZERO)
-    hours = sum((r["hours"] for r in months), ZERO)
+    seconds = sum((r["seconds"] for r in months), 0)
     monthly = period.days > MAX_DAILY_BARS
     context = {
         "rows": rental_rows[:TABLE_LIMIT],
@@ -340,7 +337,7 @@ def _summary(request: HttpRequest, scope: Scope) -> dict:
         "total": money(amount),
         "provider_total": money(provider_cost),
         "margin": money(amount - provider_cost),
-        "hours": _hours(hours),
+        "billed_seconds": seconds,  # shown as hours and minutes
         "show_provider_cost": staff and provider_cost != amount,
         "monthly": monthly,
     }
@@ -351,7 +348,7 @@ def _summary(request: HttpRequest, scope: Scope) -> dict:
         for group in groups:
             rows = services.spend_summary(**args, group_by=group)
             context[f"{group}_chart"] = _bar_chart(
-                sorted(((str(r["key"]), r["amount"], _hours(r["hours"])) for r in rows), key=lambda t: -t[1])
+                sorted(((str(r["key"]), r["amount"], hm(r["seconds"])) for r in rows), key=lambda t: -t[1])
             )
     return context
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.contrib import messages
@@ -26,8 +26,20 @@ from inventory.providers.base import ProviderError
 from sessions import idempotency, keys, lifecycle, services
 from sessions.deployment import deployment_id
 from sessions.forms import RentForm, SSHKeyForm
-from sessions.models import Alert, AlertKind, EventKind, ForeignInstance, Rental, SSHKey, Status
+from sessions.hours import MIN_HOURS, STEP_HOURS, hours_check
+from sessions.models import (
+    IN_FLIGHT_STATUSES,
+    Alert,
+    AlertKind,
+    EventKind,
+    ForeignInstance,
+    Rental,
+    SSHKey,
+    Status,
+)
 from sessions.reconcile import unscoped_destroy as reconcile_unscoped_destroy
+from shopper.middleware import local_time
+from shopper.templatetags.shopper_format import offset_label
 
 log = logging.getLogger(__name__)
 LIST_PAGE_SIZE = 50
@@ -42,15 +54,41 @@ def _fragment(request: HtmxHttpRequest) -> bool:
 
 
 def _estimate(price: Decimal, hours) -> Decimal | None:
-    """What the reservation costs if used in full: charged price × hours, to the cent."""
+    """What the reservation costs if used in full: charged price × hours, to the cent; None when
+    the hours break the one hours rule (sessions/hours.py), which the API and the form apply."""
     try:
-        hours = Decimal(str(hours))
-    except (InvalidOperation, ValueError):
-        return None
-    if not hours.is_finite() or hours <= 0 or hours > settings.SHOPPER_HARD_MAX_HOURS:
+        hours = hours_check(hours, maximum=settings.SHOPPER_HARD_MAX_HOURS)
+    except ValidationError:
         return None
     charged = price * (1 + settings.SHOPPER_PRICE_MARKUP_PERCENT / 100)
     return (charged * hours).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def budget_warning(user, price: Decimal, estimate: Decimal | None) -> str:
+    """A warning for the rent page when ``estimate`` is more than what is left of the user's or
+    the team's budget this month (the rent would be refused with budget_exceeded); '' if it fits.
+
+    Said before submit, with the hours that would still fit. The refusal itself stays with
+    ``costs.services.budget_reserve`` in the renting transaction.
+    """
+    from costs.services import budget_status  # costs imports sessions; import at call time
+
+    if estimate is None:
+        return ""
+    status = budget_status(user=user)
+    for scope, name in (("user", "your budget"), ("team", "the team budget")):
+        budget = status.get(scope)
+        if not budget or estimate <= budget["remaining"]:
+            continue
+        remaining = budget["remaining"]
+        charged = price * (1 + settings.SHOPPER_PRICE_MARKUP_PERCENT / 100)
+        fit = (remaining / charged // STEP_HOURS) * STEP_HOURS if charged > 0 else Decimal(0)
+        advice = f"at most {fit.normalize():f} h fit" if fit >= MIN_HOURS else "not even 15 minutes fit"
+        return (
+            f"The estimate ${estimate} is more than the ${remaining} left of {name} this month, so "
+            f"renting would be refused ({advice}). Ask for fewer hours or ask an admin to raise the budget."
+        )
+    return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,12 +151,14 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
     else:
         form = RentForm(initial={"expected_price": offer.price_per_hour}, key_count=key_count)
     hours = form["reservation_hours"].value()
+    estimate = _estimate(offer.price_per_hour, hours)
     context = {
         "offer": offer,
         "available": available,
         "form": form,
         "notice": notice,
-        "estimate": _estimate(offer.price_per_hour, hours),
+        "estimate": estimate,
+        "budget_warning": budget_warning(request.user, offer.price_per_hour, estimate),
         "hours": hours,
         "markup": settings.SHOPPER_PRICE_MARKUP_PERCENT,
         "keys": request.user.ssh_keys.all(),
@@ -129,8 +169,11 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
     return render(request, template, context)
 
 
+FORM_KEY_PREFIX = "form:"
+
+
 def _form_key(token: uuid.UUID) -> str:
-    return f"form:{token}"
+    return f"{FORM_KEY_PREFIX}{token}"
 
 
 def _rented_with(request: HtmxHttpRequest) -> Rental | None:
@@ -154,10 +197,12 @@ def _to_rental(request: HtmxHttpRequest, rental_id) -> HttpResponse:
 def rental_rent_estimate(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
     offer = get_object_or_404(Offer, pk=offer_id)
     hours = request.GET.get("reservation_hours", "")
+    estimate = _estimate(offer.price_per_hour, hours)
     context = {
         "offer": offer,
         "hours": hours,
-        "estimate": _estimate(offer.price_per_hour, hours),
+        "estimate": estimate,
+        "budget_warning": budget_warning(request.user, offer.price_per_hour, estimate),
         "markup": settings.SHOPPER_PRICE_MARKUP_PERCENT,
     }
     return render(request, "sessions/rental_rent.html#rent-estimate", context)
@@ -206,13 +251,55 @@ def _status_response(request: HtmxHttpRequest, rental: Rental, notice: str = "")
     return HttpResponse(html, status=200 if rental.is_live else 286)
 
 
+# What usually comes next while a machine is on its way, per provider and status (the page shows
+# it with the time waited so far). From the field notes (../shared/providers/FIELD_NOTES.md).
+PENDING_HINTS: dict[str, dict[str, str]] = {
+    "vastai": {
+        "pending": "Next: Vast is asked for the machine (a few seconds).",
+        "provisioning": "Next: Vast starts the machine and pulls the image.",
+        # VA-LOADING: "loading" 2–4 min for a small image, 8+ min for 8 GB, 10–60 min for huge ones.
+        "booting": "Vast machines usually take 1–5 min to pull the image; large images take 10 min or more.",
+        # VA-SSH: 2–3 refused logins first are normal, ready in 56 s–3.5 min.
+        "verifying": "The first SSH logins to a Vast machine are often refused while it starts; "
+        "it is usually ready within 1–4 min.",
+    },
+    "tensordock": {
+        "pending": "Next: TensorDock is asked for the machine (a few seconds).",
+        "provisioning": "Next: TensorDock creates the virtual machine and boots it.",
+        "booting": "TensorDock virtual machines usually take a few minutes to boot.",
+        # TD-SSHKEY-LATE: the key arrives through cloud-init 60–90 s after boot.
+        "verifying": "TensorDock installs your SSH key 60–90 s after the machine boots; logins are "
+        "refused until then, so this step usually takes 1–3 min.",
+    },
+}
+GENERIC_PENDING_HINT = "New machines usually take a few minutes to be ready."
+
+
+def pending_hint(rental: Rental) -> str:
+    """What usually comes next for a machine on its way, for its provider and status ('' once
+    it is active or ending)."""
+    if rental.status not in IN_FLIGHT_STATUSES:
+        return ""
+    return PENDING_HINTS.get(rental.provider, {}).get(rental.status, GENERIC_PENDING_HINT)
+
+
 def _detail_context(request: HttpRequest, rental: Rental, **extra) -> dict:
     events = list(rental.events.select_related("actor").order_by("at", "id"))
+    is_owner = rental.consumer_id == request.user.pk
+    # Only the rent page makes a generated key without handing it over (the API's 201 carries
+    # it): such a key is unsaved until a download is on the timeline.
+    handed_over = not rental.request_key.startswith(FORM_KEY_PREFIX) or any(
+        e.kind == EventKind.KEY_DOWNLOAD for e in events
+    )
     return {
         "rental": rental,
         "events": events,
         "version": _version(rental, max((e.pk for e in events), default=0)),
-        "is_owner": rental.consumer_id == request.user.pk,
+        "is_owner": is_owner,
+        # "Done" asks first when the generated key (deleted at teardown) was never downloaded.
+        # (Only the owner is asked: staff cannot download someone's key, Force shutdown asks them.)
+        "key_unsaved": is_owner and rental.has_generated_key and rental.is_live and not handed_over,
+        "pending_hint": pending_hint(rental),
         **extra,
     }
 
@@ -272,8 +359,9 @@ def rental_extend(request: HttpRequest, rental_id) -> HttpResponse:
     except services.RentalError as exc:
         messages.error(request, exc.message)
     else:
+        ends = local_time(rental.reservation_ends_at)  # the user's zone (TimeZoneMiddleware)
         messages.success(
-            request, f"Extended: the reservation now ends {rental.reservation_ends_at:%Y-%m-%d %H:%M} UTC."
+            request, f"Extended: the reservation now ends {ends:%Y-%m-%d %H:%M} {offset_label(ends)}."
         )
     return redirect("sessions:detail", rental_id=rental.pk)
 

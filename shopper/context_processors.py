@@ -2,12 +2,16 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils.functional import SimpleLazyObject
 
+from sessions import hours
+
 # The budget banner is recomputed at most this often per user (it costs a few queries).
 BUDGET_BANNER_CACHE_SECONDS = 30
 
 
 def shopper(request):
     context = {"SANDBOX": settings.SHOPPER_SANDBOX, "HARD_MAX_HOURS": settings.SHOPPER_HARD_MAX_HOURS}
+    # Hour fields' min/step come from the one hours rule (sessions/hours.py), like the API's.
+    context.update(HOURS_MIN=hours.MIN_HOURS, HOURS_STEP=hours.STEP_HOURS)
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         # Lazy: only pages that show the banner (base.html) pay for it, once per render; HTMX

@@ -85,3 +85,19 @@ class ApiTokenForm(forms.Form):
         if day is not None:
             return timezone.make_aware(datetime.combine(day, time.min))
         return None
+
+
+class TimeZoneForm(forms.Form):
+    """The settings page: the time zone pages write times in (empty: the browser's)."""
+
+    time_zone = forms.ChoiceField(label="Time zone", required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from shopper.middleware import _zones
+
+        names = sorted(z for z in _zones() if "/" in z or z == "UTC")
+        self.fields["time_zone"].choices = [("", "My browser's time zone"), *((z, z) for z in names)]
+        self.fields["time_zone"].error_messages["invalid_choice"] = (
+            "Pick a time zone from the list (e.g. Europe/Berlin), or your browser's."
+        )

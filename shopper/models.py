@@ -67,3 +67,17 @@ class RateCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.count}"
+
+
+class Profile(models.Model):
+    """Per-person page settings (one row, made when first saved)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="shopper_profile"
+    )
+    time_zone = models.CharField(
+        max_length=64, blank=True, help_text="IANA time zone the pages write times in; empty: the browser's"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.time_zone or 'browser time zone'}"

@@ -63,6 +63,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "shopper.middleware.HtmxLoginRedirectMiddleware",  # HTMX + expired login: a full-page redirect
+    "shopper.middleware.TimeZoneMiddleware",  # times in the browser's zone (cookie "tz")
 ]
 
 ROOT_URLCONF = "shopper.urls"

@@ -37,6 +37,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("agent.py", agent_script, name="agent-script"),
     path("tokens/", views.tokens, name="tokens"),
+    path("settings/", views.user_settings, name="settings"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
     path("audit/", views.audit, name="audit"),
     path("offers/", inventory_views.offer_list, name="offer_list"),

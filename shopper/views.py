@@ -22,8 +22,9 @@ from rest_framework.response import Response
 
 from inventory.services import offers_freshness
 from shopper.auth import TOKEN_CACHE_PREFIX, ApiTokenAuthentication, local_cache
-from shopper.forms import ApiTokenForm
-from shopper.models import ApiToken
+from shopper.forms import ApiTokenForm, TimeZoneForm
+from shopper.middleware import PROFILE_ZONE_SESSION_KEY, TZ_COOKIE, zone_named
+from shopper.models import ApiToken, Profile
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +244,28 @@ def audit(request: HttpRequest) -> HttpResponse:
     if not request.user.is_staff:
         raise Http404
     return render(request, "shopper/audit.html", audit_context(request.GET))
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: the time zone pages write times in
+# --------------------------------------------------------------------------------------------
+@require_http_methods(["GET", "POST"])
+@login_required
+def user_settings(request: HttpRequest) -> HttpResponse:
+    """The person's time zone: empty follows the browser (cookie ``tz``), else an IANA name.
+    Kept in the profile (every browser of theirs) and in this session (no query per page)."""
+    profile = Profile.objects.filter(user=request.user).first() or Profile(user=request.user)
+    form = TimeZoneForm(request.POST or None, initial={"time_zone": profile.time_zone})
+    if request.method == "POST" and form.is_valid():
+        profile.time_zone = form.cleaned_data["time_zone"]
+        profile.save()
+        request.session[PROFILE_ZONE_SESSION_KEY] = profile.time_zone
+        shown = profile.time_zone or "your browser's time zone"
+        messages.success(request, f"Times are now shown in {shown}.")
+        return redirect("settings")
+    context = {
+        "form": form,
+        "browser_zone": getattr(zone_named(request.COOKIES.get(TZ_COOKIE, "")), "key", ""),
+        "now": timezone.now(),
+    }
+    return render(request, "shopper/settings.html", context, status=400 if form.errors else 200)

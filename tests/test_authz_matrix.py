@@ -74,6 +74,7 @@ ROUTES: dict[str, Route] = {
     "metrics": Route(METRICS),
     "agent.py": Route(PUBLIC),
     "tokens/": Route(LOGIN),
+    "settings/": Route(LOGIN),
     "tokens/<int:token_id>/revoke/": Route(OWNER_ONLY, methods=("post",)),
     "audit/": Route(STAFF),
     "offers/": Route(LOGIN),

@@ -42,4 +42,80 @@
     var params = e.detail.parameters;
     for (var key of Object.keys(params)) if (!params[key]) delete params[key];
   });
+
+  // The browser's time zone, for the server to render times in (shopper/middleware.py,
+  // TimeZoneMiddleware). IANA names are plain cookie characters. The login page sets it, so
+  // every page after it is in local time.
+  try {
+    var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (zone && /^[A-Za-z0-9_+\-\/]{1,64}$/.test(zone) && document.cookie.indexOf("tz=" + zone) === -1) {
+      document.cookie = "tz=" + zone + "; path=/; max-age=31536000; samesite=lax";
+    }
+  } catch (err) { /* no Intl: times stay in UTC, which the pages say */ }
+
+  // <a data-key-download>: once the key is downloaded, "Done" no longer asks about it (the
+  // server drops the question too once the download is on the timeline).
+  document.addEventListener("click", function (e) {
+    var link = e.target.closest && e.target.closest("a[data-key-download]");
+    if (!link) return;
+    document.querySelectorAll("form[data-key-unsaved]").forEach(function (form) {
+      form.removeAttribute("hx-confirm");
+      form.removeAttribute("data-key-unsaved");
+    });
+  });
+
+  // <… data-elapsed-since="ISO time">: count the wait up every second while a machine is on
+  // its way (the status fragment is only re-sent when something changes).
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function elapsedText(seconds) {
+    if (seconds < 60) return seconds + " s";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min " + pad(seconds % 60) + " s";
+    return Math.floor(seconds / 3600) + " h " + pad(Math.floor(seconds / 60) % 60) + " min";
+  }
+  setInterval(function () {
+    document.querySelectorAll("[data-elapsed-since]").forEach(function (el) {
+      var since = Date.parse(el.dataset.elapsedSince);
+      if (!isNaN(since)) el.textContent = elapsedText(Math.max(0, Math.floor((Date.now() - since) / 1000)));
+    });
+  }, 1000);
+
+  // <time data-when="Y-m-d H:i"> without data-zone was rendered without knowing the user's zone
+  // (a fragment pushed by the live relay, or the first page before the tz cookie existed): write
+  // it in the page's zone (<body data-time-zone>, else the browser's) the way the server writes
+  // the others (the "when" filter: the zone as its UTC offset).
+  function pageZone() {
+    return document.body.dataset.timeZone || Intl.DateTimeFormat().resolvedOptions().timeZone;
+  }
+  function offsetLabel(parts) {
+    // "GMT+09:00", "GMT-05:00", "GMT+05:30", "GMT" -> "UTC+9", "UTC-5", "UTC+5:30", "UTC"
+    var m = /^GMT(?:([+-])(\d{1,2})(?::(\d{2}))?)?$/.exec(parts.timeZoneName || "");
+    if (!m || !m[1]) return "UTC";
+    var rest = m[3] && m[3] !== "00" ? ":" + m[3] : "";
+    return "UTC" + m[1] + parseInt(m[2], 10) + rest;
+  }
+  function localize(el) {
+    var moment = new Date(el.getAttribute("datetime"));
+    if (isNaN(moment)) return;
+    var zone = pageZone();
+    var parts = {};
+    new Intl.DateTimeFormat("en-GB", {
+      year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+      second: "2-digit", hourCycle: "h23", timeZone: zone, timeZoneName: "longOffset"
+    }).formatToParts(moment).forEach(function (p) { parts[p.type] = p.value; });
+    var map = { Y: parts.year, m: parts.month, d: parts.day, H: parts.hour, i: parts.minute, s: parts.second };
+    var text = el.dataset.when.replace(/[YmdHis]/g, function (c) { return map[c]; });
+    el.textContent = text + " " + offsetLabel(parts);
+    el.dataset.zone = zone;
+  }
+  function localizeAll(root) {
+    if (!root.querySelectorAll) return;
+    if (root.matches && root.matches("time[data-when]:not([data-zone])")) localize(root);
+    root.querySelectorAll("time[data-when]:not([data-zone])").forEach(localize);
+  }
+  try {
+    localizeAll(document);
+    new MutationObserver(function (records) {
+      records.forEach(function (r) { r.addedNodes.forEach(localizeAll); });
+    }).observe(document.body, { childList: true, subtree: true });
+  } catch (err) { /* no Intl: the times stay in UTC and say so */ }
 })();

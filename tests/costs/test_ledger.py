@@ -175,7 +175,7 @@ def test_summaries_include_the_open_hour_without_waiting_for_the_job(billed):
         rows = spend_summary(start=utc(2025, 3, 1), end=utc(2025, 4, 1), group_by="rental")
         assert rows == [
             {"key": str(rental.pk), "amount": Decimal("3.00"), "provider_cost": Decimal("3.00"),
-             "hours": Decimal("2.50")}
+             "hours": Decimal("2.50"), "seconds": 9000}
         ]  # fmt: skip
         ledger_accrue()
         assert LedgerEntry.objects.count() == 2
@@ -184,7 +184,7 @@ def test_summaries_include_the_open_hour_without_waiting_for_the_job(billed):
         morning = spend_summary(start=utc(2025, 3, 5, 9), end=utc(2025, 3, 5, 10), group_by="day")
         assert morning == [
             {"key": "2025-03-05", "amount": Decimal("1.20"), "provider_cost": Decimal("1.20"),
-             "hours": Decimal("1.00")}
+             "hours": Decimal("1.00"), "seconds": 3600}
         ]  # fmt: skip
         assert spend_summary(start=utc(2025, 3, 6), end=utc(2025, 3, 7), group_by="day") == []
 

@@ -228,7 +228,7 @@ def test_last_7_days_has_one_bar_per_day(client, user, team):
     html = client.get(URL, {"period": "7d"}).content.decode()
     labels = bars(html, "time")
     assert labels == [f"{d:%a} 2025-03-{d.day:02d}" for d in (day(n) for n in range(9, 16))]
-    assert re.search(r"<title>Mon 2025-03-10: \$7\.50 \(2\.00 h\)</title>", html)
+    assert re.search(r"<title>Mon 2025-03-10: \$7\.50 \(2 h 00 min\)</title>", html)  # billed time as h:m
 
 
 def test_this_month_day_chart_runs_to_today_and_gpu_chart_has_one_bar_per_type(client, user, team):
