@@ -89,6 +89,9 @@ ROUTES: dict[str, Route] = {
     "sessions/<uuid:rental_id>/done/": Route(OWNER_OR_STAFF, methods=("post",)),
     "sessions/<uuid:rental_id>/extend/": Route(OWNER_OR_STAFF, methods=("post",), data={"hours": "1"}),
     "sessions/<uuid:rental_id>/shutdown/": Route(OWNER_OR_STAFF, methods=("post",)),
+    "sessions/<uuid:rental_id>/idle-stop/": Route(
+        OWNER_OR_STAFF, methods=("post",), data={"idle_stop_minutes": "30"}
+    ),
     "keys/": Route(LOGIN),
     "keys/<int:key_id>/delete/": Route(OWNER_ONLY, methods=("post",)),
     "safety/": Route(STAFF),
