@@ -34,9 +34,10 @@ def test_offers_endpoints(sandbox):
     assert len(body["data"]["locations"]) >= 50
     nodes = requests.get(f"{base}/hostnodes").json()["data"]["hostnodes"]
     sample = fixture("tensordock_v2_hostnodes.json")["data"]["hostnodes"][0]
+    # has_public_ip_available: a field third-party clients read (FIELD_NOTES TD-NOPUBLICIP, TF).
     assert set(nodes[0]) == set(sample) and set(nodes[0]["available_resources"]) == set(
         sample["available_resources"]
-    )
+    ) | {"has_public_ip_available"}
     assert requests.get(f"{base}/locations", headers={"Authorization": "Bearer invalid"}).status_code == 401
 
 
