@@ -91,6 +91,33 @@ FIELD_MIX: dict = {
 PRESETS = {"none": {"seed": 0, "rules": []}, "field": FIELD_MIX}
 
 
+# How the banner names each fault of a mix (make run shows it on every page).
+PHRASES = {
+    "no_public_ip": "TensorDock hosts without public IPs",
+    "stale_locations": "stale TensorDock offers",
+    "deploy_error_locations": "TensorDock deployment errors",
+    "loading_s": "slow Vast loads",
+    "stuck_loading": "Vast loads that never finish",
+    "oci_fail": "Vast containers that never start",
+    "search_stale_s": "Vast offers already taken",
+    "rate_per_s": "provider rate limits",
+    "no_driver": "TensorDock hosts without drivers",
+}
+
+
+def describe(config: object) -> str:
+    """Plain words for the faults of a config (empty when there are none)."""
+    rules = _normalize(config)["rules"]
+    if not rules:
+        return ""
+    phrases = []
+    for rule in rules:
+        for key, phrase in PHRASES.items():
+            if rule.get(key) and phrase not in phrases:
+                phrases.append(phrase)
+    return ", ".join(phrases) or "injected provider errors"
+
+
 def parse(text: str | None) -> object:
     """``SANDBOX_FAULTS`` / ``--faults``: empty or ``none`` (no faults), ``field`` (FIELD_MIX) or JSON."""
     text = (text or "").strip()
