@@ -602,6 +602,25 @@ def h_list_v0(cloud: Cloud, req: Request, m: re.Match) -> Response:
     return ok({"instances": _sort([view(cloud, r) for r in cloud.listable(DIALECT)], [["id", "asc"]])})
 
 
+def h_user_current(cloud: Cloud, req: Request, m: re.Match) -> Response:
+    """``GET /api/v0/users/current/``: the account, with ``credit`` and ``balance`` (FIELD_NOTES
+    X-BALANCE: both exist, meaning undocumented; the seed reads ``credit``). A fixed sandbox
+    account: no ledger behind it."""
+    return ok(
+        {
+            "id": 100001,
+            "username": "sandbox",
+            "email": "sandbox@example.invalid",
+            "credit": 250.0,
+            "balance": 0.0,
+            "balance_threshold": 0.0,
+            "balance_threshold_enabled": False,
+            "can_pay": True,
+            "has_billing": True,
+        }
+    )
+
+
 # (method, path regex, operation for faults, handler, auth required)
 ROUTES = [
     ("POST", r"/api/v0/bundles/?", "search", h_search_bundles, False),
@@ -614,6 +633,7 @@ ROUTES = [
     ("DELETE", r"/api/v0/instances/(\d+)/?", "destroy", h_destroy, True),
     ("POST", r"/api/v0/instances/(\d+)/ssh/?", "attach_key", h_attach_ssh, True),
     ("PUT", r"/api/v0/instances/(\d+)/?", "label", h_update, True),
+    ("GET", r"/api/v0/users/current/?", "account", h_user_current, True),
 ]
 
 
