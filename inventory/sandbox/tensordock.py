@@ -236,10 +236,12 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
                 "port_forwards": forwards,
             },
         )
-        if attrs.get("ssh_key"):
-            node = cloud.nodes[cloud.key(rec)]
-            for user in rec["users"]:
-                node.add_authorized_key(user, attrs["ssh_key"])
+        # The create's ssh_key is required but never installed (FIELD_NOTES TD-SSHKEY-LATE,
+        # BUG-002): keys arrive only through cloud-init runcmd. TensorDock's own cloud-init
+        # leaves root an empty authorized_keys.
+        root_keys = cloud.nodes[cloud.key(rec)].home("root") / ".ssh" / "authorized_keys"
+        root_keys.parent.mkdir(parents=True, exist_ok=True)
+        root_keys.touch()
         status = STATUS[cloud.phase(rec)]
     mode = cloud.faults.create_error(DIALECT)
     if mode == "504":
