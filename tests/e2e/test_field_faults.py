@@ -164,3 +164,17 @@ def test_td_list_shapes_rotating_never_lose_an_instance(cloud, api, quick):
     assert len(cloud.instances()) == 1
     api.post(f"/api/v1/sessions/{session['id']}/done")
     assert cloud.instances() == []
+
+
+@pytest.mark.parametrize("provider", ["vastai", "tensordock"])
+def test_create_answered_504_but_created_is_found_by_label(cloud, api, quick, provider):
+    """VA-CREATE-AMBIGUOUS / TD-APITIMEOUT: a 504 on create although the instance exists: found by
+    its label (one instance, not two), handed off, and destroyed at done."""
+    cloud.set_faults([{"dialect": provider, "create_error_but_created": 1, "create_error_mode": "504"}])
+    session = rent(api, cheapest(provider))
+    assert session["status"] == "active", session
+    assert len(cloud.instances()) == 1
+    assert "Found instance" in seen_by_user(api, session["id"])
+    api.post(f"/api/v1/sessions/{session['id']}/done")
+    assert Rental.objects.get(pk=session["id"]).status == "destroyed"
+    assert cloud.instances() == []
