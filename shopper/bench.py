@@ -16,7 +16,9 @@ postgres://postgres@127.0.0.1:5432/postgres), dropped and created for each run a
 end; without a reachable server those rows say so. Sizes: BENCH_QUICK=1 shrinks everything for a
 quick check; BENCH_OFFERS, BENCH_LARGE_OFFERS, BENCH_SECONDS, BENCH_RENTALS,
 BENCH_PROVISION_WORKERS, BENCH_INSTANCES, BENCH_CHAOS_RENTALS, BENCH_SOCKETS, BENCH_LIVE_EVENTS
-set one each; BENCH_ONLY=inventory,provision,reconcile,lag,live runs a subset.
+set one each; BENCH_ONLY=inventory,provision,reconcile,lag,live,field runs a subset.
+- field: provisioning under the field-notes faults (``bench_provision.py --field``,
+  BENCH_FIELD_RENTALS): success rate and time to active.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ QUERY = "/api/v1/inventory?gpu=RTX&min_vram_gb=16&max_price=20&sort=-vram_gb"
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 PG_DATABASE = "shopper_bench"
 RESULT_MARK = "BENCH_RESULT "
-PHASES = ("inventory", "provision", "reconcile", "lag", "live")
+PHASES = ("inventory", "provision", "reconcile", "lag", "live", "field")
+FIELD_RENTALS = int(_size("BENCH_FIELD_RENTALS", 60, 16))
 
 
 # --------------------------------------------------------------------------------------------
@@ -850,6 +853,40 @@ def _live_rows(live: dict | None) -> list[tuple]:
     ]
 
 
+# --------------------------------------------------------------------------------------------
+# Provisioning under the field-notes faults (bench_provision.py --field)
+# --------------------------------------------------------------------------------------------
+def _field_phase(runner) -> dict | None:
+    argv = ["-m", "shopper.bench_provision", "--field", "--rentals", str(FIELD_RENTALS)]
+    argv += ["--workers", str(PROVISION_WORKERS)]
+    return runner.phase(f"provisioning {FIELD_RENTALS} rentals under field faults", argv, timeout=1200)
+
+
+def _field_rows(field: dict | None) -> list[tuple]:
+    if field is None:
+        return [_failed_row(f"provisioning under field-notes faults, {FIELD_RENTALS} rentals")]
+    return [
+        (
+            f"provisioning success under field-notes faults, {field['attempts']} rentals ⁶",
+            f"{field['active']} active ({field['success_rate']:.0%})",
+            "",
+            "—",
+        ),
+        (
+            "  time to active p50 / p95",
+            f"{field['to_active_p50_s']:.1f} / {field['to_active_p95_s']:.1f} s",
+            "",
+            "—",
+        ),
+        (
+            "  instances left / rentals live after teardown",
+            f"{field['left']} / {field['live_after_teardown']}",
+            "0 / 0",
+            _met(field["left"] == 0 and field["live_after_teardown"] == 0),
+        ),
+    ]
+
+
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -919,6 +956,14 @@ def _footnotes(only: set[str], reconcile: dict | None) -> list[str]:
             "⁴ `shopper.chaos`: real web, worker and safety-loop processes, faults injected and processes "
             f"killed, {CHAOS_RESERVATION_MINUTES:g} min reservations, SQLite."
         )
+    if "field" in only:
+        notes.append(
+            "⁶ `bench_provision --field`: every attempt counts (no second offer), rent to active, under "
+            "make run's fault mix (TensorDock locations without public IPs and stale ones, Vast loads of "
+            "5-40 s, Vast asks lingering in search, 4.5 req/s Vast rate limit) plus 5 % TensorDock 401s "
+            "on create and 3 % Vast loads that never finish / containers that never start; the sandbox's "
+            "boot takes 2 s; SQLite; failures end failed (nothing created) or destroyed."
+        )
     if "live" in only:
         notes.append(
             "⁵ A RentalEvent committed by another process → its fragment received on the websocket; 2 web "
@@ -978,6 +1023,8 @@ def orchestrate(only: set[str]) -> int:
             argv = ["-m", "shopper.bench_live", "--sockets", str(SOCKETS), "--events", str(LIVE_EVENTS)]
             argv += ["--interval", "0.1", "--json"]
             rows += _live_rows(runner.phase(f"live updates, {SOCKETS} websockets", argv, timeout=600))
+        if "field" in only:
+            rows += _field_rows(_field_phase(runner))
     finally:
         _pg_drop_database()
     footnotes = _footnotes(only, reconcile)

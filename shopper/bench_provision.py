@@ -227,6 +227,129 @@ def run(database_url: str | None, rentals: int, workers: int) -> dict:
     }
 
 
+# --------------------------------------------------------------------------------------------
+# Under the field-notes faults (--field): how many rentals go active, and how long it takes.
+# --------------------------------------------------------------------------------------------
+def field_faults() -> dict:
+    """``make run``'s mix (inventory/sandbox/faults.py FIELD_MIX) plus the rarer field failures:
+    a 401 on a TensorDock create (TD-AUTH401), Vast loads that never finish (VA-LOADING) and
+    containers that never start (VA-GPU-UNUSABLE)."""
+    from inventory.sandbox.faults import FIELD_MIX
+
+    return {
+        "seed": FIELD_MIX["seed"],
+        "rules": [
+            *FIELD_MIX["rules"],
+            {"dialect": "tensordock", "op": "create", "error_rate": 0.05, "error_status": 401},
+            {"dialect": "vastai", "stuck_loading": 0.03, "oci_fail": 0.03},
+        ],
+    }
+
+
+def _provision_field(user, offer_ids: list, rentals: int, workers: int) -> dict:
+    """Every attempt counts (no retry on another offer): one rental per offer, from rent to the
+    status provisioning ends in. Time to active = rental_create until active."""
+    from django.db import connections
+
+    from sessions.models import Status
+    from sessions.services import RentalError, rental_create, rental_provision
+
+    lock = threading.Lock()
+    offers = list(reversed(offer_ids))
+    to_active: list[float] = []
+    outcomes: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    counts = {"attempts": 0, "refused_at_create": 0}
+
+    def worker() -> None:
+        try:
+            while True:
+                with lock:
+                    if counts["attempts"] >= rentals or not offers:
+                        return
+                    counts["attempts"] += 1
+                    offer_id = offers.pop()
+                started = time.perf_counter()
+                try:
+                    rental = rental_create(user=user, offer_id=offer_id, reservation_hours=1).rental
+                except RentalError as exc:  # the re-check found the offer gone or re-priced
+                    with lock:
+                        counts["refused_at_create"] += 1
+                        reasons[f"refused: {exc.code}"] = reasons.get(f"refused: {exc.code}", 0) + 1
+                    continue
+                rental_provision(rental_id=rental.pk)
+                elapsed = time.perf_counter() - started
+                rental.refresh_from_db()
+                with lock:
+                    outcomes[rental.status] = outcomes.get(rental.status, 0) + 1
+                    if rental.status == Status.ACTIVE:
+                        to_active.append(elapsed)
+                    else:
+                        reason = rental.events.exclude(to_status="").order_by("-at").first()
+                        words = (reason.reason if reason else rental.status)[:70]
+                        reasons[words] = reasons.get(words, 0) + 1
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(worker) for _ in range(workers)]:
+            future.result()
+    attempts = counts["attempts"]
+    return {
+        "attempts": attempts,
+        "active": len(to_active),
+        "success_rate": len(to_active) / attempts if attempts else 0.0,
+        "refused_at_create": counts["refused_at_create"],
+        "outcomes": outcomes,
+        "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:8]),
+        "to_active_p50_s": _pct(to_active, 50),
+        "to_active_p95_s": _pct(to_active, 95),
+    }
+
+
+def run_field(database_url: str | None, rentals: int, workers: int) -> dict:
+    from inventory.sandbox.testing import running_sandbox
+
+    with (
+        tempfile.TemporaryDirectory(prefix="shopper-bench-field-") as tmp,
+        running_sandbox(Path(tmp), boot_delay=2) as sandbox,
+    ):
+        _setup_env(
+            Path(tmp), database_url,
+            VASTAI_API_URL=sandbox.vastai_url, TENSORDOCK_API_URL=sandbox.tensordock_url,
+            SHOPPER_SANDBOX="True", SHOPPER_FERNET_KEYS=FERNET_KEY,
+            SHOPPER_MAX_LIVE_RENTALS=str(rentals + workers + 10),
+            PROVIDER_MIN_INTERVAL_SECONDS="0.05", PROVIDER_TIMEOUT_SECONDS="30",
+            SHOPPER_POLL_INTERVAL_SECONDS="1", SHOPPER_BOOT_TIMEOUT_SECONDS="60",
+            SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS="60", SHOPPER_TEARDOWN_BUDGET_SECONDS="120",
+            SHOPPER_DESTROY_MAX_BACKOFF_SECONDS="1", SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS="1",
+        )  # fmt: skip
+        _django_setup()
+        from django.contrib.auth import get_user_model
+
+        from inventory.models import Offer
+        from inventory.services import offers_refresh
+        from sessions import services
+        from sessions.models import Rental, Status
+
+        services.agent_onstart = lambda: ""  # the node agent runs on the GPU machine, not here
+        offers_refresh(force=True)  # the menu as a user sees it: faults do not hide offers from it
+        sandbox.set_faults(field_faults())
+        offer_ids = list(Offer.objects.visible().values_list("pk", flat=True))
+        random.Random(7).shuffle(offer_ids)
+        user, _ = get_user_model().objects.get_or_create(username="bench")
+        figures = _provision_field(user, offer_ids, rentals, workers)
+        sandbox.set_faults({})
+        _teardown_all(workers)
+        # A failure that stopped a rental has its teardown enqueued (Q_SYNC off here): finish those.
+        for rental in Rental.objects.filter(status=Status.STOPPING):
+            services.rental_teardown(rental_id=rental.pk)
+        left = len(sandbox.instances())
+        live = Rental.objects.live().count()
+    return {"db": _db_label(database_url), "rentals": rentals, "workers": workers, **figures,
+            "live_after_teardown": live, "left": left}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rentals", type=int, default=200)
@@ -234,9 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database-url", default="sqlite", help="postgres://… (default: a fresh SQLite file)"
     )
+    parser.add_argument("--field", action="store_true", help="under the field-notes faults (field_faults)")
     args = parser.parse_args(argv)
     _exit_on_sigterm()
     database_url = None if args.database_url == "sqlite" else args.database_url
+    if args.field:
+        _emit(run_field(database_url, args.rentals, args.workers))
+        return 0
     _emit(run(database_url, args.rentals, args.workers))
     return 0
 

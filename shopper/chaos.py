@@ -1,4 +1,6 @@
-"""Chaos run: many rentals against the sandbox cloud with every fault injected, while the worker
+"""Chaos run: many rentals against the sandbox cloud with every fault injected (the field-notes
+ones included: hosts without public IPs, stale offers, 401s on create, slow, stuck and failed
+loads, a shared rate limit, changing list shapes), while the worker
 and the safety loop are killed (SIGKILL) and restarted, and the web server restarted.
 
     python -m shopper.chaos --rentals 50           (the test suite runs a small one)
@@ -47,7 +49,27 @@ FAULTS = {
         {"listing_lag_s": 2},
         {"destroy_fail_times": 2},
         {"op": "search", "slow_ms": 100},
+        # How the real providers failed in the field (FIELD_NOTES; inventory/sandbox/faults.py):
+        {"dialect": "tensordock", "no_public_ip": 0.25},  # TD-NOPUBLICIP (8 of 31 live)
+        {"dialect": "tensordock", "stale_locations": 0.2, "stale_minutes": 5},  # TD-STALE-NONODES
+        {"dialect": "tensordock", "op": "create", "error_rate": 0.05, "error_status": 401},  # TD-AUTH401
+        {"dialect": "tensordock", "list_shape": "rotate"},  # TD-LISTSHAPE
+        {"dialect": "vastai", "search_stale_s": 30},  # VA-NOSUCHASK on asks search still shows
+        {"dialect": "vastai", "loading_s": [1, 8]},  # VA-LOADING (shortened)
+        {"dialect": "vastai", "stuck_loading": 0.04, "oci_fail": 0.04},  # VA-LOADING, VA-GPU-UNUSABLE
+        {"dialect": "vastai", "rate_per_s": 10, "rate_burst": 10},  # VA-RATELIMIT, shared per key
     ],
+}
+
+
+# Rentals whose timeline shows each field-notes failure (the provider's own words).
+FIELD_WORDS = {
+    "no_public_ip": "No available public IPs",
+    "stale_location": "No available nodes",
+    "auth_401": "401",
+    "no_such_ask": "no_such_ask",
+    "oci_failed": "OCI runtime create failed",
+    "boot_timeout": "did not start within the boot timeout",
 }
 
 
@@ -596,8 +618,13 @@ def main(argv: list[str] | None = None) -> int:
         statuses = {}
         for status in Rental.objects.values_list("status", flat=True):
             statuses[status] = statuses.get(status, 0) + 1
+        field_seen = {
+            name: RentalEvent.objects.filter(reason__icontains=words).values("rental").distinct().count()
+            for name, words in FIELD_WORDS.items()
+        }
         report = {
             "rentals": len(created), "refused_at_create": refused, "statuses": statuses,
+            "field_faults_seen": field_seen,
             "leaks": len(leaks), "not_terminal": len(not_terminal), "deadlines_enforced": len(lags),
             "worst_deadline_lag_s": round(max(lags, default=0.0), 2),
             "seconds": round(time.monotonic() - started, 1),

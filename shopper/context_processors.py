@@ -12,6 +12,7 @@ def shopper(request):
     context = {"SANDBOX": settings.SHOPPER_SANDBOX, "HARD_MAX_HOURS": settings.SHOPPER_HARD_MAX_HOURS}
     # Hour fields' min/step come from the one hours rule (sessions/hours.py), like the API's.
     context.update(HOURS_MIN=hours.MIN_HOURS, HOURS_STEP=hours.STEP_HOURS)
+    context["SANDBOX_FAULTS"] = settings.SHOPPER_SANDBOX_FAULTS if settings.SHOPPER_SANDBOX else ""
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         # Lazy: only pages that show the banner (base.html) pay for it, once per render; HTMX

@@ -146,6 +146,19 @@ def stop_all(
             signal.signal(sig, handler)
 
 
+def sandbox_faults(env: dict) -> str:
+    """The sandbox's faults for ``make run``: the field-notes mix (``inventory.sandbox.faults.
+    FIELD_MIX``) unless ``SANDBOX_FAULTS`` says otherwise (``none`` turns them off). Sets
+    ``SANDBOX_FAULTS`` for the sandbox and returns the plain words the page banner shows."""
+    from inventory.sandbox import faults
+
+    env.setdefault("SANDBOX_FAULTS", "field")
+    try:
+        return faults.describe(faults.parse(env["SANDBOX_FAULTS"]))
+    except faults.FaultConfigError as exc:
+        raise SystemExit(f"SANDBOX_FAULTS: {exc}") from exc
+
+
 def _start_sandbox(
     env: dict, port: int, procs: list[tuple[str, subprocess.Popen]]
 ) -> tuple[subprocess.Popen, str]:
@@ -296,6 +309,7 @@ def main() -> None:
     use_sandbox = not (env.get("VASTAI_API_KEY") or env.get("TENSORDOCK_API_TOKEN"))
     try:
         if use_sandbox:
+            env["SHOPPER_SANDBOX_FAULTS"] = sandbox_faults(env)
             _, url = _start_sandbox(env, int(env.get("SANDBOX_PORT", "8765")), procs)
             env.update(
                 SHOPPER_SANDBOX="True",
@@ -329,7 +343,13 @@ def main() -> None:
             "  Cloud GPU Shopper is running.\n"
             f"  Open  http://{host}:{port}/  and log in as  admin / admin\n"
             f"  Offers come from {'the local SANDBOX cloud' if use_sandbox else 'the real providers'}.\n"
-            "  Press Ctrl-C to stop everything.\n",
+            + (
+                f"  The sandbox fails like the real providers do ({env['SHOPPER_SANDBOX_FAULTS']});\n"
+                "  SANDBOX_FAULTS=none make run  turns them off.\n"
+                if use_sandbox and env.get("SHOPPER_SANDBOX_FAULTS")
+                else ""
+            )
+            + "  Press Ctrl-C to stop everything.\n",
             flush=True,
         )
         while True:

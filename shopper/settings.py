@@ -242,6 +242,8 @@ PROVIDER_MIN_INTERVAL_SECONDS = env.float("PROVIDER_MIN_INTERVAL_SECONDS", defau
 # True when the provider URLs point at the local sandbox cloud: every page says so.
 SHOPPER_SANDBOX = env.bool("SHOPPER_SANDBOX", default=False)
 SHOPPER_DEPLOYMENT_ID = env.str("SHOPPER_DEPLOYMENT_ID", default="")
+# What the sandbox injects (plain words; `make run` sets it): shown on the sandbox banner.
+SHOPPER_SANDBOX_FAULTS = env.str("SHOPPER_SANDBOX_FAULTS", default="")
 
 # --- Product rules ----------------------------------------------------------------------------
 SHOPPER_HARD_MAX_HOURS = env.int("SHOPPER_HARD_MAX_HOURS", default=12)

@@ -11,7 +11,6 @@ first to kill them.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from .cloud import Cloud
 from .faults import FaultConfigError, Faults
+from .faults import parse as parse_faults
 from .server import make_server
 
 
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=int(env("SANDBOX_SEED", "42")))
     p.add_argument("--boot-delay", type=float, default=float(env("SANDBOX_BOOT_DELAY", "3")))
-    p.add_argument("--faults", default=env("SANDBOX_FAULTS", ""), help="fault config JSON")
+    p.add_argument("--faults", default=env("SANDBOX_FAULTS", ""), help="fault config JSON, none or field")
     p.add_argument("--log-level", default=env("SANDBOX_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one INFO line per channel event otherwise
     try:
-        faults = Faults(json.loads(args.faults) if args.faults.strip() else None)
+        faults = Faults(parse_faults(args.faults))
     except (ValueError, FaultConfigError) as exc:
         raise SystemExit(f"invalid SANDBOX_FAULTS / --faults: {exc}") from exc
     if args.boot_delay < 0:

@@ -91,6 +91,8 @@ class Cloud:
             return RUNNING  # nothing to boot or activate: it exists only in listings
         now = time.time() if now is None else now
         elapsed = now - rec["boot_at"]
+        if rec.get("never_runs"):  # stuck_loading / oci_fail faults: the boot never ends
+            return BOOTING if elapsed >= rec["boot_delay"] / 2 else PENDING
         if elapsed >= rec["boot_delay"]:
             key = self.key(rec)
             if key not in self.active:
@@ -308,8 +310,15 @@ class Cloud:
             log.exception("teardown of %s", node.key)
 
     # -- offers in use ---------------------------------------------------------------------
-    def vast_rented(self) -> set[int]:
-        return {int(r["offer_id"]) for r in self.records("vastai") if not r.get("listing_only")}
+    def vast_rented(self, shown_for: float = 0.0) -> set[int]:
+        """Asks in use; ``shown_for`` > 0 leaves out those rented less than that many seconds ago
+        (they still show in search: the search_stale_s fault)."""
+        cutoff = time.time() - shown_for
+        return {
+            int(r["offer_id"])
+            for r in self.records("vastai")
+            if not r.get("listing_only") and (not shown_for or r["created_at"] <= cutoff)
+        }
 
     def td_used(self) -> dict[tuple[str, str], int]:
         used: dict[tuple[str, str], int] = {}

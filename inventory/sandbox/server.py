@@ -68,11 +68,11 @@ def dialect_call(cloud: Cloud, dialect: str, mod, routes, req: Request) -> Respo
         if method != req.method:
             continue
         cloud.count_call(dialect, op)
-        inj = cloud.faults.before(dialect, op)
+        inj = cloud.faults.before(dialect, op, req.bearer() or req.query.get("api_key"))
         if inj.sleep_ms:
             time.sleep(inj.sleep_ms / 1000)
         if inj.kind == "rate_limit":
-            return mod.rate_limited()
+            return mod.rate_limited(inj.detail)
         if inj.kind == "error":
             return mod.server_error(inj.status)
         denied = mod.check_auth(req, auth_required)

@@ -37,9 +37,17 @@ def _not_found() -> Response:
     return ok({"error": "Instance not found"}, 404)
 
 
-def _in_body_error(message: str) -> Response:
+def _in_body_error(message: str, status: int = 400) -> Response:
     # The seed saw this live: HTTP 200 whose JSON carries the real status.
-    return ok({"status": 400, "error": message}, 200)
+    return ok({"status": status, "error": message}, 200)
+
+
+# In-body refusals of the field-notes faults (faults.Faults.td_create_refusal).
+REFUSALS = {
+    "no_nodes": (400, "No available nodes found"),  # TD-STALE-NONODES
+    "no_public_ip": (400, "No available public IPs on hostnode"),  # TD-NOPUBLICIP
+    "deploy_error": (500, "unexpected error during deployment"),  # TD-DEPLOYERR (status GUESS)
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +100,8 @@ def _hostnodes(cloud: Cloud) -> list[dict]:
                         "max_ram_gb": sum(g["resources"]["max_ram_gb"] for g in gpus),
                         "max_storage_gb": max((g["resources"]["max_storage_gb"] for g in gpus), default=0),
                         "available_ports": [20000 + 100 * n + i for i in range(1, 6)],
+                        # False for the hosts of the no_public_ip fault (TD-NOPUBLICIP, TF).
+                        "has_public_ip_available": not cloud.faults.td_no_public_ip(loc["id"]),
                     },
                     "pricing": gpus[0]["pricing"] if gpus else loc["gpus"][0]["pricing"],
                 }
@@ -176,7 +186,10 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
         if attrs.get("useDedicatedIp") and not all(
             entries[v0]["network_features"]["dedicated_ip_available"] for v0 in res["gpus"]
         ):
-            return _in_body_error("No available public IPs found")
+            return _in_body_error(REFUSALS["no_public_ip"][1])  # the live text (FIELD_NOTES)
+        refusal = cloud.faults.td_create_refusal(loc["id"], bool(attrs.get("useDedicatedIp")))
+        if refusal:
+            return _in_body_error(REFUSALS[refusal][1], REFUSALS[refusal][0])
         first_v0 = next(iter(res["gpus"]))
         pricing = entries[first_v0]["pricing"]
         rate = sum(entries[v0]["price_per_hr"] * spec["count"] for v0, spec in res["gpus"].items())
@@ -198,6 +211,7 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
         rec = cloud.new_record(
             DIALECT,
             instance_id,
+            **cloud.faults.boot_plan(DIALECT),
             label=attrs["name"],
             offer_id=f"{loc['id']}/{first_v0}",
             users=["root", "user"],
@@ -222,12 +236,17 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
                 "port_forwards": forwards,
             },
         )
-        if attrs.get("ssh_key"):
-            node = cloud.nodes[cloud.key(rec)]
-            for user in rec["users"]:
-                node.add_authorized_key(user, attrs["ssh_key"])
+        # The create's ssh_key is required but never installed (FIELD_NOTES TD-SSHKEY-LATE,
+        # BUG-002): keys arrive only through cloud-init runcmd. TensorDock's own cloud-init
+        # leaves root an empty authorized_keys.
+        root_keys = cloud.nodes[cloud.key(rec)].home("root") / ".ssh" / "authorized_keys"
+        root_keys.parent.mkdir(parents=True, exist_ok=True)
+        root_keys.touch()
         status = STATUS[cloud.phase(rec)]
-    if cloud.faults.create_error(DIALECT):
+    mode = cloud.faults.create_error(DIALECT)
+    if mode == "504":
+        return Response(504, "HTTP 504")
+    if mode:
         return Response(500, "Internal Server Error")
     return ok(
         {"data": {"type": "virtualmachine", "id": instance_id, "name": attrs["name"], "status": status}}, 201
@@ -273,6 +292,12 @@ def h_list(cloud: Cloud, req: Request, m: re.Match) -> Response:
             "rateHourly": v["rateHourly"],
         }
         items.append({"type": "virtualmachine", "id": v["id"], "attributes": attributes})
+    # TD-LISTSHAPE: all three shapes were seen; the list_shape fault picks (or rotates) them.
+    shape = cloud.faults.list_shape(DIALECT)
+    if shape == "array":
+        return ok({"data": items})
+    if shape == "attributes":
+        return ok({"data": {"attributes": {"instances": items}}})
     return ok({"data": {"instances": items}})
 
 
@@ -309,11 +334,14 @@ ROUTES = [
 ]
 
 
-def rate_limited() -> Response:
+def rate_limited(detail: str = "") -> Response:
+    # The TensorDock 429 body was never observed (X-RATE-TD): this one is a GUESS.
     return Response(
         429, {"error": "Too many requests"}, {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0"}
     )
 
 
 def server_error(status: int) -> Response:
+    if status == 401:  # TD-AUTH401: "CreateInstance failed (HTTP 401): Unauthorized"
+        return ok({"error": "Unauthorized"}, 401)
     return Response(status, "Internal Server Error" if status == 500 else f"HTTP {status}")

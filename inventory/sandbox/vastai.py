@@ -148,7 +148,8 @@ def search(cloud: Cloud, query: dict) -> list[dict]:
         storage = float(query.get("allocated_storage", catalog.DEFAULT_ALLOCATED_STORAGE))
     except (TypeError, ValueError) as exc:
         raise QueryError("allocated_storage must be a number") from exc
-    rented = cloud.vast_rented()
+    # search_stale_s: a freshly rented ask still shows for a while (VA-NOSUCHASK).
+    rented = cloud.vast_rented(shown_for=cloud.faults.vast_search_stale_s())
     rows = [o for o in priced_offers(cloud, storage) if o["id"] not in rented and matches(o, query)]
     rows = _sort(rows, query.get("order", [["score", "desc"]]))
     limit = query.get("limit")
@@ -220,7 +221,9 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
     with cloud.lock:
         offer = cloud.vast_offer_by_id.get(ask_id)
         if offer is None or ask_id in cloud.vast_rented():
-            return error(400, "no_such_ask", f"Instance type {ask_id} is no longer available.", ask_id=ask_id)
+            # The live body (FIELD_NOTES VA-NOSUCHASK): 400 invalid_args, two spaces after no_such_ask.
+            msg = f"error 404/3603: no_such_ask  Instance type by id {ask_id} is not available."
+            return error(400, "invalid_args", msg, ask_id=ask_id)
         offer = catalog.price_vast_offer(offer, float(disk))
         raw_env = body.get("env")
         # A docker-flags string is "not applied" (PROVIDERS.md 1.4): only a dict counts.
@@ -247,6 +250,7 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
         rec = cloud.new_record(
             DIALECT,
             instance_id,
+            **cloud.faults.boot_plan(DIALECT),
             label=body.get("label"),
             offer_id=str(ask_id),
             users=["root"],
@@ -288,6 +292,8 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
                 }
             )
     mode = cloud.faults.create_error(DIALECT)
+    if mode == "504":
+        return Response(504, "HTTP 504")
     if mode == "success_false":
         return ok(
             {
@@ -354,7 +360,16 @@ def view(cloud: Cloud, rec: dict) -> dict:
     status_msg = None
     actual = cur = nxt = intended = "running"
     ports: dict | None = None
-    if phase == PENDING:
+    if rec.get("oci_fail") and phase != STOPPED:
+        # VA-GPU-UNUSABLE: the container never starts (dstack matches this text; the rest GUESS).
+        actual, ports = "created", {}
+        status_msg = (
+            "Error response from daemon: failed to create task for container: failed to create shim "
+            "task: OCI runtime create failed: runc create failed: unable to start container process: "
+            "error during container init: nvidia-container-cli: initialization error: nvml error: "
+            "driver not loaded: unknown"
+        )
+    elif phase == PENDING:
         actual = None
     elif phase == BOOTING:
         actual, ports = "loading", {}
@@ -622,10 +637,22 @@ ROUTES = [
 ]
 
 
-def rate_limited() -> Response:
-    # docs.vast.ai: 429 bodies are often plain text and there is no Retry-After.
+RATE_LIMIT_BODY = {
+    "message": "The action could not be performed because there were too many requests by the "
+    "client.\n\nAPI requests too frequent: endpoint threshold=4.5*1.0\n\n",
+    "code": "429 Too Many Requests",
+}
+
+
+def rate_limited(detail: str = "") -> Response:
+    # docs.vast.ai: 429 bodies are often plain text and there is no Retry-After; the limiter of
+    # the field notes answers the JSON body seen live (VA-RATELIMIT), sometimes the plain text.
+    if detail == "json":
+        return Response(429, dict(RATE_LIMIT_BODY))
     return Response(429, "API requests too frequent")
 
 
 def server_error(status: int) -> Response:
+    if status in (401, 403):
+        return error(status, "auth_error", "Invalid user key")
     return Response(status, "Internal Server Error" if status == 500 else f"HTTP {status}")

@@ -154,6 +154,15 @@ def td_body(location_id: str, v0: str, *, count: int = 1, name: str = "shopper-t
         "location_id": location_id,
         "useDedicatedIp": True,
     }
+    if attrs.get("ssh_key") and "cloud_init" not in attrs:
+        # The create's ssh_key is never installed (TD-SSHKEY-LATE): deliver it as clients must.
+        key = attrs["ssh_key"]
+        attributes["cloud_init"] = {
+            "runcmd": [
+                f"mkdir -p /root/.ssh && echo '{key}' >> /root/.ssh/authorized_keys",
+                f"mkdir -p /home/user/.ssh && echo '{key}' >> /home/user/.ssh/authorized_keys",
+            ]
+        }
     attributes.update(attrs)
     return {"data": {"type": "virtualmachine", "attributes": attributes}}
 

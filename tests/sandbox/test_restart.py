@@ -70,7 +70,7 @@ def test_state_survives_crash_and_restart(tmp_path: Path):
         after = vast_search(vast, {"order": [["dph_total", "asc"]], "limit": 50})
         expected = [o["id"] for o in before if o["id"] != ask][:49]
         assert [o["id"] for o in after][:49] == expected
-        assert vast_create(vast, ask).json()["error"] == "no_such_ask"
+        assert "no_such_ask" in vast_create(vast, ask).json()["msg"]
 
         sb.restart()  # graceful this time
         assert ssh(port, key, "true").returncode == 0

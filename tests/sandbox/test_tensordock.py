@@ -34,9 +34,10 @@ def test_offers_endpoints(sandbox):
     assert len(body["data"]["locations"]) >= 50
     nodes = requests.get(f"{base}/hostnodes").json()["data"]["hostnodes"]
     sample = fixture("tensordock_v2_hostnodes.json")["data"]["hostnodes"][0]
+    # has_public_ip_available: a field third-party clients read (FIELD_NOTES TD-NOPUBLICIP, TF).
     assert set(nodes[0]) == set(sample) and set(nodes[0]["available_resources"]) == set(
         sample["available_resources"]
-    )
+    ) | {"has_public_ip_available"}
     assert requests.get(f"{base}/locations", headers={"Authorization": "Bearer invalid"}).status_code == 401
 
 
@@ -89,16 +90,18 @@ def test_lifecycle_keys_runcmd_destroy(sandbox, tmp_path: Path):
     assert detail["resources"]["gpus"] == {v0: {"count": 2, "v0Name": v0}} and detail["rateHourly"] > 0
     port = td_ssh_port(detail)
 
-    for user in ("root", "user"):
-        out = ssh(port, key, "nvidia-smi -L | wc -l; whoami", user=user)
-        assert out.returncode == 0 and out.stdout.split() == ["2", user], out.stderr
-    # the key cloud-init echoed into authorized_keys works once runcmd ran
+    # the key cloud-init echoed into authorized_keys works once runcmd ran, for both users
     wait_for(lambda: ssh(port, runcmd_key, "cat /root/marker.txt").stdout.strip() == "runcmd-ran")
+    for user in ("root", "user"):
+        out = ssh(port, runcmd_key, "nvidia-smi -L | wc -l; whoami", user=user)
+        assert out.returncode == 0 and out.stdout.split() == ["2", user], out.stderr
+    # the create's ssh_key is required but never installed (FIELD_NOTES TD-SSHKEY-LATE)
+    assert ssh(port, key, "true").returncode == 255
     assert ssh(port, never, "true").returncode == 255
     (tmp_path / "agent.sh").write_text("echo agent-ok\n")
-    assert scp(port, key, tmp_path / "agent.sh", "/root/agent.sh").returncode == 0
-    assert ssh(port, key, "sh /root/agent.sh").stdout == "agent-ok\n"
-    assert ssh(port, key, "true", user="admin").returncode == 255
+    assert scp(port, runcmd_key, tmp_path / "agent.sh", "/root/agent.sh").returncode == 0
+    assert ssh(port, runcmd_key, "sh /root/agent.sh").stdout == "agent-ok\n"
+    assert ssh(port, runcmd_key, "true", user="admin").returncode == 255
 
     listing = requests.get(f"{base}/instances", headers=AUTH).json()
     assert listing["data"]["instances"][0]["id"] == iid
