@@ -118,6 +118,12 @@ class Rental(models.Model):
     # the same key with another request is refused (422 idempotency_key_reused) by the API.
     request_key = models.CharField(max_length=255, blank=True, default="")
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    # The handoff proves the GPU: what nvidia-smi found on the machine ({"name", "count",
+    # "memory_gb", "driver", "cuda"}), null until verified. When the user brought their own key, a
+    # per-rental verification key of ours is installed beside it (private half here, encrypted)
+    # and removed from authorized_keys after the check.
+    gpu_verified = models.JSONField(null=True, blank=True)
+    verify_private_key_encrypted = models.TextField(blank=True)
 
     objects = RentalQuerySet.as_manager()
 
