@@ -114,6 +114,7 @@ class Cloud:
                 self.nodes[key].reap()
                 if self.phase(rec) != RUNNING and key in self.active:
                     self._deactivate(key)
+                self._maybe_die(rec)
 
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(0.1):
@@ -146,6 +147,17 @@ class Cloud:
         except Exception:
             log.exception("activating %s failed; will retry", key)
 
+    def _maybe_die(self, rec: dict) -> None:
+        """The ``die_after_s`` node fault: a machine that ran that long stops by itself, once
+        (TD-STOPS: TensorDock ``Stopped``; VA-DIES: Vast ``exited``), and stays listed."""
+        die_after = (rec.get("node") or {}).get("die_after_s")
+        if die_after is None or rec.get("died") or rec["powered_off"]:
+            return
+        if time.time() >= rec["boot_at"] + rec["boot_delay"] + float(die_after):
+            rec["died"] = True
+            self.save(rec)
+            self.power_off(rec["dialect"], rec["id"], reason="died")
+
     def _deactivate(self, key: str) -> None:
         self.active.discard(key)
         try:
@@ -177,6 +189,8 @@ class Cloud:
             "destroy_attempts": 0,
             **fields,
         }
+        # Node faults (faults.NODE_KEYS), drawn once per machine.
+        rec["node"] = self.faults.node(dialect, str((fields.get("gpu") or {}).get("name", "")))
         key = self.key(rec)
         with self.lock:
             self.instances[key] = rec
@@ -320,6 +334,11 @@ class Cloud:
     def _authorize(self, key: str, username: str, blob: bytes) -> bool:
         rec, node = self.instances.get(key), self.nodes.get(key)
         if rec is None or node is None or key not in self.active or username not in rec["users"]:
+            return False
+        # key_delay_s node fault: keys land late (VA-SSH 10-15 s, TD-SSHKEY-LATE 60-90 s); until then
+        # the port answers and refuses every key, as sshd does.
+        key_delay = float((rec.get("node") or {}).get("key_delay_s") or 0)
+        if time.time() < rec["boot_at"] + rec["boot_delay"] + key_delay:
             return False
         return blob in node.authorized_blobs(username)
 

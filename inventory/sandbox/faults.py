@@ -32,6 +32,22 @@ RULE_KEYS = {
     "dialect", "op", "rate_limit_burst", "fail_next", "error_rate", "error_status", "slow_ms",
     "create_error_but_created", "create_error_mode", "listing_lag_s", "destroy_fail_times",
 }  # fmt: skip
+# Node faults (FIELD_NOTES "What the sandbox should reproduce" 1, 2, 9, 12, 18, 20): properties of
+# the simulated machine, drawn once when an instance is created. ``p`` is the share of new
+# instances a rule hits (default all), ``gpu`` limits it to GPU names containing the text
+# (case-insensitive). A range ``[a, b]`` draws a value per instance.
+NODE_KEYS = {
+    "node_fault",  # "no_driver" (nvidia-smi exits 9) or "absent" (nvidia-smi not found, exit 127)
+    "repair_s",  # the driver works this long after the boot script repaired it (default 0)
+    "repair_fails",  # the repair never helps
+    "dpkg_lock_s",  # unattended-upgrades holds the dpkg lock this long after boot
+    "cuda_lie",  # {"actual_cuda": "12.8", "actual_driver": "570.124.04"}: nvidia-smi says less
+    "die_after_s",  # the machine stops this long after it first ran
+    "key_delay_s",  # every key is refused until this long after the machine runs
+    "p",
+    "gpu",
+}
+NODE_FAULTS = ("no_driver", "absent")
 
 
 class FaultConfigError(ValueError):
@@ -58,7 +74,7 @@ def _normalize(config: object) -> dict:
     for rule in config.get("rules", []):
         if not isinstance(rule, dict):
             raise FaultConfigError(f"a rule must be an object: {rule!r}")
-        unknown = set(rule) - RULE_KEYS
+        unknown = set(rule) - RULE_KEYS - NODE_KEYS
         if unknown:
             raise FaultConfigError(f"unknown fault keys: {sorted(unknown)}")
         rule = dict(rule)
@@ -66,6 +82,13 @@ def _normalize(config: object) -> dict:
         rule.setdefault("op", "*")
         if rule.get("create_error_mode", "500") not in ("500", "success_false"):
             raise FaultConfigError('create_error_mode must be "500" or "success_false"')
+        if rule.get("node_fault", "no_driver") not in NODE_FAULTS:
+            raise FaultConfigError(f"node_fault must be one of {list(NODE_FAULTS)}")
+        lie = rule.get("cuda_lie")
+        if lie is not None and not (
+            lie is True or (isinstance(lie, dict) and set(lie) <= {"actual_cuda", "actual_driver"})
+        ):
+            raise FaultConfigError('cuda_lie must be true or {"actual_cuda": ..., "actual_driver": ...}')
         rules.append(rule)
     return {"seed": int(config.get("seed", 0)), "rules": rules}
 
@@ -147,3 +170,25 @@ class Faults:
                 ),
                 default=0,
             )
+
+    def node(self, dialect: str, gpu_name: str = "") -> dict:
+        """The node faults of a new instance: every matching rule with node keys whose ``p`` hits,
+        ranges drawn, later rules winning. {} for a healthy machine."""
+        out: dict = {}
+        with self._lock:
+            for r in self._config["rules"]:
+                keys = (set(r) & NODE_KEYS) - {"p", "gpu"}
+                if not keys or not _matches(r, dialect, "node"):
+                    continue
+                if r.get("gpu") and str(r["gpu"]).lower() not in gpu_name.lower():
+                    continue
+                if "p" in r and self._rng.random() >= float(r["p"]):
+                    continue
+                for key in keys:
+                    value = r[key]
+                    if isinstance(value, list) and len(value) == 2:
+                        value = self._rng.uniform(float(value[0]), float(value[1]))
+                    out[key] = value
+        if out.get("cuda_lie") is True:
+            out["cuda_lie"] = {"actual_cuda": "12.8", "actual_driver": "570.124.04"}
+        return out

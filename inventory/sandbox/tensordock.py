@@ -222,10 +222,8 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
                 "port_forwards": forwards,
             },
         )
-        if attrs.get("ssh_key"):
-            node = cloud.nodes[cloud.key(rec)]
-            for user in rec["users"]:
-                node.add_authorized_key(user, attrs["ssh_key"])
+        # The create's ssh_key is required but never installed (FIELD_NOTES TD-SSHKEY-LATE): keys
+        # reach the machine only through what cloud-init's runcmd writes.
         status = STATUS[cloud.phase(rec)]
     if cloud.faults.create_error(DIALECT):
         return Response(500, "Internal Server Error")

@@ -16,6 +16,7 @@ from ._util import (
     ssh,
     td_body,
     td_create,
+    td_key_runcmd,
     td_pick,
     td_ssh_port,
     wait_for,
@@ -89,16 +90,18 @@ def test_lifecycle_keys_runcmd_destroy(sandbox, tmp_path: Path):
     assert detail["resources"]["gpus"] == {v0: {"count": 2, "v0Name": v0}} and detail["rateHourly"] > 0
     port = td_ssh_port(detail)
 
-    for user in ("root", "user"):
-        out = ssh(port, key, "nvidia-smi -L | wc -l; whoami", user=user)
-        assert out.returncode == 0 and out.stdout.split() == ["2", user], out.stderr
     # the key cloud-init echoed into authorized_keys works once runcmd ran
     wait_for(lambda: ssh(port, runcmd_key, "cat /root/marker.txt").stdout.strip() == "runcmd-ran")
+    for user in ("root", "user"):
+        out = ssh(port, runcmd_key, "nvidia-smi -L | wc -l; whoami", user=user)
+        assert out.returncode == 0 and out.stdout.split() == ["2", user], out.stderr
+    # the create's ssh_key is never installed (FIELD_NOTES TD-SSHKEY-LATE)
+    assert ssh(port, key, "true").returncode == 255
     assert ssh(port, never, "true").returncode == 255
     (tmp_path / "agent.sh").write_text("echo agent-ok\n")
-    assert scp(port, key, tmp_path / "agent.sh", "/root/agent.sh").returncode == 0
-    assert ssh(port, key, "sh /root/agent.sh").stdout == "agent-ok\n"
-    assert ssh(port, key, "true", user="admin").returncode == 255
+    assert scp(port, runcmd_key, tmp_path / "agent.sh", "/root/agent.sh").returncode == 0
+    assert ssh(port, runcmd_key, "sh /root/agent.sh").stdout == "agent-ok\n"
+    assert ssh(port, runcmd_key, "true", user="admin").returncode == 255
 
     listing = requests.get(f"{base}/instances", headers=AUTH).json()
     assert listing["data"]["instances"][0]["id"] == iid
@@ -121,7 +124,9 @@ def test_poweroff_keeps_it_listed_as_stopped(sandbox, tmp_path: Path):
     base = sandbox.tensordock_url
     location_id, v0 = td_pick(base)
     key, pub = make_key(tmp_path)
-    iid = td_create(base, td_body(location_id, v0, ssh_key=pub)).json()["data"]["id"]
+    iid = td_create(base, td_body(location_id, v0, ssh_key=pub, cloud_init=td_key_runcmd(pub))).json()[
+        "data"
+    ]["id"]
     detail = wait_for(
         lambda: (
             (d := requests.get(f"{base}/instances/{iid}", headers=AUTH).json())["status"] == "running" and d
