@@ -800,7 +800,7 @@ def _ssh_verify(
             stopped = _instance_stopped(rental, provider)
             if stopped:
                 rental.refresh_from_db()
-                _stop_after_failure(rental, f"{stopped}; it was destroyed and you pay nothing"[:500])
+                _stop_after_failure(rental, f"{stopped}. It was destroyed and you pay nothing."[:500])
                 return
     _stop_after_failure(rental, f"Could not log in over SSH within the timeout: {last_error}"[:500])
 

@@ -215,7 +215,7 @@ def test_a_machine_that_stops_right_after_starting_is_given_up_at_once(fake, ren
     rental = provision(rented)
     assert rental.status == S.STOPPING and rental.active_since is None
     assert rental.status_detail.startswith("The machine stopped right after starting (stopped")
-    assert rental.status_detail.endswith("it was destroyed and you pay nothing")
+    assert rental.status_detail.endswith("It was destroyed and you pay nothing.")
     assert sum(fake.sleeps) <= 10
 
 
