@@ -55,6 +55,7 @@ class Cloud:
         self.instances: dict[str, dict] = self.store.load_instances()
         self.nodes: dict[str, Node] = {k: self._node(r) for k, r in self.instances.items()}
         self.active: set[str] = set()
+        self.blackholes: dict[str, socket.socket] = {}  # direct_blocked: listeners that never answer
         self.session_pids: dict[str, set[int]] = {}
         self.calls: dict[str, int] = {}
         self.ssh = SSHManager(
@@ -158,7 +159,24 @@ class Cloud:
             self.save(rec)
             self.power_off(rec["dialect"], rec["id"], reason="died")
 
+    def blackhole_port(self, rec: dict) -> int:
+        """A port that accepts TCP (the kernel's backlog) and never says a word, as a direct Vast
+        port that drops packets looks to an SSH client: it waits until its own timeout
+        (FIELD_NOTES VA-SSH, the ``direct_blocked`` node fault)."""
+        key = self.key(rec)
+        with self.lock:
+            sock = self.blackholes.get(key)
+            if sock is None:
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", 0))
+                sock.listen(64)
+                self.blackholes[key] = sock
+            return sock.getsockname()[1]
+
     def _deactivate(self, key: str) -> None:
+        sock = self.blackholes.pop(key, None)
+        if sock is not None:
+            sock.close()
         self.active.discard(key)
         try:
             self.ssh.close(key)

@@ -44,6 +44,7 @@ NODE_KEYS = {
     "cuda_lie",  # {"actual_cuda": "12.8", "actual_driver": "570.124.04"}: nvidia-smi says less
     "die_after_s",  # the machine stops this long after it first ran
     "key_delay_s",  # every key is refused until this long after the machine runs
+    "direct_blocked",  # Vast: the direct public_ipaddr port never answers; ssh_host:ssh_port works
     "p",
     "gpu",
 }

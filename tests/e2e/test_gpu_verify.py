@@ -156,3 +156,17 @@ def test_a_users_own_key_is_verified_with_ours_which_is_gone_after(cloud, api, t
     assert Rental.objects.get(pk=session["id"]).verify_private_key_encrypted == ""
     api.post(f"/api/v1/sessions/{session['id']}/done")
     assert cloud.instances() == []
+
+
+def test_vast_direct_port_that_never_answers_is_handed_off_through_the_proxy(cloud, api):
+    """VA-SSH: direct public_ipaddr SSH timed out where the ssh_host gateway worked."""
+    cloud.set_faults([{"dialect": "vastai", "direct_blocked": True}])
+    session = rent(api, cheapest("vastai"))
+    found = api.get(f"/api/v1/sessions/{session['id']}").json()
+    assert found["status"] == "active" and found["gpu_verified"]["count"] >= 1, found
+    active = Rental.objects.get(pk=session["id"]).events.get(to_status="active")
+    assert (
+        f"(through 127.0.0.1:{found['ssh']['port']};" in active.reason and "did not answer" in active.reason
+    )
+    api.post(f"/api/v1/sessions/{session['id']}/done")
+    assert cloud.instances() == []

@@ -157,3 +157,22 @@ def test_node_fault_rules_are_drawn_per_instance_and_validated():
     for bad in ({"node_fault": "melted"}, {"cuda_lie": "yes"}, {"node_faults": "no_driver"}):
         with pytest.raises(FaultConfigError):
             Faults([bad])
+
+
+def test_direct_blocked_vast_port_never_answers_while_the_proxy_works(sandbox, tmp_path):
+    import socket
+
+    sandbox.set_faults([{"dialect": "vastai", "direct_blocked": True}])
+    base = sandbox.vastai_url
+    [offer] = vast_search(base, {"limit": 1, "order": [["dph_total", "asc"]]})
+    key, pub = make_key(tmp_path)
+    iid = vast_create(base, offer["id"]).json()["new_contract"]
+    requests.post(f"{base}/api/v0/instances/{iid}/ssh/", json={"ssh_key": pub}, headers=AUTH, timeout=10)
+    inst = wait_for(lambda: (i := vast_get(base, iid)) and i["actual_status"] == "running" and i)
+    direct = int(inst["ports"]["22/tcp"][0]["HostPort"])
+    assert direct != inst["ssh_port"]
+    with socket.create_connection(("127.0.0.1", direct), timeout=2) as sock:
+        sock.settimeout(1)
+        with pytest.raises(TimeoutError):
+            sock.recv(64)  # no SSH banner, ever
+    assert ssh(inst["ssh_port"], key, "true").returncode == 0
