@@ -736,14 +736,15 @@ def _ssh_verify(
         if gpu_deadline is None and timezone.now() >= ssh_deadline:
             break
         if gpu_deadline is not None and timezone.now() >= gpu_deadline:
-            _stop_after_gpu_failure(
-                rental,
-                f"The machine had no working NVIDIA driver after {_minutes(gpu_timeout)} ({gpu_error})",
-            )
+            why = f"had no working NVIDIA driver after {_minutes(gpu_timeout)} ({gpu_error})"
+            if not gpu_error:  # logged in once, then never again
+                why = f"could not be checked within {_minutes(gpu_timeout)}: {last_error}"
+            _stop_after_gpu_failure(rental, f"The machine {why}")
             return
         rental.refresh_from_db()
         if rental.status != S.VERIFYING:
             return
+        logged_in = False
         for host, port in candidates:
             user = rental.ssh_user or "root"
             try:
@@ -757,6 +758,7 @@ def _ssh_verify(
             except SSHCheckFailed as exc:
                 last_error = f"{exc} ({host}:{port})" if len(candidates) > 1 else str(exc)
                 continue
+            logged_in = True
             if private_key is None:
                 _active(rental, host, port, "SSH is up; log in with your own key (GPUs not checked)", output)
                 return
@@ -796,7 +798,7 @@ def _ssh_verify(
             _active(rental, host, port, reason, output, gpu_verified=report.as_json())
             return
         _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
-        if gpu_deadline is None:
+        if not logged_in:  # a machine that stopped will never answer: ask the provider
             stopped = _instance_stopped(rental, provider)
             if stopped:
                 rental.refresh_from_db()

@@ -219,6 +219,25 @@ def test_a_machine_that_stops_right_after_starting_is_given_up_at_once(fake, ren
     assert sum(fake.sleeps) <= 10
 
 
+def test_a_machine_that_dies_while_its_driver_is_repaired_is_given_up_at_once(fake, rented, monkeypatch):
+    """VA-DIES after the first login: not a 10-minute wait for a driver on a dead machine."""
+    fake.gpu_broken_checks = 10_000
+    real_run = fake.ssh_run
+
+    def run_then_die(**kw):
+        out = real_run(**kw)
+        if len(fake.ssh_calls) == 2:
+            [inst] = fake.instances.values()
+            inst.state = STATE_STOPPED
+        return out
+
+    monkeypatch.setattr(services, "ssh_run", run_then_die)
+    rental = provision(rented)
+    assert rental.status == S.STOPPING
+    assert rental.status_detail.startswith("The machine stopped right after starting (stopped")
+    assert sum(fake.sleeps) <= 20  # one boot poll, two checks, one failed login
+
+
 def test_keys_that_arrive_late_are_waited_for(fake, rented):
     """VA-SSH / TD-SSHKEY-LATE: auth failures for a while are "not yet"."""
     fake.ssh_fail = ["PermissionDenied: Permission denied (publickey)"] * 12
