@@ -290,3 +290,13 @@ def test_before_verification_it_is_null_and_the_page_says_not_yet(fake, rented, 
     assert api_client.get(f"/api/v1/sessions/{rented.pk}").json()["gpu_verified"] is None
     page = client_logged_in.get(reverse("sessions:detail", args=[rented.pk])).content.decode()
     assert "not yet (checked with nvidia-smi before the machine is handed over)" in page
+
+
+def test_an_ended_rental_that_was_never_verified_says_so(fake, rented, client_logged_in, settings):
+    settings.SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS = 60
+    fake.gpu_broken_checks = 10_000
+    rental = provision(rented)
+    assert rental_teardown(rental_id=rental.pk)
+    page = client_logged_in.get(reverse("sessions:detail", args=[rental.pk])).content.decode()
+    assert "never (the machine was not handed over)" in page
+    assert "had no working NVIDIA driver after 1 min" in page  # the reason, in plain words
