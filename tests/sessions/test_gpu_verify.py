@@ -300,3 +300,16 @@ def test_an_ended_rental_that_was_never_verified_says_so(fake, rented, client_lo
     page = client_logged_in.get(reverse("sessions:detail", args=[rental.pk])).content.decode()
     assert "never (the machine was not handed over)" in page
     assert "had no working NVIDIA driver after 1 min" in page  # the reason, in plain words
+
+
+def test_the_admin_never_shows_the_verification_key(fake, rent, client, staff):
+    staff.is_superuser = True
+    staff.save()
+    pending = rent(ssh_public_key=new_public_key("laptop")).rental
+    services._install_keys(pending)
+    secret = fresh(pending).verify_private_key_encrypted
+    assert secret
+    client.force_login(staff)
+    page = client.get(reverse("admin:rentals_rental_change", args=[pending.pk]))
+    assert page.status_code == 200
+    assert secret not in page.content.decode() and "verify_private_key" not in page.content.decode()
