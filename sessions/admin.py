@@ -82,7 +82,7 @@ class RentalAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = [RentalEventInline]
     actions = [extend_past_hard_max]
-    exclude = ("ssh_private_key_encrypted", "agent_token_hash")
+    exclude = ("ssh_private_key_encrypted", "agent_token_hash", "verify_private_key_encrypted")
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in Rental._meta.fields if f.name not in self.exclude]

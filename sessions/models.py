@@ -139,6 +139,12 @@ class Rental(models.Model):
     # The deployment whose label the instance carries (sessions/deployment.py); "" for rentals
     # made before labels were scoped: they keep their old label ``shopper-<uuid>``.
     deployment_id = models.CharField(max_length=32, blank=True, default=rental_default_deployment)
+    # The handoff proves the GPU: what nvidia-smi found on the machine ({"name", "count",
+    # "memory_gb", "driver", "cuda"}), null until verified. When the user brought their own key, a
+    # per-rental verification key of ours is installed beside it (private half here, encrypted)
+    # and removed from authorized_keys after the check.
+    gpu_verified = models.JSONField(null=True, blank=True)
+    verify_private_key_encrypted = models.TextField(blank=True)
 
     objects = RentalQuerySet.as_manager()
 

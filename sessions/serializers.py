@@ -61,6 +61,16 @@ class SSHSerializer(serializers.Serializer):
     command = serializers.CharField()
 
 
+class GpuVerifiedSerializer(serializers.Serializer):
+    """What nvidia-smi found on the machine before it was handed over (null until verified)."""
+
+    name = serializers.CharField()
+    count = serializers.IntegerField()
+    memory_gb = serializers.FloatField(help_text="Per GPU, as nvidia-smi reports it")
+    driver = serializers.CharField()
+    cuda = serializers.CharField()
+
+
 class SessionSerializer(serializers.ModelSerializer):
     consumer = serializers.CharField(source="consumer.username", read_only=True)
     offer_id = serializers.SerializerMethodField()
@@ -69,6 +79,7 @@ class SessionSerializer(serializers.ModelSerializer):
     )
     cost_so_far = serializers.SerializerMethodField()
     ssh = serializers.SerializerMethodField()
+    gpu_verified = serializers.SerializerMethodField()
     label = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
 
@@ -78,9 +89,13 @@ class SessionSerializer(serializers.ModelSerializer):
             "id", "consumer", "status", "status_detail", "provider", "offer_id", "provider_offer_id",
             "gpu_type", "gpu_count", "vram_gb", "location", "price_per_hour", "created_at", "active_since",
             "reservation_ends_at", "hard_max_at", "ended_at", "cost_so_far", "last_heartbeat_at", "ssh",
-            "label", "provider_instance_id", "idle_stop_minutes", "idle_since",
+            "label", "provider_instance_id", "idle_stop_minutes", "idle_since", "gpu_verified",
         )  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field(GpuVerifiedSerializer(allow_null=True))
+    def get_gpu_verified(self, rental: Rental) -> dict | None:
+        return rental.gpu_verified or None
 
     def get_offer_id(self, rental: Rental) -> str | None:
         return str(rental.offer_id) if rental.offer_id else None

@@ -33,6 +33,7 @@ from inventory.providers.base import (
     FEATURE_ATTACH_SSH_KEY,
     STATE_FAILED,
     STATE_RUNNING,
+    STATE_STOPPED,
     CreateRequest,
     InstanceData,
     NotFound,
@@ -52,7 +53,16 @@ from sessions.models import (
     Status,
     token_hash,
 )
-from sessions.ssh import SSHCheckFailed, ssh_banner, ssh_run
+from sessions.ssh import (
+    GPU_QUERY,
+    GpuReport,
+    SSHCheckFailed,
+    authorized_key_remove_command,
+    gpu_mismatch,
+    gpu_report_parse,
+    ssh_banner,
+    ssh_run,
+)
 from shopper.logconfig import REDACTED
 
 log = logging.getLogger(__name__)
@@ -120,6 +130,7 @@ def rental_transition(
         # revoked with the machine, however the rental ended.
         fields.setdefault("ssh_private_key_encrypted", "")
         fields.setdefault("agent_token_hash", "")
+        fields.setdefault("verify_private_key_encrypted", "")
     with transaction.atomic():
         won = Rental.objects.filter(pk=rental.pk, status=old).update(
             status=new, status_detail=reason, **fields
@@ -523,7 +534,7 @@ def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = Fals
         request = CreateRequest(
             offer_id=rental.provider_offer_id,
             label=rental.label,
-            ssh_public_key=rental.ssh_public_key,
+            ssh_public_key=_install_keys(rental),
             image=rental.image,
             disk_gb=rental.disk_gb,
             onstart=agent_onstart(),
@@ -545,7 +556,7 @@ def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = Fals
         # Stopped while we were creating: the teardown now knows the id and destroys it.
         return False
     if provider.supports(FEATURE_ATTACH_SSH_KEY):
-        for line in rental.ssh_public_key.splitlines():
+        for line in _install_keys(rental).splitlines():
             provider.attach_ssh_key(instance_id, line)
     return rental_transition(
         rental, S.BOOTING, reason=f"Instance {instance_id} created; waiting for it to boot"
@@ -640,9 +651,50 @@ def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData |
 
 
 def _verify_key(rental: Rental) -> str | None:
+    """The private key the check logs in with: the generated one (the user's own, so the login
+    the user will make is the one proved), else our per-rental verification key."""
     if rental.ssh_private_key_encrypted:
         return keys.secret_decrypt(rental.ssh_private_key_encrypted)
+    if rental.verify_private_key_encrypted:
+        return keys.secret_decrypt(rental.verify_private_key_encrypted)
     return None
+
+
+def _public_of(private_pem: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    private = serialization.load_ssh_private_key(private_pem.encode(), password=None)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return f"{public.decode()} shopper-verify"
+
+
+def _install_keys(rental: Rental) -> str:
+    """The public keys the instance gets: the rental's, plus (when the user brought their own key,
+    which we cannot log in with) a per-rental verification key of ours, made once and kept
+    encrypted on the rental so a resumed check uses the same one."""
+    if rental.ssh_private_key_encrypted:
+        return rental.ssh_public_key
+    if not rental.verify_private_key_encrypted:
+        _, private_pem = keys.keypair_generate("shopper-verify")
+        encrypted = keys.secret_encrypt(private_pem)
+        Rental.objects.filter(pk=rental.pk).update(verify_private_key_encrypted=encrypted)
+        rental.verify_private_key_encrypted = encrypted
+    verify_public = _public_of(keys.secret_decrypt(rental.verify_private_key_encrypted))
+    return "\n".join([*rental.ssh_public_key.splitlines(), verify_public])
+
+
+def _gpu_verify_timeout(provider_name: str) -> float:
+    """SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS, or the provider's own from
+    SHOPPER_GPU_VERIFY_TIMEOUT_OVERRIDES (TensorDock's driver repair takes 2-5 min, TD-NODRIVER)."""
+    overrides = getattr(settings, "SHOPPER_GPU_VERIFY_TIMEOUT_OVERRIDES", {}) or {}
+    return float(overrides.get(provider_name, settings.SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS))
+
+
+def _minutes(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes >= 1 else f"{seconds:.0f} s"
 
 
 def _ssh_endpoints(
@@ -660,57 +712,159 @@ def _ssh_endpoints(
     return out + [e for e in endpoints if e not in out]
 
 
+def _instance_stopped(rental: Rental, provider: Provider) -> str:
+    """Why the instance will never answer ("" while it may): it stopped or failed right after
+    starting (TD-STOPS, VA-DIES) or is gone. A provider error is not an answer."""
+    try:
+        instance = provider.get_instance(rental.provider_instance_id)
+    except NotFound:
+        return "The machine disappeared at the provider before it could be checked"
+    except ProviderError:
+        return ""
+    if instance.state in (STATE_STOPPED, STATE_FAILED):
+        status = f"{instance.raw_status} {instance.status_message}".strip()
+        return f"The machine stopped right after starting ({status})"
+    return ""
+
+
 def _ssh_verify(
     rental: Rental, provider: Provider, endpoints: tuple[tuple[str, int], ...] | None = None
 ) -> None:
-    """Prove the handoff: log in with the generated key and run a command, or, when the user
-    brought their own key (which we cannot log in with), check the endpoint speaks SSH. Every
-    endpoint is tried each round and the one that answers is handed off. Retried until the SSH
-    timeout, then the rental is stopped."""
+    """Prove the handoff: log in over SSH and check, with nvidia-smi, that the machine has the GPUs
+    that were sold (model, count, VRAM, CUDA at least what the offer said) before ``active``.
+
+    The login uses the generated key, or our verification key beside the user's own (removed from
+    authorized_keys once the check passed). Every endpoint is tried each round and the one that
+    answers is handed off. Logging in is retried until the SSH timeout; from the first login the
+    GPUs have SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS (per provider) to work (TensorDock repairs its
+    driver at boot, TD-NODRIVER). A machine that is not what was sold, never logs in, never gets a
+    working driver or stops is torn down, the offer hidden, and nothing is billed (billing starts
+    at ``active``)."""
     private_key = _verify_key(rental)
     candidates = _ssh_endpoints(rental, provider, endpoints)
-    deadline = timezone.now() + timedelta(seconds=settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS)
-    last_error = ""
-    while timezone.now() < deadline:
+    ssh_deadline = timezone.now() + timedelta(seconds=settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS)
+    gpu_timeout = _gpu_verify_timeout(rental.provider)
+    gpu_deadline = None  # set at the first login
+    last_error = gpu_error = ""
+    offer_cuda = rental.offer.cuda_version if rental.offer_id and rental.offer else ""
+    while True:
+        if gpu_deadline is None and timezone.now() >= ssh_deadline:
+            break
+        if gpu_deadline is not None and timezone.now() >= gpu_deadline:
+            why = f"had no working NVIDIA driver after {_minutes(gpu_timeout)} ({gpu_error})"
+            if not gpu_error:  # logged in once, then never again
+                why = f"could not be checked within {_minutes(gpu_timeout)}: {last_error}"
+            _stop_after_gpu_failure(rental, f"The machine {why}")
+            return
         rental.refresh_from_db()
         if rental.status != S.VERIFYING:
             return
+        logged_in = False
         for host, port in candidates:
+            user = rental.ssh_user or "root"
             try:
-                if private_key:
-                    output = ssh_run(
-                        host=host, port=port, user=rental.ssh_user or "root",
-                        private_key=private_key, command="nvidia-smi -L || echo no-gpu-tool",
-                    )  # fmt: skip
-                    reason = "SSH login verified; the machine is yours"
-                else:
+                if private_key is None:
+                    # Rented before verification keys existed: nothing of ours can log in.
                     output = ssh_banner(host=host, port=port)
-                    reason = "SSH is up; log in with your own key"
+                else:
+                    output = ssh_run(
+                        host=host, port=port, user=user, private_key=private_key, command=GPU_QUERY
+                    )
             except SSHCheckFailed as exc:
                 last_error = f"{exc} ({host}:{port})" if len(candidates) > 1 else str(exc)
                 continue
-            if (host, port) != (rental.ssh_host, rental.ssh_port):
-                reason += f" (through {host}:{port}; {rental.ssh_host}:{rental.ssh_port} did not answer)"
-            rental_transition(
-                rental, S.ACTIVE, reason=reason, data={"check": output.strip()[:500]},
-                active_since=timezone.now(), ssh_host=host, ssh_port=port,
-            )  # fmt: skip
+            logged_in = True
+            if private_key is None:
+                _active(rental, host, port, "SSH is up; log in with your own key (GPUs not checked)", output)
+                return
+            if gpu_deadline is None:
+                gpu_deadline = timezone.now() + timedelta(seconds=gpu_timeout)
+            report = gpu_report_parse(output)
+            if report.error:
+                if gpu_error != report.error:
+                    rental_event(
+                        rental, EventKind.INFO, f"Logged in; the GPUs do not work yet: {report.error}"
+                    )
+                gpu_error = report.error
+                break  # the same machine behind every endpoint: wait and ask again
+            mismatch = gpu_mismatch(
+                report,
+                gpu_type=rental.gpu_type,
+                gpu_count=rental.gpu_count,
+                vram_gb=rental.vram_gb,
+                cuda=offer_cuda,
+            )
+            if mismatch:
+                _stop_after_gpu_failure(rental, f"The machine is not what was rented: {mismatch}", report)
+                return
+            if not rental.ssh_private_key_encrypted:
+                try:  # our verification key leaves the machine before it is handed over
+                    ssh_run(
+                        host=host, port=port, user=user, private_key=private_key,
+                        command=authorized_key_remove_command(_public_of(private_key)),
+                    )  # fmt: skip
+                except SSHCheckFailed as exc:
+                    last_error = f"removing the verification key: {exc}"
+                    continue
+            reason = (
+                f"SSH login and GPUs verified ({report.count}× {report.name}, "
+                f"driver {report.driver}, CUDA {report.cuda or 'unknown'}); the machine is yours"
+            )
+            _active(rental, host, port, reason, output, gpu_verified=report.as_json())
             return
         _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
+        if not logged_in:  # a machine that stopped will never answer: ask the provider
+            stopped = _instance_stopped(rental, provider)
+            if stopped:
+                rental.refresh_from_db()
+                _stop_after_failure(rental, f"{stopped}. It was destroyed and you pay nothing."[:500])
+                return
     _stop_after_failure(rental, f"Could not log in over SSH within the timeout: {last_error}"[:500])
 
 
-def _stop_after_failure(rental: Rental, reason: str) -> None:
-    """A failure that may leave an instance goes to stopping (never straight to failed)."""
+def _active(
+    rental: Rental, host: str, port: int, reason: str, output: str, gpu_verified: dict | None = None
+) -> None:
+    if (host, port) != (rental.ssh_host, rental.ssh_port):
+        reason += f" (through {host}:{port}; {rental.ssh_host}:{rental.ssh_port} did not answer)"
+    rental_transition(
+        rental, S.ACTIVE, reason=reason, data={"check": output.strip()[:500]},
+        active_since=timezone.now(), ssh_host=host, ssh_port=port,
+        gpu_verified=gpu_verified, verify_private_key_encrypted="",
+    )  # fmt: skip
+
+
+def _stop_after_gpu_failure(rental: Rental, reason: str, report: GpuReport | None = None) -> None:
+    """The machine is not what was sold, or its GPUs never worked: torn down like any failed
+    provisioning, and the offer is hidden at once (it lied, or its location hands over broken
+    drivers: FIELD_NOTES TD-NODRIVER, VA-CUDA-LIE), not after three failures."""
+    rental.refresh_from_db()
+    data = {"gpu_found": report.as_json()} if report else {}
+    moved = rental.status == S.VERIFYING and _stop_after_failure(
+        rental, f"{reason}. It was destroyed and you pay nothing."[:500], data=data
+    )
+    if moved and rental.offer_id:
+        Offer.objects.filter(pk=rental.offer_id).update(hidden_until=timezone.now() + OFFER_FAILURE_WINDOW)
+
+
+def _stop_after_failure(rental: Rental, reason: str, data: dict | None = None) -> bool:
+    """A failure that may leave an instance goes to stopping (never straight to failed).
+    Returns whether this call moved the rental."""
     if (
         rental.status in LIVE_STATUSES
         and rental.status != S.STOPPING
         and rental_transition(
-            rental, S.STOPPING, reason=reason, data={PROVISION_FAILED: True}, stop_requested_at=timezone.now()
+            rental,
+            S.STOPPING,
+            reason=reason,
+            data={PROVISION_FAILED: True, **(data or {})},
+            stop_requested_at=timezone.now(),
         )
     ):
         transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
         _offer_failure_check(rental)
+        return True
+    return False
 
 
 # Offer failure suppression: an offer that failed to provision this often in the window is

@@ -730,6 +730,16 @@ def cmd_sessions(args) -> int:
     return EXIT_OK
 
 
+def gpu_verified_text(found: dict | None) -> str:
+    """What nvidia-smi found on the machine, one line ("" until verified)."""
+    if not found:
+        return ""
+    return (
+        f"{found.get('count')}× {found.get('name')}, {found.get('memory_gb')} GB each, "
+        f"driver {found.get('driver')}, CUDA {found.get('cuda') or 'unknown'}"
+    )
+
+
 def print_session(s: dict) -> None:
     fields = [
         ("id", s.get("id")),
@@ -750,6 +760,7 @@ def print_session(s: dict) -> None:
         ("last heartbeat", when(s.get("last_heartbeat_at"))),
         ("label", s.get("label")),
         ("instance", s.get("provider_instance_id")),
+        ("gpu verified", gpu_verified_text(s.get("gpu_verified"))),
     ]
     width = max(len(k) for k, _ in fields) + 1
     for key, value in fields:

@@ -257,6 +257,17 @@ SHOPPER_PRICE_MARKUP_PERCENT = Decimal(env.str("SHOPPER_PRICE_MARKUP_PERCENT", d
 # At 100 % of a budget: "refuse" new rentals (default), or "stop" = also stop its live rentals.
 SHOPPER_BUDGET_POLICY = env.str("SHOPPER_BUDGET_POLICY", default="refuse")
 SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS = env.int("SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS", default=600)
+# From the first SSH login, how long the GPUs may take to work (TensorDock repairs its driver at
+# boot: 2-5 min plus the dpkg lock, FIELD_NOTES TD-NODRIVER/TD-DPKGLOCK); per provider overrides
+# as "tensordock=900,vastai=300".
+SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS = env.int("SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS", default=600)
+SHOPPER_GPU_VERIFY_TIMEOUT_OVERRIDES = {
+    name.strip(): float(value)
+    for name, _, value in (
+        item.partition("=") for item in env.str("SHOPPER_GPU_VERIFY_TIMEOUT_OVERRIDES", default="").split(",")
+    )
+    if name.strip() and value.strip()
+}
 SHOPPER_BOOT_TIMEOUT_SECONDS = env.int("SHOPPER_BOOT_TIMEOUT_SECONDS", default=900)
 SHOPPER_POLL_INTERVAL_SECONDS = env.float("SHOPPER_POLL_INTERVAL_SECONDS", default=5.0)
 # After a create error: how many label lookups (this far apart) before believing nothing exists.

@@ -113,6 +113,15 @@ class Cloud:
         self.ssh_down = False
         self.ssh_blocked: set[tuple[str, int]] = set()  # endpoints whose packets are dropped
         self.proxies = False  # booted instances get a proxy endpoint besides the direct one
+        # nvidia-smi on the machines: fields overriding the offer's GPUs ("name", "count",
+        # "mem_mib", "driver", "cuda"); the first gpu_broken_checks checks find no working driver.
+        self.gpu: dict[str, Any] = {}
+        self.gpu_broken_checks = 0
+        self.gpu_broken_rc = 9
+        self.gpu_broken_output = (
+            "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+            "Make sure that the latest NVIDIA driver is installed and running."
+        )
         self.ssh_calls: list[dict[str, Any]] = []
         # Background work: what the services enqueued; run_tasks=True runs each task at once
         # (directly, so a failing task fails the test); "q" goes through django-q2 (Q_SYNC).
@@ -263,7 +272,32 @@ class Cloud:
         public = public_of(private_key)
         if not any(line.split()[:2] == public.split()[:2] for line in inst.keys):
             raise SSHCheckFailed("PermissionDenied: Permission denied (publickey)")
+        if command == services.GPU_QUERY:
+            return self._gpu_answer(inst)
+        if "authorized_keys" in command and "grep -vF" in command:
+            blob = command.split("grep -vF ", 1)[1].split()[0].strip("'")
+            inst.keys = [line for line in inst.keys if blob not in line]
+            return ""
         return GPU_OUTPUT
+
+    def _gpu_answer(self, inst: Instance) -> str:
+        """What GPU_QUERY prints on this instance: its offer's GPUs (``gpu`` overrides fields),
+        or a broken driver for the first ``gpu_broken_checks`` checks (TD-NODRIVER)."""
+        if self.gpu_broken_checks:
+            self.gpu_broken_checks -= 1
+            return f"{self.gpu_broken_output}\nshopper-rc={self.gpu_broken_rc}\n"
+        # An instance added by a test without an offer has the cloud's (first) offer's GPUs.
+        offer = self.offers.get(inst.offer_id) or next(iter(self.offers.values()), None)
+        gpu = {
+            "name": "NVIDIA GeForce RTX 4090",
+            "count": offer.gpu_count if offer else 1,
+            "mem_mib": 24564,
+            "driver": "570.133.07",
+            "cuda": "12.8",
+            **self.gpu,
+        }
+        rows = "".join(f"{gpu['name']}, {gpu['mem_mib']}, {gpu['driver']}\n" for _ in range(gpu["count"]))
+        return f"{rows}shopper-rc=0\nCUDA Version: {gpu['cuda']}\n"
 
     def ssh_banner(self, *, host, port, timeout=10) -> str:
         self.ssh_calls.append({"kind": "banner", "host": host, "port": port})

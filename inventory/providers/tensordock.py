@@ -48,6 +48,27 @@ RAM_STEP_GB = 8
 # ubuntu2404 had no NVIDIA driver (seed BUG-009). Only TensorDock OS image names are passed on.
 DEFAULT_IMAGE = "ubuntu2204"
 
+# TensorDock VMs are handed over without a working NVIDIA driver (FIELD_NOTES TD-NODRIVER: no
+# packages on ubuntu2404, half-installed "iU" DKMS ones elsewhere) while unattended-upgrades holds
+# the dpkg lock for minutes after boot (TD-DPKGLOCK). Run by cloud-init after the keys, logged to
+# /root/shopper-driver-repair.log (readable over SSH); does nothing on a machine whose driver works.
+# Provisioning re-reads driver and CUDA with nvidia-smi after it (the live repair ended on a newer
+# driver than the VM started with).
+DRIVER_REPAIR = r"""set -x
+if nvidia-smi >/dev/null 2>&1; then echo "shopper: the NVIDIA driver works"; exit 0; fi
+systemctl stop unattended-upgrades || true
+systemctl disable unattended-upgrades || true
+for i in $(seq 1 60); do fuser /var/lib/dpkg/lock-frontend >/dev/null 2>&1 || break; sleep 5; done
+export DEBIAN_FRONTEND=noninteractive
+dpkg --configure -a || true
+if ! dkms autoinstall; then
+  apt-get -o DPkg::Lock::Timeout=120 update || true
+  apt-get -o DPkg::Lock::Timeout=120 install -y nvidia-driver-550 || true
+fi
+modprobe nvidia || true
+nvidia-smi || echo "shopper: the NVIDIA driver still does not work after the repair"
+"""
+
 _STATES = {
     "creating": STATE_PENDING,
     "pending": STATE_PENDING,
@@ -246,8 +267,8 @@ class TensorDock(Provider):
     @staticmethod
     def cloud_init_runcmd(public_key: str, onstart: str = "", env: dict[str, str] | None = None) -> list[str]:
         """The API's ``ssh_key`` is required but was not installed (TD-SSHKEY-LATE), so every key
-        (one per line) is written to root's and the default ``user``'s authorized_keys, then the
-        onstart script runs."""
+        (one per line) is written to root's and the default ``user``'s authorized_keys first (SSH
+        works while the driver is being repaired), then DRIVER_REPAIR, then the onstart script."""
         keys = [shlex.quote(line) for line in _keys(public_key)]
         cmds = ["mkdir -p /root/.ssh && chmod 700 /root/.ssh"]
         cmds += [f"echo {key} >> /root/.ssh/authorized_keys" for key in keys]
@@ -256,6 +277,7 @@ class TensorDock(Provider):
             " && chown -R user:user /home/user/.ssh"
             for key in keys
         ]
+        cmds.append(f"bash -c {shlex.quote(DRIVER_REPAIR)} >> /root/shopper-driver-repair.log 2>&1")
         if onstart.strip():
             # No env support on TensorDock: export the valid names (Vast's "-p H:C" keys are not).
             exports = "".join(

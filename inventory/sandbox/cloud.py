@@ -55,6 +55,7 @@ class Cloud:
         self.instances: dict[str, dict] = self.store.load_instances()
         self.nodes: dict[str, Node] = {k: self._node(r) for k, r in self.instances.items()}
         self.active: set[str] = set()
+        self.blackholes: dict[str, socket.socket] = {}  # direct_blocked: listeners that never answer
         self.session_pids: dict[str, set[int]] = {}
         self.calls: dict[str, int] = {}
         # Vast account credit in USD (users/current; set with PUT /_sandbox/balance). Plenty by
@@ -119,6 +120,7 @@ class Cloud:
                 self.nodes[key].reap()
                 if self.phase(rec) != RUNNING and key in self.active:
                     self._deactivate(key)
+                self._maybe_die(rec)
 
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(0.1):
@@ -151,7 +153,35 @@ class Cloud:
         except Exception:
             log.exception("activating %s failed; will retry", key)
 
+    def _maybe_die(self, rec: dict) -> None:
+        """The ``die_after_s`` node fault: a machine that ran that long stops by itself, once
+        (TD-STOPS: TensorDock ``Stopped``; VA-DIES: Vast ``exited``), and stays listed."""
+        die_after = (rec.get("node") or {}).get("die_after_s")
+        if die_after is None or rec.get("died") or rec["powered_off"]:
+            return
+        if time.time() >= rec["boot_at"] + rec["boot_delay"] + float(die_after):
+            rec["died"] = True
+            self.save(rec)
+            self.power_off(rec["dialect"], rec["id"], reason="died")
+
+    def blackhole_port(self, rec: dict) -> int:
+        """A port that accepts TCP (the kernel's backlog) and never says a word, as a direct Vast
+        port that drops packets looks to an SSH client: it waits until its own timeout
+        (FIELD_NOTES VA-SSH, the ``direct_blocked`` node fault)."""
+        key = self.key(rec)
+        with self.lock:
+            sock = self.blackholes.get(key)
+            if sock is None:
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", 0))
+                sock.listen(64)
+                self.blackholes[key] = sock
+            return sock.getsockname()[1]
+
     def _deactivate(self, key: str) -> None:
+        sock = self.blackholes.pop(key, None)
+        if sock is not None:
+            sock.close()
         self.active.discard(key)
         try:
             self.ssh.close(key)
@@ -182,6 +212,8 @@ class Cloud:
             "destroy_attempts": 0,
             **fields,
         }
+        # Node faults (faults.NODE_KEYS), drawn once per machine.
+        rec["node"] = self.faults.node(dialect, str((fields.get("gpu") or {}).get("name", "")))
         key = self.key(rec)
         with self.lock:
             self.instances[key] = rec
@@ -332,6 +364,11 @@ class Cloud:
     def _authorize(self, key: str, username: str, blob: bytes) -> bool:
         rec, node = self.instances.get(key), self.nodes.get(key)
         if rec is None or node is None or key not in self.active or username not in rec["users"]:
+            return False
+        # key_delay_s node fault: keys land late (VA-SSH 10-15 s, TD-SSHKEY-LATE 60-90 s); until then
+        # the port answers and refuses every key, as sshd does.
+        key_delay = float((rec.get("node") or {}).get("key_delay_s") or 0)
+        if time.time() < rec["boot_at"] + rec["boot_delay"] + key_delay:
             return False
         return blob in node.authorized_blobs(username)
 

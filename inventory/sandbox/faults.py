@@ -71,8 +71,7 @@ LIST_SHAPES = ("instances", "array", "attributes")
 
 # What `make run` injects unless SANDBOX_FAULTS says otherwise: what a newcomer would meet on the
 # real providers, at a rate that still lets most rentals through (FIELD_NOTES headline numbers are
-# far worse). Each entry is one rule; the node faults (no_driver, ...) are added to this list
-# when they exist (inventory/sandbox/node.py).
+# far worse). Each entry is one rule; node faults (NODE_KEYS below) are drawn per new machine.
 FIELD_MIX: dict = {
     "seed": 42,
     "rules": [
@@ -80,6 +79,10 @@ FIELD_MIX: dict = {
         {"dialect": "tensordock", "no_public_ip": 0.1},
         # TD-STALE-NONODES: offers listed but "No available nodes found" on create.
         {"dialect": "tensordock", "stale_locations": 0.1, "stale_minutes": 10},
+        # TD-NODRIVER: a tenth of TensorDock machines boot without a working NVIDIA driver; the
+        # cloud-init repair fixes most within minutes (shortened here), a few never.
+        {"dialect": "tensordock", "node_fault": "no_driver", "repair_s": [20, 90], "p": 0.1},
+        {"dialect": "tensordock", "node_fault": "no_driver", "repair_fails": True, "p": 0.02},
         # VA-LOADING: image pulls take a while (shortened from the field's 2-8 min).
         {"dialect": "vastai", "loading_s": [5, 40]},
         # VA-NOSUCHASK: a rented ask lingers in search for a minute.
@@ -101,7 +104,7 @@ PHRASES = {
     "oci_fail": "Vast containers that never start",
     "search_stale_s": "Vast offers already taken",
     "rate_per_s": "provider rate limits",
-    "no_driver": "TensorDock hosts without drivers",
+    "node_fault": "machines without a working NVIDIA driver",
 }
 
 
@@ -138,6 +141,25 @@ def draw(seed: int, *parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+# Node faults (FIELD_NOTES "What the sandbox should reproduce" 1, 2, 9, 12, 18, 20): properties of
+# the simulated machine, drawn once when an instance is created. ``p`` is the share of new
+# instances a rule hits (default all), ``gpu`` limits it to GPU names containing the text
+# (case-insensitive). A range ``[a, b]`` draws a value per instance.
+NODE_KEYS = {
+    "node_fault",  # "no_driver" (nvidia-smi exits 9) or "absent" (nvidia-smi not found, exit 127)
+    "repair_s",  # the driver works this long after the boot script repaired it (default 0)
+    "repair_fails",  # the repair never helps
+    "dpkg_lock_s",  # unattended-upgrades holds the dpkg lock this long after boot
+    "cuda_lie",  # {"actual_cuda": "12.8", "actual_driver": "570.124.04"}: nvidia-smi says less
+    "die_after_s",  # the machine stops this long after it first ran
+    "key_delay_s",  # every key is refused until this long after the machine runs
+    "direct_blocked",  # Vast: the direct public_ipaddr port never answers; ssh_host:ssh_port works
+    "p",
+    "gpu",
+}
+NODE_FAULTS = ("no_driver", "absent")
+
+
 class FaultConfigError(ValueError):
     pass
 
@@ -165,7 +187,7 @@ def _normalize(config: object) -> dict:
     for rule in config.get("rules", []):
         if not isinstance(rule, dict):
             raise FaultConfigError(f"a rule must be an object: {rule!r}")
-        unknown = set(rule) - RULE_KEYS
+        unknown = set(rule) - RULE_KEYS - NODE_KEYS
         if unknown:
             raise FaultConfigError(f"unknown fault keys: {sorted(unknown)}")
         rule = dict(rule)
@@ -174,6 +196,13 @@ def _normalize(config: object) -> dict:
         if rule.get("create_error_mode", "500") not in ("500", "504", "success_false"):
             raise FaultConfigError('create_error_mode must be "500", "504" or "success_false"')
         _check_field_keys(rule)
+        if rule.get("node_fault", "no_driver") not in NODE_FAULTS:
+            raise FaultConfigError(f"node_fault must be one of {list(NODE_FAULTS)}")
+        lie = rule.get("cuda_lie")
+        if lie is not None and not (
+            lie is True or (isinstance(lie, dict) and set(lie) <= {"actual_cuda", "actual_driver"})
+        ):
+            raise FaultConfigError('cuda_lie must be true or {"actual_cuda": ..., "actual_driver": ...}')
         rules.append(rule)
     return {"seed": int(config.get("seed", 0)), "rules": rules}
 
@@ -372,3 +401,25 @@ class Faults:
                 ),
                 default=0,
             )
+
+    def node(self, dialect: str, gpu_name: str = "") -> dict:
+        """The node faults of a new instance: every matching rule with node keys whose ``p`` hits,
+        ranges drawn, later rules winning. {} for a healthy machine."""
+        out: dict = {}
+        with self._lock:
+            for r in self._config["rules"]:
+                keys = (set(r) & NODE_KEYS) - {"p", "gpu"}
+                if not keys or not _matches(r, dialect, "node"):
+                    continue
+                if r.get("gpu") and str(r["gpu"]).lower() not in gpu_name.lower():
+                    continue
+                if "p" in r and self._rng.random() >= float(r["p"]):
+                    continue
+                for key in keys:
+                    value = r[key]
+                    if isinstance(value, list) and len(value) == 2:
+                        value = self._rng.uniform(float(value[0]), float(value[1]))
+                    out[key] = value
+        if out.get("cuda_lie") is True:
+            out["cuda_lie"] = {"actual_cuda": "12.8", "actual_driver": "570.124.04"}
+        return out

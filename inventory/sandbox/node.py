@@ -46,6 +46,14 @@ import json, sys, time
 from pathlib import Path
 
 st = json.loads((Path(__file__).resolve().parent.parent / "gpu.json").read_text())
+# TD-NODRIVER: no working driver until the boot script repaired it (see NODETOOL).
+if st.get("driver_state", "ok") != "ok" and not (st.get("repaired_at") and time.time() >= st["repaired_at"]):
+    if st["driver_state"] == "absent":
+        sys.stderr.write("nvidia-smi: command not found\n")
+        sys.exit(127)
+    print("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+          "Make sure that the latest NVIDIA driver is installed and running.")
+    sys.exit(9)
 n = st["count"]
 util = (st.get("util") or [0] * n) + [0] * n
 used = (st.get("mem_used") or [0] * n) + [0] * n
@@ -119,6 +127,113 @@ print("|        ID   ID                                                         
 print("|" + "=" * (W - 2) + "|")
 print("|  No running processes found".ljust(W - 1) + "|")
 print("+" + "-" * (W - 2) + "+")
+'''
+
+# apt-get, apt, dpkg, dkms, modprobe, systemctl, fuser and lsmod of every sandbox machine: nothing
+# is installed for real (the sandbox may run as root on a developer's machine); they play
+# TensorDock's driver repair (FIELD_NOTES TD-NODRIVER) and dpkg lock (TD-DPKGLOCK) on ../gpu.json.
+NODETOOL = r'''#!{python}
+"""Package and driver tools of the sandbox cloud; state in ../gpu.json."""
+import fcntl, json, os, re, sys, time
+from pathlib import Path
+
+GPU = Path(__file__).resolve().parent.parent / "gpu.json"
+tool = os.path.basename(sys.argv[0])
+args = sys.argv[1:]
+LOCK = "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 1234 (unattended-upgr)"
+
+
+def load():
+    return json.loads(GPU.read_text())
+
+
+def save(st):
+    tmp = GPU.with_suffix(".tmp")
+    tmp.write_text(json.dumps(st, indent=1))
+    os.replace(tmp, GPU)
+
+
+def held(st):
+    return not st.get("unattended_stopped") and time.time() < st.get("dpkg_lock_until", 0)
+
+
+def broken(st):
+    repaired = st.get("repaired_at") and time.time() >= st["repaired_at"]
+    return st.get("driver_state", "ok") != "ok" and not repaired
+
+
+def fail(message, code):
+    sys.stderr.write(message + "\n")
+    sys.exit(code)
+
+
+if tool in ("apt-get", "apt", "dpkg"):
+    # -o DPkg::Lock::Timeout=N waits for the lock, as apt does.
+    found = [re.search(r"Lock::Timeout=(\d+)", a, re.I) for a in args]
+    wait = max([int(m.group(1)) for m in found if m] or [0])
+    deadline = time.time() + wait
+    while held(load()) and time.time() < deadline:
+        time.sleep(0.5)
+
+with open(str(GPU) + ".lock", "w") as lockf:
+    fcntl.flock(lockf, fcntl.LOCK_EX)
+    st = load()
+    steps = st.setdefault("repair", [])
+    if tool == "systemctl":
+        stop = any(a in ("stop", "disable", "kill", "mask") for a in args)
+        if stop and any("unattended" in a for a in args):
+            st["unattended_stopped"] = True
+            save(st)
+    elif tool == "fuser":
+        if any("dpkg/lock" in a for a in args) and held(st):
+            print(" 1234")
+            sys.exit(0)
+        sys.exit(1)
+    elif tool == "lsmod":
+        print("Module                  Size  Used by")
+        if not broken(st):
+            print("nvidia              56823808  0")
+    elif tool == "dpkg":
+        if "-l" in args or "--list" in args:
+            if st.get("driver_state") == "absent" and broken(st):
+                fail("dpkg-query: no packages found matching nvidia*", 1)
+            flag, version = ("iU", "550.127.05-0ubuntu1") if broken(st) else ("ii", st["driver"])
+            major = version.split(".")[0]
+            print("%s  nvidia-dkms-%s  %s  amd64  NVIDIA DKMS package" % (flag, major, version))
+        elif any(a.startswith("--configure") for a in args):
+            if held(st):
+                fail("dpkg: error: dpkg frontend lock was locked by another process with pid 1234", 2)
+            steps.append("configure")
+            save(st)
+    elif tool in ("apt-get", "apt"):
+        if held(st):
+            fail(LOCK, 100)
+        if "install" in args and any(a.startswith("nvidia-driver") for a in args):
+            if st.get("driver_state") == "broken" and "configure" not in steps:
+                fail("E: dpkg was interrupted, you must manually run 'dpkg --configure -a' "
+                     "to correct the problem.", 100)
+            steps.append("install")
+            save(st)
+    elif tool == "dkms":
+        if st.get("driver_state") == "absent":
+            fail("dkms: command not found", 127)
+        if ("install" in args or "autoinstall" in args) and st.get("driver_state") == "broken":
+            if "configure" not in steps:
+                fail("Error! Bad return status for module build on kernel: 6.8.0-generic (x86_64)", 10)
+            steps.append("install")
+            save(st)
+    elif tool == "modprobe":
+        if "nvidia" in args and broken(st):
+            if "install" not in steps:
+                fail("modprobe: FATAL: Module nvidia not found in directory /lib/modules/6.8.0-generic", 1)
+            if st.get("repair_fails"):
+                fail("modprobe: ERROR: could not insert 'nvidia': No such device", 1)
+            if not st.get("repaired_at"):
+                # The live manual repair ended on this driver (FIELD_NOTES TD-NODRIVER).
+                repaired_at = time.time() + float(st.get("repair_s") or 0)
+                st.update(repaired_at=repaired_at, driver="580.126.09", cuda="13.0")
+                save(st)
+sys.exit(0)
 '''
 
 POWEROFF = r'''#!{python}
@@ -201,6 +316,7 @@ class Node:
         """Create the directories and (re)write the scripts; idempotent, run at every boot."""
         for user in self.record["users"]:
             (self.home(user) / ".ssh").mkdir(parents=True, exist_ok=True)
+            (self.home(user) / ".ssh" / "authorized_keys").touch(mode=0o600, exist_ok=True)
         (self.fs / "workspace").mkdir(parents=True, exist_ok=True)
         self.bin.mkdir(parents=True, exist_ok=True)
         gpu = self.record["gpu"]
@@ -210,7 +326,7 @@ class Node:
                 f"GPU-{self.record['uid'][:8]}-{i:04x}-4000-8000-{self.record['uid'][-12:]}"
                 for i in range(gpu["count"])
             ]
-            gpu_file.write_text(json.dumps({**gpu, "uuids": uuids, "util": [], "mem_used": []}, indent=1))
+            gpu_file.write_text(json.dumps(self._gpu_state(gpu, uuids), indent=1))
         py = sys.executable
         scripts = {
             "nvidia-smi": NVIDIA_SMI.format(python=py),
@@ -226,10 +342,28 @@ class Node:
         )
         for name in ("shutdown", "poweroff", "halt"):
             scripts[name] = poweroff
+        for name in ("apt-get", "apt", "dpkg", "dkms", "modprobe", "systemctl", "fuser", "lsmod"):
+            scripts[name] = NODETOOL.format(python=py)
         for name, text in scripts.items():
             path = self.bin / name
             path.write_text(text)
             path.chmod(0o755)
+
+    def _gpu_state(self, gpu: dict, uuids: list[str]) -> dict:
+        """gpu.json of a new machine, with its node faults (faults.NODE_KEYS)."""
+        node = self.record.get("node") or {}
+        state = {**gpu, "uuids": uuids, "util": [], "mem_used": []}
+        lie = node.get("cuda_lie")
+        if lie:  # VA-CUDA-LIE: the offer said more than the host has
+            state.update(cuda=lie.get("actual_cuda", "12.8"), driver=lie.get("actual_driver", "570.124.04"))
+        fault = node.get("node_fault")
+        state["driver_state"] = {"no_driver": "broken", "absent": "absent"}.get(fault, "ok")
+        state["repair_s"] = float(node.get("repair_s") or 0)
+        state["repair_fails"] = bool(node.get("repair_fails"))
+        lock_s = float(node.get("dpkg_lock_s") or 0)
+        running_at = self.record.get("boot_at", time.time()) + self.record.get("boot_delay", 0)
+        state["dpkg_lock_until"] = running_at + lock_s if lock_s else 0
+        return state
 
     def add_authorized_key(self, user: str, public_key: str) -> None:
         path = self.home(user) / ".ssh" / "authorized_keys"

@@ -376,7 +376,8 @@ def view(cloud: Cloud, rec: dict) -> dict:
         status_msg = f"Pulling image {image}: Downloading {cloud.boot_progress(rec)}%"
     elif phase == RUNNING:
         status_msg = f"success, running {image.replace(':', '_')}/ssh"
-        ports = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
+        direct = cloud.blackhole_port(rec) if (rec.get("node") or {}).get("direct_blocked") else port
+        ports = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(direct)}]}
         for i, cport in enumerate(v["container_ports"]):
             ports[f"{cport}/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": str(port + 1 + i)}]
     elif phase == STOPPED:

@@ -167,6 +167,17 @@ def td_body(location_id: str, v0: str, *, count: int = 1, name: str = "shopper-t
     return {"data": {"type": "virtualmachine", "attributes": attributes}}
 
 
+def td_key_runcmd(public_key: str) -> dict:
+    """cloud_init writing ``public_key`` for root and user: the only way a key reaches a
+    TensorDock machine (the create's ssh_key is never installed, FIELD_NOTES TD-SSHKEY-LATE)."""
+    return {
+        "runcmd": [
+            f"mkdir -p /root/.ssh && echo '{public_key}' >> /root/.ssh/authorized_keys",
+            f"mkdir -p /home/user/.ssh && echo '{public_key}' >> /home/user/.ssh/authorized_keys",
+        ]
+    }
+
+
 def td_create(base: str, body: dict) -> requests.Response:
     return requests.post(f"{base}/instances", json=body, headers=AUTH, timeout=10)
 

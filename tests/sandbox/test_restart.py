@@ -16,6 +16,7 @@ from ._util import (
     ssh,
     td_body,
     td_create,
+    td_key_runcmd,
     td_pick,
     td_ssh_port,
     vast_create,
@@ -39,7 +40,9 @@ def test_state_survives_crash_and_restart(tmp_path: Path):
             lambda: (i := vast_get(vast, iid)) and i["actual_status"] == "running" and i["ssh_port"]
         )
         location_id, v0 = td_pick(td)
-        tid = td_create(td, td_body(location_id, v0, ssh_key=pub)).json()["data"]["id"]
+        tid = td_create(td, td_body(location_id, v0, ssh_key=pub, cloud_init=td_key_runcmd(pub))).json()[
+            "data"
+        ]["id"]
         td_port = td_ssh_port(
             wait_for(
                 lambda: (

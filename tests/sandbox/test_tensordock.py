@@ -16,6 +16,7 @@ from ._util import (
     ssh,
     td_body,
     td_create,
+    td_key_runcmd,
     td_pick,
     td_ssh_port,
     wait_for,
@@ -124,7 +125,9 @@ def test_poweroff_keeps_it_listed_as_stopped(sandbox, tmp_path: Path):
     base = sandbox.tensordock_url
     location_id, v0 = td_pick(base)
     key, pub = make_key(tmp_path)
-    iid = td_create(base, td_body(location_id, v0, ssh_key=pub)).json()["data"]["id"]
+    iid = td_create(base, td_body(location_id, v0, ssh_key=pub, cloud_init=td_key_runcmd(pub))).json()[
+        "data"
+    ]["id"]
     detail = wait_for(
         lambda: (
             (d := requests.get(f"{base}/instances/{iid}", headers=AUTH).json())["status"] == "running" and d

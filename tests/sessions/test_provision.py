@@ -22,7 +22,6 @@ from sessions import services
 from sessions.deployment import deployment_id
 from sessions.models import Rental, RentalEvent, Status, token_hash
 from sessions.services import rental_provision, rental_stop, rental_transition
-from tests.fakes import BANNER, GPU_OUTPUT
 
 from .conftest import START, events, fresh, new_public_key, transitions
 
@@ -71,8 +70,15 @@ def test_it_takes_a_rental_from_pending_to_active(fake, rented):
     assert check["kind"] == "run" and check["port"] == inst.ssh_port and check["user"] == "root"
     assert check["key"] == services.keys.secret_decrypt(rental.ssh_private_key_encrypted)
     last = RentalEvent.objects.filter(rental=rental).last()
-    assert last.reason == "SSH login verified; the machine is yours"
-    assert last.data == {"check": GPU_OUTPUT.strip()}
+    assert last.reason == (
+        "SSH login and GPUs verified (2× NVIDIA GeForce RTX 4090, driver 570.133.07, CUDA 12.8); "
+        "the machine is yours"
+    )
+    assert rental.gpu_verified == {
+        "name": "NVIDIA GeForce RTX 4090", "count": 2, "memory_gb": 24.0,
+        "driver": "570.133.07", "cuda": "12.8",
+    }  # fmt: skip
+    assert check["command"] == services.GPU_QUERY
     assert fake.ops() == ["get_offer", "create", "attach", "get", "get"]
     assert fake.enqueued == []  # nothing to tear down
 
@@ -110,15 +116,43 @@ def test_it_retries_transient_errors_while_booting(fake, rented):
     assert fake.count("get") == 4
 
 
-def test_with_a_users_own_keys_it_checks_the_ssh_banner_and_attaches_each_key(fake, rent):
+def test_with_a_users_own_key_it_verifies_with_its_own_key_and_removes_it_after(fake, rent):
+    """Old code only read the SSH banner for a user's own key (no login, no GPU check)."""
     own = new_public_key("laptop")
     rental = provision(rent(ssh_public_key=own).rental)
 
     assert rental.status == S.ACTIVE
-    assert fake.args("attach") == [(rental.provider_instance_id, own)]
-    assert [c["kind"] for c in fake.ssh_calls] == ["banner"]
-    last = RentalEvent.objects.filter(rental=rental).last()
-    assert (last.reason, last.data) == ("SSH is up; log in with your own key", {"check": BANNER})
+    [(_, user_key), (_, verify_key)] = fake.args("attach")
+    assert user_key == own and verify_key.endswith(" shopper-verify")
+    assert [c["kind"] for c in fake.ssh_calls] == ["run", "run"]  # the GPU check, the key removal
+    check, removal = fake.ssh_calls
+    assert check["command"] == services.GPU_QUERY and services._public_of(check["key"]) == verify_key
+    assert verify_key.split()[1] in removal["command"]
+    # Only the user's key is left on the machine, and our private half is gone from the database.
+    [inst] = fake.instances.values()
+    assert inst.keys == [own]
+    assert rental.verify_private_key_encrypted == "" and rental.ssh_private_key_encrypted == ""
+    assert rental.gpu_verified["name"] == "NVIDIA GeForce RTX 4090" and rental.gpu_verified["count"] == 2
+    assert rental.ssh_public_key == own  # the user sees only their key
+
+
+def test_with_a_users_own_key_a_failed_key_removal_is_retried_before_active(fake, rent, monkeypatch):
+    own = new_public_key("laptop")
+    pending = rent(ssh_public_key=own).rental
+    calls = []
+
+    def flaky(**kw):
+        calls.append(kw["command"])
+        if len(calls) == 2:  # the first removal
+            raise services.SSHCheckFailed("ConnectionResetError: reset by peer")
+        return fake.ssh_run(**kw)
+
+    monkeypatch.setattr(services, "ssh_run", flaky)
+    rental = provision(pending)
+    assert rental.status == S.ACTIVE
+    [inst] = fake.instances.values()
+    assert inst.keys == [own]
+    assert len(calls) == 4  # check, failed removal, check, removal
 
 
 def test_it_attaches_every_registered_key_one_by_one(fake, rent, user):
@@ -129,7 +163,9 @@ def test_it_attaches_every_registered_key_one_by_one(fake, rent, user):
         SSHKey.objects.create(user=user, name=f"k{i}", public_key=key, fingerprint=f"fp{i}")
     rental = provision(rent().rental)
     assert rental.status == S.ACTIVE
-    assert fake.args("attach") == [(rental.provider_instance_id, k) for k in two]
+    attached = fake.args("attach")
+    assert attached[:2] == [(rental.provider_instance_id, k) for k in two]
+    assert len(attached) == 3 and attached[2][1].endswith(" shopper-verify")
 
 
 def test_a_provider_taking_the_key_at_create_gets_no_attach_call(fake, rented):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 from decimal import Decimal
 
 import pytest
@@ -27,6 +28,7 @@ from inventory.providers.tensordock import (
     DEFAULT_RAM_GB_PER_GPU,
     DEFAULT_STORAGE_GB,
     DEFAULT_VCPUS_PER_GPU,
+    DRIVER_REPAIR,
     TensorDock,
 )
 
@@ -138,6 +140,10 @@ def _expected_body() -> dict:
     body = copy.deepcopy(load("tensordock_v2_create_instance.json")["_request_example"]["json"])
     # The fixture's example rents 8 vCPU / 32 GB; our fixed per-GPU default is 4 / 16.
     body["data"]["attributes"]["resources"].update(vcpu_count=4, ram_gb=16)
+    # After the keys, the driver repair (FIELD_NOTES TD-NODRIVER, TD-DPKGLOCK).
+    body["data"]["attributes"]["cloud_init"]["runcmd"].append(
+        f"bash -c {shlex.quote(DRIVER_REPAIR)} >> /root/shopper-driver-repair.log 2>&1"
+    )
     return body
 
 
@@ -164,7 +170,8 @@ def test_create_accepts_201_and_runs_onstart_after_the_key(rsps, td):
     sent = json.loads(rsps.calls[0].request.body)["data"]["attributes"]
     runcmd = sent["cloud_init"]["runcmd"]
     assert "/root/.ssh/authorized_keys" in runcmd[1] and "/home/user/.ssh/authorized_keys" in runcmd[2]
-    assert runcmd[3] == "bash -c 'export SHOPPER_TOKEN='\"'\"'a b'\"'\"'\necho hi\nstart-agent'"
+    assert "dpkg --configure -a" in runcmd[3] and "shopper-driver-repair.log" in runcmd[3]  # TD-NODRIVER
+    assert runcmd[4] == "bash -c 'export SHOPPER_TOKEN='\"'\"'a b'\"'\"'\necho hi\nstart-agent'"
     assert sent["resources"]["storage_gb"] == 200
     assert sent["image"] == "ubuntu2204"
 
