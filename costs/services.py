@@ -140,6 +140,18 @@ def charged_price(price_per_hour: Decimal, markup_percent: Decimal | None = None
     return (Decimal(price_per_hour) * (1 + Decimal(markup) / 100)).quantize(Decimal("0.0001"))
 
 
+def offer_price_at(offer: Any, disk_gb: int | None, *, base: Decimal | None = None) -> Decimal:
+    """The provider's hourly price of the machine that will be created from ``offer`` with
+    ``disk_gb`` of disk: the menu price (``base``, default the offer's, includes
+    ``disk_gb_default`` GB) plus storage for every GB more (less) at the offer's storage rate.
+    The rent page shows it, the budget reserves it, the rental stores it: one function."""
+    price = Decimal(offer.price_per_hour if base is None else base)
+    rate, default = offer.storage_price_per_gb_hour, offer.disk_gb_default
+    if disk_gb is None or rate is None or default is None or disk_gb == default:
+        return price
+    return (price + Decimal(rate) * (disk_gb - default)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
 def rental_estimate(
     *, price_per_hour: Decimal, hours: Decimal, markup_percent: Decimal | None = None
 ) -> Decimal:

@@ -118,6 +118,17 @@ class Rental(models.Model):
     # the same key with another request is refused (422 idempotency_key_reused) by the API.
     request_key = models.CharField(max_length=255, blank=True, default="")
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    # Rent-time choices (sessions/presets.py): the preset ("custom" for an image of one's own),
+    # the exposed ports, the user's start-up command, and once running the host:port the
+    # provider mapped each port to ({"8888": "1.2.3.4:41202"}).
+    preset = models.CharField(max_length=32, blank=True, default="")
+    ports = models.JSONField(default=list, blank=True)
+    onstart = models.TextField(blank=True, default="")
+    mapped_ports = models.JSONField(default=dict, blank=True)
+    health_ok_at = models.DateTimeField(null=True, blank=True)
+    # The price the user was shown and reserved at (at the disk asked for). ``price_per_hour``
+    # becomes the instance's own rate read back from the provider after create (what is billed).
+    shown_price_per_hour = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
 
     objects = RentalQuerySet.as_manager()
 

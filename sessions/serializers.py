@@ -29,8 +29,26 @@ class SessionCreateSerializer(serializers.Serializer):
     generate_key = serializers.BooleanField(
         required=False, default=False, help_text="Generate a new Ed25519 pair even if you registered keys"
     )
-    image = serializers.CharField(required=False, allow_blank=True, max_length=200)
-    disk_gb = serializers.IntegerField(required=False, min_value=1, max_value=10000)
+    preset = serializers.CharField(
+        required=False, allow_blank=True, max_length=32,
+        help_text="`cuda`, `pytorch` or `vllm`; a 400 says why where the provider cannot run it",
+    )  # fmt: skip
+    image = serializers.CharField(
+        required=False, allow_blank=True, max_length=200,
+        help_text="Your own image instead (Vast.ai: Docker image; TensorDock: OS image name)",
+    )  # fmt: skip
+    disk_gb = serializers.IntegerField(
+        required=False, min_value=1, max_value=10000,
+        help_text="Disk in GB within the offer's limits (Vast.ai from 8, TensorDock from 100); priced",
+    )  # fmt: skip
+    ports = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=65535), required=False, max_length=8,
+        help_text="Ports to expose (e.g. 8888 for Jupyter); where the provider cannot, a 400 says why",
+    )  # fmt: skip
+    onstart = serializers.CharField(
+        required=False, allow_blank=True, max_length=4000, trim_whitespace=False,
+        help_text="A start-up command, run in the background at boot (log: ~/onstart.log)",
+    )  # fmt: skip
     expected_price_per_hour = serializers.DecimalField(
         required=False,
         max_digits=10,
@@ -47,11 +65,29 @@ class SessionCreateSerializer(serializers.Serializer):
         return hours_check(value, maximum=settings.SHOPPER_HARD_MAX_HOURS, maximum_name="the hard maximum")
 
 
+def rental_ports(rental: Rental) -> list[dict]:
+    """Each exposed port with its mapped address once the rental is active (null before)."""
+    active = rental.status == "active"
+    out = []
+    for port in rental.ports or []:
+        address = (rental.mapped_ports or {}).get(str(port)) if active else None
+        out.append({"port": port, "address": address, "url": f"http://{address}/" if address else None})
+    return out
+
+
 class SSHSerializer(serializers.Serializer):
     host = serializers.CharField()
     port = serializers.IntegerField()
     user = serializers.CharField()
     command = serializers.CharField()
+
+
+class PortSerializer(serializers.Serializer):
+    port = serializers.IntegerField(help_text="The port on the machine")
+    address = serializers.CharField(
+        allow_null=True, help_text="host:port as the provider maps it, once active"
+    )
+    url = serializers.CharField(allow_null=True)
 
 
 class SessionSerializer(serializers.ModelSerializer):
@@ -64,6 +100,10 @@ class SessionSerializer(serializers.ModelSerializer):
     ssh = serializers.SerializerMethodField()
     label = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
+    ports = serializers.SerializerMethodField()
+    price_shown_per_hour = serializers.SerializerMethodField(
+        help_text="The price you were shown at rent time (with the markup); `price_per_hour` is billed"
+    )
 
     class Meta:
         model = Rental
@@ -71,9 +111,22 @@ class SessionSerializer(serializers.ModelSerializer):
             "id", "consumer", "status", "status_detail", "provider", "offer_id", "provider_offer_id",
             "gpu_type", "gpu_count", "vram_gb", "location", "price_per_hour", "created_at", "active_since",
             "reservation_ends_at", "hard_max_at", "ended_at", "cost_so_far", "last_heartbeat_at", "ssh",
-            "label", "provider_instance_id",
+            "label", "provider_instance_id", "preset", "image", "disk_gb", "ports", "onstart",
+            "price_shown_per_hour", "health_ok_at",
         )  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field(PortSerializer(many=True))
+    def get_ports(self, rental: Rental) -> list[dict]:
+        return rental_ports(rental)
+
+    @extend_schema_field(serializers.DecimalField(max_digits=10, decimal_places=4, allow_null=True))
+    def get_price_shown_per_hour(self, rental: Rental) -> str | None:
+        if rental.shown_price_per_hour is None:
+            return None
+        from costs.services import charged_price
+
+        return str(charged_price(rental.shown_price_per_hour, rental.markup_percent))
 
     def get_offer_id(self, rental: Rental) -> str | None:
         return str(rental.offer_id) if rental.offer_id else None
