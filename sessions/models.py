@@ -191,6 +191,29 @@ class Rental(models.Model):
         fixed at rent time."""
         return (self.price_per_hour * (1 + self.markup_percent / 100)).quantize(Decimal("0.0001"))
 
+    @property
+    def port_links(self) -> list[dict]:
+        """Each exposed port with the host:port the provider mapped it to, once active (else None)."""
+        active = self.status == Status.ACTIVE
+        out = []
+        for port in self.ports or []:
+            address = (self.mapped_ports or {}).get(str(port)) if active else None
+            out.append({"port": port, "address": address, "url": f"http://{address}/" if address else None})
+        return out
+
+    @property
+    def health_path(self) -> str:
+        """The HTTP path whose answer says the preset's server is up ("" when it has none)."""
+        from sessions.presets import health_port
+
+        found = health_port(self.preset, self.ports)
+        return found[1] if found else ""
+
+    @property
+    def price_differs(self) -> bool:
+        """The provider bills another rate than the one shown at rent time (issue 14)."""
+        return self.shown_price_per_hour is not None and self.shown_price_per_hour != self.price_per_hour
+
     def billed_seconds(self, now: datetime | None = None) -> int:
         """Billing runs from active until the provider confirms destruction (DESIGN.md costs)."""
         if not self.active_since:

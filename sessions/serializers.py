@@ -65,16 +65,6 @@ class SessionCreateSerializer(serializers.Serializer):
         return hours_check(value, maximum=settings.SHOPPER_HARD_MAX_HOURS, maximum_name="the hard maximum")
 
 
-def rental_ports(rental: Rental) -> list[dict]:
-    """Each exposed port with its mapped address once the rental is active (null before)."""
-    active = rental.status == "active"
-    out = []
-    for port in rental.ports or []:
-        address = (rental.mapped_ports or {}).get(str(port)) if active else None
-        out.append({"port": port, "address": address, "url": f"http://{address}/" if address else None})
-    return out
-
-
 class SSHSerializer(serializers.Serializer):
     host = serializers.CharField()
     port = serializers.IntegerField()
@@ -118,7 +108,7 @@ class SessionSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(PortSerializer(many=True))
     def get_ports(self, rental: Rental) -> list[dict]:
-        return rental_ports(rental)
+        return rental.port_links
 
     @extend_schema_field(serializers.DecimalField(max_digits=10, decimal_places=4, allow_null=True))
     def get_price_shown_per_hour(self, rental: Rental) -> str | None:

@@ -17,6 +17,7 @@ import secrets
 import shlex
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -331,6 +332,26 @@ def rental_create(
     return RentalCreated(rental=rental, ssh_private_key=private_pem)
 
 
+def offer_comparable(rental: Rental) -> Offer | None:
+    """A fresh offer like ``rental``'s (same GPU model and count) on which its rent-time choices
+    can be honoured: the same provider first, then the cheapest."""
+    candidates = Offer.objects.visible().filter(gpu_type=rental.gpu_type, gpu_count=rental.gpu_count)
+    ordered = sorted(candidates[:200], key=lambda o: (o.provider != rental.provider, o.price_per_hour, o.pk))
+    custom = rental.preset in ("", presets.CUSTOM)
+    for offer in ordered:
+        try:
+            presets.choices_check(
+                provider=offer.provider, max_disk_gb=offer.max_disk_gb, disk_gb=rental.disk_gb,
+                preset="" if custom else rental.preset, image=rental.image if custom else "",
+                ports=list(rental.ports or []), onstart=rental.onstart,
+            )  # fmt: skip
+            _disk_priced(offer, rental.disk_gb)
+        except ValidationError:
+            continue
+        return offer
+    return None
+
+
 def _disk_priced(offer: Offer, disk_gb: int | None) -> None:
     """A disk other than the one the menu price includes needs the offer's storage rate, or the
     price shown would not be the machine's (issue 14)."""
@@ -516,6 +537,8 @@ def _provision(rental_id) -> None:
                 return
         if rental.status == S.VERIFYING:
             _ssh_verify(rental, provider, endpoints)
+        if rental.status == S.ACTIVE:
+            rental_health_check(rental)  # once at once; then the minute job (rentals_health_check)
     except ProviderError as exc:
         rental.refresh_from_db()
         _stop_after_failure(rental, f"Provisioning failed: {exc.code}: {exc.message}"[:500])
@@ -606,6 +629,40 @@ def _instance_readback(rental: Rental, instance: InstanceData) -> None:
         Rental.objects.filter(pk=rental.pk).update(**fields)
         for name, value in fields.items():
             setattr(rental, name, value)
+
+
+# How long after active an inference preset's health check is still asked (models load slowly:
+# FIELD_NOTES VA-LOADING saw vLLM take over 10 min), and how long one ask may take.
+HEALTH_WATCH = timedelta(hours=1)
+HEALTH_TIMEOUT_SECONDS = 3
+
+
+def rental_health_check(rental: Rental) -> bool:
+    """Ask the preset's HTTP health check on its mapped port once; on the first answer record
+    ``health_ok_at`` and an event (the page then says the server answers). Never in a transaction."""
+    found = presets.health_port(rental.preset, rental.ports)
+    address = (rental.mapped_ports or {}).get(str(found[0])) if found else None
+    if not found or not address or rental.health_ok_at or rental.status != S.ACTIVE:
+        return False
+    url = f"http://{address}{found[1]}"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_SECONDS) as resp:
+            if not 200 <= resp.status < 300:
+                return False
+    except (OSError, ValueError):
+        return False
+    now = timezone.now()
+    if Rental.objects.filter(pk=rental.pk, health_ok_at__isnull=True).update(health_ok_at=now):
+        rental.health_ok_at = now
+        rental_event(rental, EventKind.INFO, f"The inference server answers its health check: {url}")
+    return True
+
+
+def rentals_health_check() -> int:
+    """The minute job: every recently active rental whose preset server has not answered yet."""
+    since = timezone.now() - HEALTH_WATCH
+    rentals = Rental.objects.filter(status=S.ACTIVE, health_ok_at__isnull=True, active_since__gte=since)
+    return sum(rental_health_check(r) for r in rentals.exclude(preset="").exclude(ports=[]))
 
 
 def _instance_id_store(rental: Rental, instance_id: str) -> None:

@@ -18,4 +18,5 @@ urlpatterns = [
     path("safety/kill-switch/", views.safety_kill_switch, name="kill_switch"),
     path("safety/alerts/<int:alert_id>/resolve/", views.alert_resolve, name="alert_resolve"),
     path("keys/<int:key_id>/delete/", views.sshkey_delete, name="key_delete"),
+    path("sessions/<uuid:rental_id>/rent-again/", views.rental_rent_again, name="rent_again"),
 ]
