@@ -67,7 +67,7 @@ def _price_at(offer: Offer, disk, base: Decimal | None = None) -> Decimal:
 # --------------------------------------------------------------------------------------------
 @require_http_methods(["GET", "POST"])
 @login_required
-def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
+def rental_rent(request: HtmxHttpRequest, offer_id: int, again: Rental | None = None) -> HttpResponse:
     offer = get_object_or_404(Offer, pk=offer_id)
     available = Offer.objects.visible().filter(pk=offer.pk).exists()
     key_count = request.user.ssh_keys.count()
@@ -127,7 +127,7 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
                     messages.success(request, "Rented. The machine is being set up.")
                 return _to_rental(request, rental.pk)
     else:
-        initial = {"expected_price": offer.price_per_hour, **_again_initial(request)}
+        initial = {"expected_price": offer.price_per_hour, **(_again_initial(again) if again else {})}
         form = RentForm(initial=initial, key_count=key_count, provider=provider)
     hours = form["reservation_hours"].value()
     disk = form["disk_gb"].value()
@@ -416,16 +416,8 @@ def safety_kill_switch(request: HttpRequest) -> HttpResponse:
 # --------------------------------------------------------------------------------------------
 # Rent again (issue 19): the same choices on a fresh comparable offer
 # --------------------------------------------------------------------------------------------
-def _again_initial(request: HttpRequest) -> dict:
-    """The rent form's initial values from ``?again=<rental id>`` (one of the user's rentals)."""
-    try:
-        rental = (
-            Rental.objects.for_user(request.user).filter(pk=uuid.UUID(request.GET.get("again", ""))).first()
-        )
-    except ValueError:
-        return {}
-    if rental is None:
-        return {}
+def _again_initial(rental: Rental) -> dict:
+    """The rent form's initial values: ``rental``'s choices."""
     hours = (rental.reservation_ends_at - rental.created_at).total_seconds() / 3600
     return {
         "reservation_hours": Decimal(str(round(hours * 4) / 4)) if hours >= 0.25 else Decimal("0.25"),
@@ -440,8 +432,8 @@ def _again_initial(request: HttpRequest) -> dict:
 @require_GET
 @login_required
 def rental_rent_again(request: HttpRequest, rental_id) -> HttpResponse:
-    """Find a fresh offer comparable to a finished rental's and open the rent page on it with the
-    same choices (sessions.services.offer_comparable)."""
+    """The rent page of a fresh offer comparable to ``rental``'s, with the same choices
+    (sessions.services.offer_comparable); the form posts to that offer's rent page."""
     rental = _rental_for(request, rental_id)
     offer = services.offer_comparable(rental)
     if offer is None:
@@ -450,4 +442,4 @@ def rental_rent_again(request: HttpRequest, rental_id) -> HttpResponse:
             f"No {rental.gpu_count}× {rental.gpu_type} is offered now that fits this session's choices.",
         )
         return redirect(f"{reverse('offer_list')}?gpu={rental.gpu_type}")
-    return redirect(f"{reverse('sessions:rent', args=[offer.pk])}?again={rental.pk}")
+    return rental_rent(request, offer.pk, again=rental)

@@ -88,6 +88,7 @@ ROUTES: dict[str, Route] = {
     "sessions/<uuid:rental_id>/done/": Route(OWNER_OR_STAFF, methods=("post",)),
     "sessions/<uuid:rental_id>/extend/": Route(OWNER_OR_STAFF, methods=("post",), data={"hours": "1"}),
     "sessions/<uuid:rental_id>/shutdown/": Route(OWNER_OR_STAFF, methods=("post",)),
+    "sessions/<uuid:rental_id>/rent-again/": Route(OWNER_OR_STAFF),
     "keys/": Route(LOGIN),
     "keys/<int:key_id>/delete/": Route(OWNER_ONLY, methods=("post",)),
     "safety/": Route(STAFF),

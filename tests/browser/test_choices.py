@@ -65,6 +65,7 @@ def test_rent_with_a_preset_image_and_an_exposed_port_and_follow_its_link(page, 
     # Once finished: "Rent again" opens the rent page of a comparable offer with the same choices.
     page.goto(f"/sessions/{rental_id}/")
     page.get_by_role("link", name="Rent again").click()
-    page.wait_for_url(re.compile(rf".*/offers/\d+/rent/\?again={rental_id}$"))
+    page.wait_for_url(re.compile(rf".*/sessions/{rental_id}/rent-again/$"))
+    expect(page.locator("#rent-form")).to_have_attribute("action", re.compile(r"^/offers/\d+/rent/$"))
     expect(page.locator("#id_preset_vllm")).to_be_checked()
     expect(page.locator("#id_disk_gb")).to_have_value("20")
