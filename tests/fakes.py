@@ -347,12 +347,23 @@ def install(name: str = "fakecloud", display_name: str = "Fake Cloud") -> Cloud:
     """
     cloud = Cloud(name=name)
     FakeCloud.name, FakeCloud.display_name, FakeCloud.cloud = name, display_name, cloud
+    # Under a real provider's name (its limits then apply, sessions/presets.py) the real entry is
+    # put back by uninstall.
+    _replaced[name] = (registry.PROVIDER_CLASSES.get(name), registry.PROVIDER_SETTINGS.get(name))
     registry.register_provider(name, f"{__name__}.FakeCloud")
     return cloud
+
+
+_replaced: dict[str, tuple] = {}
 
 
 def uninstall() -> None:
     if FakeCloud.cloud is None:  # nothing installed
         return
     registry.unregister_provider(FakeCloud.name)
+    cls, conf = _replaced.pop(FakeCloud.name, (None, None))
+    if cls is not None:
+        registry.PROVIDER_CLASSES[FakeCloud.name] = cls
+    if conf is not None:
+        registry.PROVIDER_SETTINGS[FakeCloud.name] = conf
     FakeCloud.name, FakeCloud.display_name, FakeCloud.cloud = "fakecloud", "Fake Cloud", None
