@@ -182,6 +182,7 @@ def rental_rent_estimate(request: HtmxHttpRequest, offer_id: int) -> HttpRespons
         "disk": _disk(disk),
         "estimate": _estimate(_price_at(offer, disk), hours),
         "markup": settings.SHOPPER_PRICE_MARKUP_PERCENT,
+        "oob": True,  # the submit button's price follows the disk too
     }
     return render(request, "sessions/rental_rent.html#rent-estimate", context)
 

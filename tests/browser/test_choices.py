@@ -30,6 +30,8 @@ def test_rent_with_a_preset_image_and_an_exposed_port_and_follow_its_link(page, 
     page.fill("#id_disk_gb", "20")
     # The estimate follows the disk: the price at 20 GB, the same figure the budget reserves.
     expect(page.locator("#rent-estimate")).to_contain_text("with 20 GB disk")
+    price = re.search(r"× (\$\d+\.\d{4}/h)", page.locator("#rent-estimate").inner_text())[1]
+    expect(page.locator("#rent-price")).to_have_text(price)
     page.get_by_label(re.compile("Generate a new key pair", re.IGNORECASE)).check()
     screenshot(page, "rent-choices")
     page.locator("#rent-form button[type=submit]").click()

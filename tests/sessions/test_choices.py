@@ -79,6 +79,7 @@ def test_the_price_shown_reserved_and_stored_is_the_machines_at_the_disk_asked(
     assert f"${cents(reserved[0])}" in html and "$1.05" in html
     assert "with 100 GB disk" in html
     assert "$0.0050/GB down" in html
+    assert '<span id="rent-price" hx-swap-oob="true">$0.5250/h</span>' in html  # the button's price
 
 
 def test_a_disk_the_offer_has_no_storage_price_for_is_refused(fake, offer, user):
