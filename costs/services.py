@@ -8,9 +8,10 @@ money), until the provider confirms destruction (``ended_at``, set at ``destroye
 and booting time is not billed to the user. This is a deliberate simplification: providers bill
 GPU time from their own "running" state, which precedes our SSH verification by seconds, and a
 rental that never becomes active (failed boot, failed SSH check) costs the provider a few seconds
-or minutes we do not charge on. The price is the one fixed at rent time: ``price_per_hour`` is
-the provider cost, ``charged_price_per_hour`` adds the chargeback markup fixed at rent time
-(SHOPPER_PRICE_MARKUP_PERCENT).
+or minutes we do not charge on. The price is the instance's own hourly rate, read back from the
+provider before the rental becomes active (sessions.services._instance_readback; until then the
+price at the disk asked for, ``offer_price_at``): ``price_per_hour`` is the provider cost,
+``charged_price_per_hour`` adds the chargeback markup fixed at rent time (SHOPPER_PRICE_MARKUP_PERCENT).
 
 The ledger
 ----------
@@ -138,6 +139,18 @@ def charged_price(price_per_hour: Decimal, markup_percent: Decimal | None = None
     """The price the user is charged per hour (the formula of ``Rental.charged_price_per_hour``)."""
     markup = settings.SHOPPER_PRICE_MARKUP_PERCENT if markup_percent is None else markup_percent
     return (Decimal(price_per_hour) * (1 + Decimal(markup) / 100)).quantize(Decimal("0.0001"))
+
+
+def offer_price_at(offer: Any, disk_gb: int | None, *, base: Decimal | None = None) -> Decimal:
+    """The provider's hourly price of the machine that will be created from ``offer`` with
+    ``disk_gb`` of disk: the menu price (``base``, default the offer's, includes
+    ``disk_gb_default`` GB) plus storage for every GB more (less) at the offer's storage rate.
+    The rent page shows it, the budget reserves it, the rental stores it: one function."""
+    price = Decimal(offer.price_per_hour if base is None else base)
+    rate, default = offer.storage_price_per_gb_hour, offer.disk_gb_default
+    if disk_gb is None or rate is None or default is None or disk_gb == default:
+        return price
+    return (price + Decimal(rate) * (disk_gb - default)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
 
 
 def rental_estimate(

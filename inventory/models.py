@@ -43,6 +43,13 @@ class Offer(models.Model):
     first_seen_at = models.DateTimeField(default=timezone.now)
     # Set by offer failure suppression (3 failed provisions in 30 min -> hidden 30 min).
     hidden_until = models.DateTimeField(null=True, blank=True)
+    # Honest prices (issue 14): price_per_hour includes disk_gb_default GB of storage; each GB
+    # more or less costs storage_price_per_gb_hour; traffic is per GB on top (Vast only).
+    storage_price_per_gb_hour = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    disk_gb_default = models.PositiveIntegerField(null=True, blank=True)
+    max_disk_gb = models.PositiveIntegerField(null=True, blank=True)
+    inet_down_price_per_gb = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    inet_up_price_per_gb = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
 
     objects = OfferQuerySet.as_manager()
 

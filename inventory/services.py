@@ -30,6 +30,11 @@ OFFER_UPDATE_FIELDS = [
     "disk_gb",
     "cuda_version",
     "driver_version",
+    "storage_price_per_gb_hour",
+    "disk_gb_default",
+    "max_disk_gb",
+    "inet_down_price_per_gb",
+    "inet_up_price_per_gb",
     "available",
     "fetched_at",
 ]

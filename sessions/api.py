@@ -141,6 +141,9 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "ssh_public_key": v.get("ssh_public_key") or None,
             "image": v.get("image", ""),
             "disk_gb": v.get("disk_gb"),
+            "preset": v.get("preset", ""),
+            "ports": v.get("ports"),
+            "onstart": v.get("onstart", ""),
             "expected_price": v.get("expected_price_per_hour"),
             "generate_key": v.get("generate_key", False),
         }

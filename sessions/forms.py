@@ -9,7 +9,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from sessions import keys
+from sessions import keys, presets
 from sessions.hours import MIN_HOURS, STEP_HOURS, hours_check
 from sessions.models import SSHKey
 
@@ -51,6 +51,18 @@ class RentForm(forms.Form):
         help_text="Stopped after this many minutes with every GPU idle (warned first); empty: never.",
         error_messages={"invalid": "Give whole minutes (1 to 1440), or leave it empty for no idle stop."},
     )
+    # Rent-time choices (sessions/presets.py); checked against the provider by rental_create.
+    preset = forms.ChoiceField(label="Image", widget=forms.RadioSelect, required=False)
+    image = forms.CharField(label="Your own image", required=False, max_length=200)
+    disk_gb = forms.IntegerField(
+        label="Disk (GB)", required=False, min_value=1, max_value=10000,
+        error_messages={"invalid": "Give the disk size in whole GB, e.g. 50."},
+    )  # fmt: skip
+    ports = forms.CharField(label="Ports to expose", required=False, max_length=100)
+    onstart = forms.CharField(
+        label="Start-up command", required=False, max_length=presets.MAX_ONSTART_CHARS, strip=False,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+    )  # fmt: skip
     expected_price = forms.DecimalField(widget=forms.HiddenInput, max_digits=12, decimal_places=4)
     # One-time token: a second submit of the same form finds the first one's rental.
     form_token = forms.UUIDField(
@@ -58,8 +70,16 @@ class RentForm(forms.Form):
         error_messages={"required": "This form is out of date; reload the page and try again."},
     )
 
-    def __init__(self, *args, key_count: int = 0, **kwargs):
+    def __init__(self, *args, key_count: int = 0, provider: str = "", **kwargs):
         super().__init__(*args, **kwargs)
+        self.presets = presets.presets_for(provider)
+        self.limits = presets.limits_for(provider)
+        self.fields["preset"].choices = [(p["key"], p["name"]) for p in self.presets] + [
+            (presets.CUSTOM, "My own image")
+        ]
+        if not self.is_bound:
+            self.initial.setdefault("preset", "cuda")
+            self.initial.setdefault("disk_gb", self.limits.disk_default_gb)
         hard_max = settings.SHOPPER_HARD_MAX_HOURS
         hours = self.fields["reservation_hours"]
         hours.help_text = f"At most {hard_max} hours; the machine is shut down when it ends."

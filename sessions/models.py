@@ -145,6 +145,17 @@ class Rental(models.Model):
     # and removed from authorized_keys after the check.
     gpu_verified = models.JSONField(null=True, blank=True)
     verify_private_key_encrypted = models.TextField(blank=True)
+    # Rent-time choices (sessions/presets.py): the preset ("custom" for an image of one's own),
+    # the exposed ports, the user's start-up command, and once running the host:port the
+    # provider mapped each port to ({"8888": "1.2.3.4:41202"}).
+    preset = models.CharField(max_length=32, blank=True, default="")
+    ports = models.JSONField(default=list, blank=True)
+    onstart = models.TextField(blank=True, default="")
+    mapped_ports = models.JSONField(default=dict, blank=True)
+    health_ok_at = models.DateTimeField(null=True, blank=True)
+    # The price the user was shown and reserved at (at the disk asked for). ``price_per_hour``
+    # becomes the instance's own rate read back from the provider after create (what is billed).
+    shown_price_per_hour = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
 
     objects = RentalQuerySet.as_manager()
 
@@ -206,6 +217,29 @@ class Rental(models.Model):
         """What the user is charged per hour: the provider price plus the chargeback markup
         fixed at rent time."""
         return (self.price_per_hour * (1 + self.markup_percent / 100)).quantize(Decimal("0.0001"))
+
+    @property
+    def port_links(self) -> list[dict]:
+        """Each exposed port with the host:port the provider mapped it to, once active (else None)."""
+        active = self.status == Status.ACTIVE
+        out = []
+        for port in self.ports or []:
+            address = (self.mapped_ports or {}).get(str(port)) if active else None
+            out.append({"port": port, "address": address, "url": f"http://{address}/" if address else None})
+        return out
+
+    @property
+    def health_path(self) -> str:
+        """The HTTP path whose answer says the preset's server is up ("" when it has none)."""
+        from sessions.presets import health_port
+
+        found = health_port(self.preset, self.ports)
+        return found[1] if found else ""
+
+    @property
+    def price_differs(self) -> bool:
+        """The provider bills another rate than the one shown at rent time (issue 14)."""
+        return self.shown_price_per_hour is not None and self.shown_price_per_hour != self.price_per_hour
 
     def billed_seconds(self, now: datetime | None = None) -> int:
         """Billing runs from active until the provider confirms destruction (DESIGN.md costs)."""

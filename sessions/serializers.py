@@ -29,8 +29,26 @@ class SessionCreateSerializer(serializers.Serializer):
     generate_key = serializers.BooleanField(
         required=False, default=False, help_text="Generate a new Ed25519 pair even if you registered keys"
     )
-    image = serializers.CharField(required=False, allow_blank=True, max_length=200)
-    disk_gb = serializers.IntegerField(required=False, min_value=1, max_value=10000)
+    preset = serializers.CharField(
+        required=False, allow_blank=True, max_length=32,
+        help_text="`cuda`, `pytorch` or `vllm`; a 400 says why where the provider cannot run it",
+    )  # fmt: skip
+    image = serializers.CharField(
+        required=False, allow_blank=True, max_length=200,
+        help_text="Your own image instead (Vast.ai: Docker image; TensorDock: OS image name)",
+    )  # fmt: skip
+    disk_gb = serializers.IntegerField(
+        required=False, min_value=1, max_value=10000,
+        help_text="Disk in GB within the offer's limits (Vast.ai from 8, TensorDock from 100); priced",
+    )  # fmt: skip
+    ports = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=65535), required=False, max_length=8,
+        help_text="Ports to expose (e.g. 8888 for Jupyter); where the provider cannot, a 400 says why",
+    )  # fmt: skip
+    onstart = serializers.CharField(
+        required=False, allow_blank=True, max_length=4000, trim_whitespace=False,
+        help_text="A start-up command, run in the background at boot (log: ~/onstart.log)",
+    )  # fmt: skip
     idle_stop_minutes = serializers.IntegerField(
         required=False,
         allow_null=True,
@@ -71,6 +89,14 @@ class GpuVerifiedSerializer(serializers.Serializer):
     cuda = serializers.CharField()
 
 
+class PortSerializer(serializers.Serializer):
+    port = serializers.IntegerField(help_text="The port on the machine")
+    address = serializers.CharField(
+        allow_null=True, help_text="host:port as the provider maps it, once active"
+    )
+    url = serializers.CharField(allow_null=True)
+
+
 class SessionSerializer(serializers.ModelSerializer):
     consumer = serializers.CharField(source="consumer.username", read_only=True)
     offer_id = serializers.SerializerMethodField()
@@ -82,6 +108,10 @@ class SessionSerializer(serializers.ModelSerializer):
     gpu_verified = serializers.SerializerMethodField()
     label = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
+    ports = serializers.SerializerMethodField()
+    price_shown_per_hour = serializers.SerializerMethodField(
+        help_text="The price you were shown at rent time (with the markup); `price_per_hour` is billed"
+    )
 
     class Meta:
         model = Rental
@@ -90,12 +120,25 @@ class SessionSerializer(serializers.ModelSerializer):
             "gpu_type", "gpu_count", "vram_gb", "location", "price_per_hour", "created_at", "active_since",
             "reservation_ends_at", "hard_max_at", "ended_at", "cost_so_far", "last_heartbeat_at", "ssh",
             "label", "provider_instance_id", "idle_stop_minutes", "idle_since", "gpu_verified",
+            "preset", "image", "disk_gb", "ports", "onstart", "price_shown_per_hour", "health_ok_at",
         )  # fmt: skip
         read_only_fields = fields
 
     @extend_schema_field(GpuVerifiedSerializer(allow_null=True))
     def get_gpu_verified(self, rental: Rental) -> dict | None:
         return rental.gpu_verified or None
+
+    @extend_schema_field(PortSerializer(many=True))
+    def get_ports(self, rental: Rental) -> list[dict]:
+        return rental.port_links
+
+    @extend_schema_field(serializers.DecimalField(max_digits=10, decimal_places=4, allow_null=True))
+    def get_price_shown_per_hour(self, rental: Rental) -> str | None:
+        if rental.shown_price_per_hour is None:
+            return None
+        from costs.services import charged_price
+
+        return str(charged_price(rental.shown_price_per_hour, rental.markup_percent))
 
     def get_offer_id(self, rental: Rental) -> str | None:
         return str(rental.offer_id) if rental.offer_id else None

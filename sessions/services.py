@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import shlex
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -41,7 +43,7 @@ from inventory.providers.base import (
     Provider,
     ProviderError,
 )
-from sessions import keys
+from sessions import keys, presets
 from sessions.models import (
     IN_FLIGHT_STATUSES,
     LIVE_STATUSES,
@@ -194,11 +196,15 @@ def offer_recheck(offer: Offer, provider: Provider) -> Offer:
     if fresh is None:
         Offer.objects.filter(pk=offer.pk).update(available=False)
         raise OfferGone("This offer is no longer available; pick another one from the menu.")
-    if fresh.price_per_hour != offer.price_per_hour:
+    storage = fresh.storage_price_per_gb_hour
+    if fresh.price_per_hour != offer.price_per_hour or (
+        storage is not None and storage != offer.storage_price_per_gb_hour
+    ):
         Offer.objects.filter(pk=offer.pk).update(
             price_per_hour=fresh.price_per_hour,
             price_per_gpu_hour=Offer.per_gpu(fresh.price_per_hour, offer.gpu_count),
             fetched_at=timezone.now(),
+            **({"storage_price_per_gb_hour": storage} if storage is not None else {}),
         )
         offer.refresh_from_db()
     return offer
@@ -233,6 +239,9 @@ def rental_create(
     ssh_public_key: str | None = None,
     image: str = "",
     disk_gb: int | None = None,
+    preset: str = "",
+    ports: Any = None,
+    onstart: str = "",
     expected_price: Decimal | None = None,
     generate_key: bool = False,
     request_key: str = "",
@@ -242,14 +251,14 @@ def rental_create(
     """Rent an offer: validate, re-check the offer with the provider, then commit the Rental and
     its first event and enqueue provisioning on commit (no instance exists yet).
 
-    ``expected_price`` is the price the user was shown; if the provider now asks another price
+    The image (or preset), disk, ports and start-up command are checked against what the
+    provider can honour first (sessions/presets.py). ``expected_price`` is the hourly price the
+    user was shown for the machine at the disk asked for; if the provider now asks another price
     the rental is refused with PriceChanged so the user can decide again.
     """
+    from costs.services import offer_price_at  # costs imports sessions (DESIGN.md)
+
     hours = _hours(reservation_hours)
-    if disk_gb is not None and not (isinstance(disk_gb, int) and 1 <= disk_gb <= 10_000):
-        raise ValidationError({"disk_gb": "disk_gb must be between 1 and 10000."})
-    if image and (len(image) > 200 or any(c.isspace() for c in image)):
-        raise ValidationError({"image": "Give an image name without spaces (at most 200 characters)."})
     public_keys, generate = _ssh_keys_for(user, ssh_public_key, generate_key)
     # Imported here: sessions.idle and sessions.balances import this module.
     from sessions.balances import balance_check_rental
@@ -268,12 +277,18 @@ def rental_create(
         provider = registry.get_provider(offer.provider)
     except registry.ProviderDisabled as exc:
         raise OfferGone(f"{offer.provider} is disabled: {exc}") from exc
-    shown = expected_price if expected_price is not None else offer.price_per_hour
+    choices = presets.choices_check(
+        provider=offer.provider, max_disk_gb=offer.max_disk_gb, preset=preset, image=image,
+        disk_gb=disk_gb, ports=ports, onstart=onstart,
+    )  # fmt: skip
+    _disk_priced(offer, choices.disk_gb)
+    shown = expected_price if expected_price is not None else offer_price_at(offer, choices.disk_gb)
     offer = offer_recheck(offer, provider)
-    if offer.price_per_hour != shown:
+    price = offer_price_at(offer, choices.disk_gb)
+    if price != shown:
         raise PriceChanged(
-            f"The price changed from ${shown}/h to ${offer.price_per_hour}/h. Review it and rent again.",
-            price_per_hour=str(offer.price_per_hour),
+            f"The price changed from ${shown}/h to ${price}/h. Review it and rent again.",
+            price_per_hour=str(price),
         )
 
     private_pem = None
@@ -293,7 +308,7 @@ def rental_create(
         # Imported here, not at module level: imports point costs -> sessions (DESIGN.md).
         from costs.services import budget_reserve, rental_estimate
 
-        estimate = rental_estimate(price_per_hour=offer.price_per_hour, hours=hours)
+        estimate = rental_estimate(price_per_hour=price, hours=hours)
         budget_reserve(user=user, estimated_cost=estimate, now=now)
         # The provider account must be able to pay too (409 insufficient_balance, sessions/balances.py).
         balance_check_rental(provider=offer.provider, estimate=offer.price_per_hour * hours, now=now)
@@ -306,10 +321,14 @@ def rental_create(
             gpu_count=offer.gpu_count,
             vram_gb=offer.vram_gb,
             location=offer.location,
-            price_per_hour=offer.price_per_hour,
+            price_per_hour=price,
+            shown_price_per_hour=price,
             markup_percent=settings.SHOPPER_PRICE_MARKUP_PERCENT,
-            image=image,
-            disk_gb=disk_gb,
+            image=choices.image,
+            disk_gb=choices.disk_gb,
+            preset=choices.preset,
+            ports=list(choices.ports),
+            onstart=choices.onstart,
             ssh_public_key="\n".join(public_keys),
             ssh_private_key_encrypted=keys.secret_encrypt(private_pem) if private_pem else "",
             request_key=request_key,  # unique per consumer: a repeat fails here (sessions/idempotency.py)
@@ -324,7 +343,9 @@ def rental_create(
             from_status="",
             to_status=S.PENDING,
             reason=(
-                f"Rented by {user.get_username()} for {hours.normalize():f} h at ${offer.price_per_hour}/h"
+                f"Rented by {user.get_username()} for {hours.normalize():f} h at ${price}/h"
+                f" ({choices.image}, {choices.disk_gb} GB disk"
+                f"{', ports ' + ', '.join(map(str, choices.ports)) if choices.ports else ''})"
             ),
             actor=user,
             data={
@@ -335,6 +356,41 @@ def rental_create(
         )
         transaction.on_commit(lambda: enqueue("sessions.tasks.provision", rental.pk))
     return RentalCreated(rental=rental, ssh_private_key=private_pem)
+
+
+def offer_comparable(rental: Rental) -> Offer | None:
+    """A fresh offer like ``rental``'s (same GPU model and count) on which its rent-time choices
+    can be honoured: the same provider first, then the cheapest."""
+    candidates = Offer.objects.visible().filter(gpu_type=rental.gpu_type, gpu_count=rental.gpu_count)
+    ordered = sorted(candidates[:200], key=lambda o: (o.provider != rental.provider, o.price_per_hour, o.pk))
+    custom = rental.preset in ("", presets.CUSTOM)
+    for offer in ordered:
+        try:
+            presets.choices_check(
+                provider=offer.provider, max_disk_gb=offer.max_disk_gb, disk_gb=rental.disk_gb,
+                preset="" if custom else rental.preset, image=rental.image if custom else "",
+                ports=list(rental.ports or []), onstart=rental.onstart,
+            )  # fmt: skip
+            _disk_priced(offer, rental.disk_gb)
+        except ValidationError:
+            continue
+        return offer
+    return None
+
+
+def _disk_priced(offer: Offer, disk_gb: int | None) -> None:
+    """A disk other than the one the menu price includes needs the offer's storage rate, or the
+    price shown would not be the machine's (issue 14)."""
+    default = offer.disk_gb_default or presets.limits_for(offer.provider).disk_default_gb
+    if (
+        disk_gb is not None
+        and default is not None
+        and disk_gb != default
+        and (offer.storage_price_per_gb_hour is None or offer.disk_gb_default is None)
+    ):
+        raise ValidationError(
+            {"disk_gb": f"This offer does not say what storage costs: rent it with {default} GB."}
+        )
 
 
 def _lock_rentals() -> None:
@@ -495,6 +551,7 @@ def _provision(rental_id) -> None:
             if instance is None:
                 return
             endpoints = instance.ssh_endpoints
+            _instance_readback(rental, instance)
             if not rental_transition(
                 rental,
                 S.VERIFYING,
@@ -506,6 +563,8 @@ def _provision(rental_id) -> None:
                 return
         if rental.status == S.VERIFYING:
             _ssh_verify(rental, provider, endpoints)
+        if rental.status == S.ACTIVE:
+            rental_health_check(rental)  # once at once; then the minute job (rentals_health_check)
     except ProviderError as exc:
         rental.refresh_from_db()
         _stop_after_failure(rental, f"Provisioning failed: {exc.code}: {exc.message}"[:500])
@@ -537,8 +596,9 @@ def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = Fals
             ssh_public_key=_install_keys(rental),
             image=rental.image,
             disk_gb=rental.disk_gb,
-            onstart=agent_onstart(),
+            onstart=user_startup(presets.startup_script(rental.preset, rental.onstart)) + agent_onstart(),
             env=agent_env(rental, agent_token),
+            ports=tuple(rental.ports or ()),
         )
         try:
             instance_id = provider.create_instance(request)
@@ -561,6 +621,74 @@ def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = Fals
     return rental_transition(
         rental, S.BOOTING, reason=f"Instance {instance_id} created; waiting for it to boot"
     )
+
+
+# A read-back price further than this from the one shown is recorded on the timeline (issue 14).
+PRICE_DIFFERENCE_PERCENT = Decimal("1")
+
+
+def _instance_readback(rental: Rental, instance: InstanceData) -> None:
+    """Once the instance runs: bill the instance's own hourly rate (Vast ``dph_total`` of the
+    instance, TensorDock ``rateHourly``: PROVIDERS.md 1.5, 2.2b) instead of our estimate, and
+    keep the host:port the provider mapped each exposed port to. Before active, so billing never
+    starts at the estimate. A difference over 1 % from the price shown is put on the timeline."""
+    fields: dict[str, Any] = {}
+    if rental.ports:
+        fields["mapped_ports"] = {
+            str(p): f"{instance.ports[p][0]}:{instance.ports[p][1]}"
+            for p in rental.ports
+            if p in instance.ports
+        }
+    read = instance.price_per_hour
+    if read is not None and read > 0 and read != rental.price_per_hour:
+        fields["price_per_hour"] = read
+        shown = rental.shown_price_per_hour or rental.price_per_hour
+        diff = ((read - shown) / shown * 100).quantize(Decimal("0.01")) if shown else Decimal("100")
+        if abs(diff) > PRICE_DIFFERENCE_PERCENT:
+            rental_event(
+                rental, EventKind.WARNING,
+                f"{instance.provider} bills this machine ${read}/h, {diff:+}% from the ${shown}/h you "
+                "were shown; you are billed the provider's rate",
+                data={"price_shown": str(shown), "price_billed": str(read), "difference_percent": str(diff)},
+            )  # fmt: skip
+    if fields:
+        Rental.objects.filter(pk=rental.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(rental, name, value)
+
+
+# How long after active an inference preset's health check is still asked (models load slowly:
+# FIELD_NOTES VA-LOADING saw vLLM take over 10 min), and how long one ask may take.
+HEALTH_WATCH = timedelta(hours=1)
+HEALTH_TIMEOUT_SECONDS = 3
+
+
+def rental_health_check(rental: Rental) -> bool:
+    """Ask the preset's HTTP health check on its mapped port once; on the first answer record
+    ``health_ok_at`` and an event (the page then says the server answers). Never in a transaction."""
+    found = presets.health_port(rental.preset, rental.ports)
+    address = (rental.mapped_ports or {}).get(str(found[0])) if found else None
+    if not found or not address or rental.health_ok_at or rental.status != S.ACTIVE:
+        return False
+    url = f"http://{address}{found[1]}"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_SECONDS) as resp:
+            if not 200 <= resp.status < 300:
+                return False
+    except (OSError, ValueError):
+        return False
+    now = timezone.now()
+    if Rental.objects.filter(pk=rental.pk, health_ok_at__isnull=True).update(health_ok_at=now):
+        rental.health_ok_at = now
+        rental_event(rental, EventKind.INFO, f"The inference server answers its health check: {url}")
+    return True
+
+
+def rentals_health_check() -> int:
+    """The minute job: every recently active rental whose preset server has not answered yet."""
+    since = timezone.now() - HEALTH_WATCH
+    rentals = Rental.objects.filter(status=S.ACTIVE, health_ok_at__isnull=True, active_since__gte=since)
+    return sum(rental_health_check(r) for r in rentals.exclude(preset="").exclude(ports=[]))
 
 
 def _instance_id_store(rental: Rental, instance_id: str) -> None:
@@ -1033,6 +1161,19 @@ def agent_env(rental: Rental, agent_token: str) -> dict[str, str]:
         "SHOPPER_HEARTBEAT_SECONDS": str(getattr(settings, "SHOPPER_AGENT_HEARTBEAT_SECONDS", 30)),
         "SHOPPER_UNREACHABLE_SECONDS": str(getattr(settings, "SHOPPER_AGENT_UNREACHABLE_SECONDS", 900)),
     }
+
+
+def user_startup(script: str) -> str:
+    """The preset's and the user's start-up command, run in the background (so a server that
+    never returns, or an ``exit``, cannot keep the node agent from starting) without the agent's
+    token in its environment; its output goes to ``~/onstart.log``."""
+    if not script.strip():
+        return ""
+    return (
+        "# The start-up command chosen at rent time (log: ~/onstart.log)\n"
+        f"(unset SHOPPER_AGENT_TOKEN; nohup bash -c {shlex.quote(script)} "
+        '>>"${HOME:-/root}/onstart.log" 2>&1 </dev/null &)\n'
+    )
 
 
 def agent_onstart() -> str:

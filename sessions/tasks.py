@@ -28,3 +28,8 @@ def resume_stopping() -> int:
 def queue_probe(probe_id: int) -> None:
     """The tiny task of ``manage.py worker_health``: proves the queue still starts work."""
     stalled.probe_started(probe_id)
+
+
+def health_checks() -> int:
+    """Periodic: ask each new inference server's health check (sessions.services)."""
+    return services.rentals_health_check()

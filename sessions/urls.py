@@ -20,4 +20,5 @@ urlpatterns = [
     path("safety/alerts/<int:alert_id>/resolve/", views.alert_resolve, name="alert_resolve"),
     path("safety/alerts/<int:alert_id>/destroy/", views.unscoped_destroy, name="unscoped_destroy"),
     path("keys/<int:key_id>/delete/", views.sshkey_delete, name="key_delete"),
+    path("sessions/<uuid:rental_id>/rent-again/", views.rental_rent_again, name="rent_again"),
 ]

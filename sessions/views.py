@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib import messages
@@ -54,14 +54,27 @@ def _fragment(request: HtmxHttpRequest) -> bool:
 
 
 def _estimate(price: Decimal, hours) -> Decimal | None:
-    """What the reservation costs if used in full: charged price × hours, to the cent; None when
-    the hours break the one hours rule (sessions/hours.py), which the API and the form apply."""
+    """What the reservation costs if used in full, to the cent: the amount the budget reserves
+    (costs.services.rental_estimate, the one formula), rounded for display."""
+    from costs.services import cents, rental_estimate
+
     try:
         hours = hours_check(hours, maximum=settings.SHOPPER_HARD_MAX_HOURS)
     except ValidationError:
         return None
-    charged = price * (1 + settings.SHOPPER_PRICE_MARKUP_PERCENT / 100)
-    return (charged * hours).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return cents(rental_estimate(price_per_hour=price, hours=hours))
+
+
+def _disk(value) -> int | None:
+    text = str(value or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 7 else None
+
+
+def _price_at(offer: Offer, disk, base: Decimal | None = None) -> Decimal:
+    """The hourly price of the machine at the disk asked for (costs.services.offer_price_at)."""
+    from costs.services import offer_price_at
+
+    return offer_price_at(offer, _disk(disk), base=base)
 
 
 def budget_warning(user, price: Decimal, estimate: Decimal | None) -> str:
@@ -96,10 +109,11 @@ def budget_warning(user, price: Decimal, estimate: Decimal | None) -> str:
 # --------------------------------------------------------------------------------------------
 @require_http_methods(["GET", "POST"])
 @login_required
-def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
+def rental_rent(request: HtmxHttpRequest, offer_id: int, again: Rental | None = None) -> HttpResponse:
     offer = get_object_or_404(Offer, pk=offer_id)
     available = Offer.objects.visible().filter(pk=offer.pk).exists()
     key_count = request.user.ssh_keys.count()
+    provider = offer.provider
     notice = ""
     if request.method == "POST":
         # A repeat of a submit that rented is answered with its rental even though the offer may
@@ -108,8 +122,9 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
         if done is not None:
             return _to_rental(request, done.pk)
     if request.method == "POST" and available:
-        form = RentForm(request.POST, key_count=key_count)
+        form = RentForm(request.POST, key_count=key_count, provider=provider)
         if form.is_valid():
+            choice = form.cleaned_data
             try:
                 # The form's one-time token is the rental's request key: a double submit (in
                 # this process or another) gets the first submit's rental (sessions/idempotency.py).
@@ -120,14 +135,20 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
                     reservation_hours=form.cleaned_data["reservation_hours"],
                     ssh_public_key=form.public_key,
                     generate_key=form.generate_key,
-                    expected_price=form.cleaned_data["expected_price"],
                     idle_stop_minutes=form.cleaned_data.get("idle_stop_minutes"),
+                    preset=choice["preset"] if choice["preset"] != "custom" else "",
+                    image=choice["image"] if choice["preset"] == "custom" else "",
+                    disk_gb=choice["disk_gb"],
+                    ports=choice["ports"],
+                    onstart=choice["onstart"],
+                    # The page shows the menu price at the disk asked for: that is what was shown.
+                    expected_price=_price_at(offer, choice["disk_gb"], base=choice["expected_price"]),
                 )
             except services.PriceChanged as exc:
                 offer.refresh_from_db()
                 data = request.POST.copy()
                 data["expected_price"] = str(offer.price_per_hour)
-                form = RentForm(data, key_count=key_count)
+                form = RentForm(data, key_count=key_count, provider=provider)
                 notice = exc.message
             except services.OfferGone as exc:
                 available, notice = False, exc.message
@@ -149,16 +170,21 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
                     messages.success(request, "Rented. The machine is being set up.")
                 return _to_rental(request, rental.pk)
     else:
-        form = RentForm(initial={"expected_price": offer.price_per_hour}, key_count=key_count)
+        initial = {"expected_price": offer.price_per_hour, **(_again_initial(again) if again else {})}
+        form = RentForm(initial=initial, key_count=key_count, provider=provider)
     hours = form["reservation_hours"].value()
-    estimate = _estimate(offer.price_per_hour, hours)
+    disk = form["disk_gb"].value()
+    price = _price_at(offer, disk)
+    estimate = _estimate(price, hours)
     context = {
         "offer": offer,
         "available": available,
         "form": form,
         "notice": notice,
+        "price": price,
+        "disk": _disk(disk),
         "estimate": estimate,
-        "budget_warning": budget_warning(request.user, offer.price_per_hour, estimate),
+        "budget_warning": budget_warning(request.user, price, estimate),
         "hours": hours,
         "markup": settings.SHOPPER_PRICE_MARKUP_PERCENT,
         "keys": request.user.ssh_keys.all(),
@@ -197,13 +223,18 @@ def _to_rental(request: HtmxHttpRequest, rental_id) -> HttpResponse:
 def rental_rent_estimate(request: HtmxHttpRequest, offer_id: int) -> HttpResponse:
     offer = get_object_or_404(Offer, pk=offer_id)
     hours = request.GET.get("reservation_hours", "")
-    estimate = _estimate(offer.price_per_hour, hours)
+    disk = request.GET.get("disk_gb", "")
+    price = _price_at(offer, disk)
+    estimate = _estimate(price, hours)
     context = {
         "offer": offer,
         "hours": hours,
+        "price": price,
+        "disk": _disk(disk),
         "estimate": estimate,
-        "budget_warning": budget_warning(request.user, offer.price_per_hour, estimate),
+        "budget_warning": budget_warning(request.user, price, estimate),
         "markup": settings.SHOPPER_PRICE_MARKUP_PERCENT,
+        "oob": True,  # the submit button's price follows the disk too
     }
     return render(request, "sessions/rental_rent.html#rent-estimate", context)
 
@@ -546,3 +577,35 @@ def safety_kill_switch(request: HttpRequest) -> HttpResponse:
     )
     messages.warning(request, f"Kill switch: {stopped} live rental(s) are being shut down.")
     return redirect("sessions:safety")
+
+
+# --------------------------------------------------------------------------------------------
+# Rent again (issue 19): the same choices on a fresh comparable offer
+# --------------------------------------------------------------------------------------------
+def _again_initial(rental: Rental) -> dict:
+    """The rent form's initial values: ``rental``'s choices."""
+    hours = (rental.reservation_ends_at - rental.created_at).total_seconds() / 3600
+    return {
+        "reservation_hours": Decimal(str(round(hours * 4) / 4)) if hours >= 0.25 else Decimal("0.25"),
+        "preset": rental.preset or "custom",
+        "image": rental.image if rental.preset in ("", "custom") else "",
+        "disk_gb": rental.disk_gb,
+        "ports": ", ".join(str(p) for p in rental.ports or []),
+        "onstart": rental.onstart,
+    }
+
+
+@require_GET
+@login_required
+def rental_rent_again(request: HttpRequest, rental_id) -> HttpResponse:
+    """The rent page of a fresh offer comparable to ``rental``'s, with the same choices
+    (sessions.services.offer_comparable); the form posts to that offer's rent page."""
+    rental = _rental_for(request, rental_id)
+    offer = services.offer_comparable(rental)
+    if offer is None:
+        messages.warning(
+            request,
+            f"No {rental.gpu_count}× {rental.gpu_type} is offered now that fits this session's choices.",
+        )
+        return redirect(f"{reverse('offer_list')}?gpu={rental.gpu_type}")
+    return rental_rent(request, offer.pk, again=rental)

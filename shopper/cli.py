@@ -552,6 +552,12 @@ def cmd_provision(args) -> int:
         body["disk_gb"] = args.disk_gb
     if args.idle_stop is not None:  # absent: the team default
         body["idle_stop_minutes"] = idle_minutes_arg(args.idle_stop)
+    if args.preset:
+        body["preset"] = args.preset
+    if args.port:
+        body["ports"] = args.port
+    if args.onstart:
+        body["onstart"] = args.onstart
     session = client.request("POST", "sessions", body=body)
     session_id = str(session.get("id", ""))
     key_path = None
@@ -1307,8 +1313,21 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument(
         "--new-key", action="store_true", help="generate a new key pair even if you registered keys"
     )
-    p.add_argument("--image", help="machine image (default: the shopper's)")
-    p.add_argument("--disk-gb", type=int, metavar="GB", help="disk size (default: the shopper's)")
+    p.add_argument(
+        "--preset",
+        choices=("cuda", "pytorch", "vllm"),
+        help="an image preset (default cuda); see the rent page",
+    )
+    p.add_argument("--image", help="your own image instead of a preset")
+    p.add_argument("--disk-gb", type=int, metavar="GB", help="disk size, priced (default: the offer's)")
+    p.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        metavar="PORT",
+        help="expose this port (repeat for more), e.g. 8888",
+    )
+    p.add_argument("--onstart", metavar="COMMAND", help="a start-up command, run in the background at boot")
     p.add_argument(
         "--idle-stop",
         metavar="MIN",

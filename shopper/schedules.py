@@ -14,6 +14,7 @@ SCHEDULES: list[dict] = [
     {"name": "sessions.resume_stopping", "func": "sessions.tasks.resume_stopping", "minutes": 1},
     {"name": "costs.accrue", "func": "costs.tasks.accrue", "minutes": 1},
     {"name": "costs.check_budgets", "func": "costs.tasks.check_budgets", "minutes": 1},
+    {"name": "sessions.health_checks", "func": "sessions.tasks.health_checks", "minutes": 1},
 ]
 
 MANAGED_PREFIXES = ("inventory.", "sessions.", "costs.", "shopper.")

@@ -62,6 +62,8 @@ class Instance:
     request: CreateRequest | None = None
     provider: str = "fakecloud"  # the name the cloud is registered under
     proxy: tuple[str, int] | None = None  # a second SSH endpoint (Vast's ssh_host:ssh_port)
+    price: Decimal | None = None  # the instance's own hourly rate (Vast dph_total, TD rateHourly)
+    ports: dict[int, tuple[str, int]] = field(default_factory=dict)  # mapped once running
 
     def data(self) -> InstanceData:
         direct = ((self.ssh_host, self.ssh_port),) if self.ssh_host and self.ssh_port else ()
@@ -75,6 +77,8 @@ class Instance:
             ssh_port=self.ssh_port,
             ssh_user=self.ssh_user,
             ssh_endpoints=direct + ((self.proxy,) if self.proxy else ()),
+            price_per_hour=self.price,
+            ports=dict(self.ports),
         )
 
 
@@ -106,6 +110,7 @@ class Cloud:
         self.boot_polls = 1  # get_instance calls answering "booting" before the final state
         self.boot_to = STATE_RUNNING  # the state an instance reaches after booting
         self.destroy_lag = 0  # get_instance calls answering "deleting" after a destroy
+        self.instance_price: Decimal | None = None  # the rate new instances report (None: none)
         self._ids = itertools.count(1001)
         self._ports = itertools.count(40001)
         # SSH: scripted failures of the next checks; ssh_down fails every check.
@@ -186,6 +191,7 @@ class Cloud:
             hidden_lists=self.list_lag,
             request=request,
             provider=self.name,
+            price=self.instance_price,
         )
         if FEATURE_ATTACH_SSH_KEY not in self.features:  # the key rides in the create request
             inst.keys = [line for line in request.ssh_public_key.splitlines() if line]
@@ -217,6 +223,9 @@ class Cloud:
             inst.state = self.boot_to
             if inst.state == STATE_RUNNING:
                 inst.ssh_host, inst.ssh_port = "203.0.113.7", next(self._ports)
+                # Exposed ports get host ports of the provider's choosing (Vast, PROVIDERS.md 1.6).
+                for port in inst.request.ports if inst.request else ():
+                    inst.ports[port] = (inst.ssh_host, next(self._ports))
                 if self.proxies:
                     inst.proxy = ("ssh4.proxy.example", next(self._ports))
         return inst.data()
@@ -378,12 +387,23 @@ def install(name: str = "fakecloud", display_name: str = "Fake Cloud") -> Cloud:
     """
     cloud = Cloud(name=name)
     FakeCloud.name, FakeCloud.display_name, FakeCloud.cloud = name, display_name, cloud
+    # Under a real provider's name (its limits then apply, sessions/presets.py) the real entry is
+    # put back by uninstall.
+    _replaced[name] = (registry.PROVIDER_CLASSES.get(name), registry.PROVIDER_SETTINGS.get(name))
     registry.register_provider(name, f"{__name__}.FakeCloud")
     return cloud
+
+
+_replaced: dict[str, tuple] = {}
 
 
 def uninstall() -> None:
     if FakeCloud.cloud is None:  # nothing installed
         return
     registry.unregister_provider(FakeCloud.name)
+    cls, conf = _replaced.pop(FakeCloud.name, (None, None))
+    if cls is not None:
+        registry.PROVIDER_CLASSES[FakeCloud.name] = cls
+    if conf is not None:
+        registry.PROVIDER_SETTINGS[FakeCloud.name] = conf
     FakeCloud.name, FakeCloud.display_name, FakeCloud.cloud = "fakecloud", "Fake Cloud", None

@@ -92,6 +92,7 @@ ROUTES: dict[str, Route] = {
     "sessions/<uuid:rental_id>/idle-stop/": Route(
         OWNER_OR_STAFF, methods=("post",), data={"idle_stop_minutes": "30"}
     ),
+    "sessions/<uuid:rental_id>/rent-again/": Route(OWNER_OR_STAFF),
     "keys/": Route(LOGIN),
     "keys/<int:key_id>/delete/": Route(OWNER_ONLY, methods=("post",)),
     "safety/": Route(STAFF),

@@ -108,6 +108,15 @@ class OfferData:
     disk_gb: int | None = None
     cuda_version: str = ""
     driver_version: str = ""
+    # Honest prices (issue 14): what a disk size other than the default, and traffic, cost.
+    # ``storage_price_per_gb_hour`` prices each GB above or below ``disk_gb_default`` (the disk
+    # ``price_per_hour`` includes); ``max_disk_gb`` is the most the offer can give; the inet
+    # prices are per GB transferred (Vast ``inet_down_cost``/``inet_up_cost``, not in the hourly).
+    storage_price_per_gb_hour: Decimal | None = None
+    disk_gb_default: int | None = None
+    max_disk_gb: int | None = None
+    inet_down_price_per_gb: Decimal | None = None
+    inet_up_price_per_gb: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,8 @@ class InstanceData:
     # When the provider started it (aware UTC), None when it does not say: the offline kill
     # switch shows the age (Vast ``start_date``, TensorDock ``created_at``).
     started_at: datetime | None = None
+    # Exposed ports as the provider mapped them: container/VM port -> (host, port), once running.
+    ports: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,7 @@ class CreateRequest:
     disk_gb: int | None = None
     onstart: str = ""  # shell script run at boot (starts the node agent)
     env: dict[str, str] = field(default_factory=dict)
+    ports: tuple[int, ...] = ()  # container ports to expose (only where the provider can)
 
 
 # --------------------------------------------------------------------------------------------

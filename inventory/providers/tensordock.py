@@ -245,6 +245,13 @@ class TensorDock(Provider):
                         cpu_cores=vcpus,
                         ram_gb=ram,
                         disk_gb=DEFAULT_STORAGE_GB,
+                        # Storage is priced per GB-hour (PROVIDERS.md 2.2 Pricing); the total
+                        # above includes DEFAULT_STORAGE_GB of it.
+                        storage_price_per_gb_hour=disk_hr,
+                        disk_gb_default=DEFAULT_STORAGE_GB,
+                        max_disk_gb=_int(res["max_storage_gb"])
+                        if res.get("max_storage_gb") is not None
+                        else None,
                     )
                 )
         return offers

@@ -275,6 +275,12 @@ class VastAI(Provider):
         if reliability is None:
             reliability = _number(raw.get("reliability2"))
         disk = raw.get("disk_space")
+        # storage_cost is $/GB/month: per hour it is storage_cost / 30 / 24 (PROVIDERS.md 1.5,
+        # gpuhunt; FIELD_NOTES X-BILLING), billed on top of dph_base for the disk allocated.
+        storage_cost = _number(raw.get("storage_cost"))
+        storage_hour = (
+            (storage_cost / 720).quantize(Decimal("0.000001")) if storage_cost is not None else None
+        )
         return OfferData(
             provider=self.name,
             provider_offer_id=str(raw["id"]),
@@ -289,6 +295,12 @@ class VastAI(Provider):
             disk_gb=_int(disk) if isinstance(disk, int | float) else None,
             cuda_version=cuda_version(raw.get("cuda_max_good")),
             driver_version=_str(raw.get("driver_version")),
+            storage_price_per_gb_hour=storage_hour,
+            disk_gb_default=DEFAULT_DISK_GB,  # dph_total is asked at allocated_storage = this
+            max_disk_gb=_int(disk) if isinstance(disk, int | float) else None,  # free disk on the host
+            # Bandwidth is charged per GB on top of dph_total (PROVIDERS.md 1.5, X-BILLING).
+            inet_down_price_per_gb=http.to_money(raw.get("inet_down_cost")),
+            inet_up_price_per_gb=http.to_money(raw.get("inet_up_cost")),
         )
 
     # ---------------------------------------------------------------- create
@@ -299,7 +311,9 @@ class VastAI(Provider):
             "image": request.image or DEFAULT_IMAGE,
             "disk": request.disk_gb or DEFAULT_DISK_GB,
             "label": request.label,
-            "env": dict(request.env),  # must be a JSON object (1.4)
+            # Must be a JSON object; ports ride in it as "-p H:C": "1" keys and Vast maps each
+            # container port to a host port of its choosing (PROVIDERS.md 1.4, 1.6).
+            "env": {**request.env, **{f"-p {p}:{p}": "1" for p in request.ports}},
             "runtype": "ssh_direc ssh_proxy",  # sic: the SDK's spelling
             "onstart": onstart_script(request.ssh_public_key, request.onstart),
             "price": None,  # null price => on-demand; a number would make it a bid
@@ -404,7 +418,26 @@ class VastAI(Provider):
             price_per_hour=http.to_money(raw.get("dph_total")),
             ssh_endpoints=endpoints,
             started_at=http.to_time(raw.get("start_date")),
+            ports=self._mapped_ports(raw),
         )
+
+    @staticmethod
+    def _mapped_ports(raw: dict[str, Any]) -> dict[int, tuple[str, int]]:
+        """Every exposed container port but SSH as ``public_ipaddr:HostPort`` (Docker-style
+        ``ports``, HostPort a string, ``{}``/null until running: PROVIDERS.md 1.6)."""
+        ports = raw.get("ports") if isinstance(raw.get("ports"), dict) else {}
+        ip = _str(raw.get("public_ipaddr"))
+        out: dict[int, tuple[str, int]] = {}
+        for key, mapping in ports.items():
+            name, _, proto = str(key).partition("/")
+            container = _int(name) if name.isdigit() else None
+            if not ip or container in (None, 22) or proto not in ("", "tcp") or not isinstance(mapping, list):
+                continue
+            first = mapping[0] if mapping and isinstance(mapping[0], dict) else {}
+            host_port = _int(_str(first.get("HostPort")))
+            if host_port:
+                out[container] = (ip, host_port)
+        return out
 
     @staticmethod
     def _ssh_endpoints(raw: dict[str, Any]) -> tuple[tuple[str, int], ...]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shlex
+import sys
 import time
 
 from . import catalog
@@ -279,6 +281,7 @@ def h_create(cloud: Cloud, req: Request, m: re.Match) -> Response:
             },
         )
         _set_container_port_env(rec)
+        _serve_image_ports(rec)
         cloud.save(rec)
         if outbid:
             # Vast creates an under-bid interruptible instance stopped and says success: false.
@@ -340,6 +343,25 @@ def listing_only_create(cloud: Cloud, labels: list[str]) -> list[dict]:
             }
         )
     return cloud.add_listing_only(DIALECT, records)
+
+
+def _serve_image_ports(rec: dict) -> None:
+    """The fake image's services: each exposed container port answers HTTP (200 on ``/`` and
+    ``/health``, like a Jupyter or vLLM server once up) on the host port Vast mapped it to. A
+    real container listens on its own port behind Docker's mapping; a sandbox node has no NAT, so
+    the server listens on the mapped port itself. Started before the onstart script, at each boot."""
+    ports = rec["vast"]["container_ports"]
+    if not ports:
+        return
+    www = '"$HOME/.image-www"'
+    lines = [f"mkdir -p {www} && echo ok > {www}/health && echo image > {www}/index.html"]
+    for port in ports:
+        lines.append(
+            f'nohup {shlex.quote(sys.executable)} -m http.server "$VAST_TCP_PORT_{port}" --bind 127.0.0.1 '
+            f"--directory {www} >/dev/null 2>&1 </dev/null &"
+        )
+    startup = rec.get("startup") or {"script": "", "shell": "/bin/bash"}
+    rec["startup"] = {**startup, "script": "\n".join(lines) + "\n" + startup["script"]}
 
 
 def _set_container_port_env(rec: dict) -> None:

@@ -357,3 +357,22 @@ def test_provision_with_an_idle_stop(shopper, run, offer):
     code, out, _ = run("provision", str(offer.pk), "--hours", "1", "--idle-stop", "30", "--json")
     assert code == 0, out
     assert Rental.objects.get().idle_stop_minutes == 30
+
+
+def test_provision_passes_the_rent_time_choices(shopper, run, offer, cloud):
+    code, _, err = run(
+        "provision", str(offer.pk), "--hours", "1", "--preset", "pytorch", "--disk-gb", "40",
+        "--port", "8888", "--port", "6006", "--onstart", "pip install wandb",
+    )  # fmt: skip
+    assert code == 0, err
+    rental = Rental.objects.get()
+    assert (rental.preset, rental.disk_gb, rental.ports, rental.onstart) == (
+        "pytorch", 40, [8888, 6006], "pip install wandb"
+    )  # fmt: skip
+
+
+def test_provision_with_a_port_the_server_refuses_says_why(shopper, run, offer, cloud):
+    code, out, err = run("provision", str(offer.pk), "--hours", "1", "--port", "22")
+    assert code == 1 and out == ""
+    assert "ports: Port 22 cannot be exposed: port 22 is SSH" in err
+    assert not Rental.objects.exists()

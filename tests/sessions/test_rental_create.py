@@ -211,7 +211,7 @@ def test_it_commits_a_pending_rental_with_a_snapshot_and_its_first_event(
         S.PENDING,
         user,
     )
-    assert event.reason == "Rented by alice for 1.5 h at $1.5000/h"
+    assert event.reason == "Rented by alice for 1.5 h at $1.5000/h (pytorch/pytorch:latest, 80 GB disk)"
     assert event.data == {"offer_id": offer.pk, "reservation_hours": "1.5", "key": "generated"}
 
 
