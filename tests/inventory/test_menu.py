@@ -308,4 +308,4 @@ def test_the_partial_needs_a_session_the_view_confirmed(offers, user, client):
     # Django answers, sending htmx to the login page as a whole page (shopper/middleware.py).
     headers = {k.lower(): v for k, v in response["headers"]}
     assert len(reached_django) == 2
-    assert response["status"] == 200 and headers[b"hx-redirect"].startswith(b"/accounts/login/")
+    assert response["status"] == 200 and headers[b"hx-redirect"] == b"/login/?next=/offers/"
