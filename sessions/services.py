@@ -36,6 +36,7 @@ from inventory.providers.base import (
     STATE_FAILED,
     STATE_RUNNING,
     STATE_STOPPED,
+    AuthFailed,
     CreateRequest,
     InstanceData,
     NotFound,
@@ -600,16 +601,25 @@ def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = Fals
             env=agent_env(rental, agent_token),
             ports=tuple(rental.ports or ()),
         )
-        try:
-            instance_id = provider.create_instance(request)
-        except ProviderError as exc:
-            # A provider may quote our request back in its error: the agent's token must not reach
-            # the timeline (pages, API, audit) or a log line with it.
-            exc.message = exc.message.replace(agent_token, REDACTED)
-            exc.args = (exc.message,)
-            instance_id = _instance_after_create_error(rental, provider, exc)
-            if not instance_id:
-                return False
+        for delay in (*CREATE_401_RETRY_SECONDS, None):
+            try:
+                instance_id = provider.create_instance(request)
+                break
+            except ProviderError as exc:
+                # A provider may quote our request back in its error: the agent's token must not
+                # reach the timeline (pages, API, audit) or a log line with it.
+                exc.message = exc.message.replace(agent_token, REDACTED)
+                exc.args = (exc.message,)
+                if delay is not None and isinstance(exc, AuthFailed):
+                    retry, instance_id = _create_401_retryable(rental, provider, exc, delay)
+                    if instance_id:
+                        break
+                    if retry:
+                        continue
+                instance_id = _instance_after_create_error(rental, provider, exc)
+                if not instance_id:
+                    return False
+                break
     _instance_id_store(rental, instance_id)
     rental.refresh_from_db()
     if rental.status != S.PROVISIONING:
@@ -694,6 +704,38 @@ def rentals_health_check() -> int:
 def _instance_id_store(rental: Rental, instance_id: str) -> None:
     # Not a status write: stored whatever the status, so a concurrent stop can destroy it.
     Rental.objects.filter(pk=rental.pk, provider_instance_id="").update(provider_instance_id=instance_id)
+
+
+# FIELD_NOTES TD-AUTH401: TensorDock answered creates with 401 for valid keys (8 sessions in one
+# run, cause never found). A 401 on create while a read with the same key works is retried after
+# these waits; a 401 the read confirms is a credential outage and fails at once.
+CREATE_401_RETRY_SECONDS = (5.0, 20.0)
+
+
+def _create_401_retryable(
+    rental: Rental, provider: Provider, exc: ProviderError, delay: float
+) -> tuple[bool, str]:
+    """After a 401 on create: (retry?, instance id if the create happened after all).
+
+    The read is the label lookup, so an instance made despite the 401 is adopted, never doubled."""
+    try:
+        instance = _find_by_label(provider, rental)
+    except ProviderError:
+        return False, ""  # reads fail too: the key really is refused
+    if instance:
+        rental_event(
+            rental, EventKind.INFO, f"Found instance {instance.instance_id} by its label after a 401"
+        )
+        return False, instance.instance_id
+    rental_event(
+        rental,
+        EventKind.WARNING,
+        f"{rental.provider} refused the create with 401 although reads with the same key work "
+        f"(a known provider fault); trying again in {delay:.0f} s",
+        data={"code": exc.code, "retry_in_s": delay},
+    )
+    _wait(delay)
+    return True, ""
 
 
 def _instance_after_create_error(rental: Rental, provider: Provider, exc: ProviderError) -> str:

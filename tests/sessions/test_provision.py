@@ -20,7 +20,7 @@ from inventory.providers.base import (
 )
 from sessions import services
 from sessions.deployment import deployment_id
-from sessions.models import Rental, RentalEvent, Status, token_hash
+from sessions.models import EventKind, Rental, RentalEvent, Status, token_hash
 from sessions.services import rental_provision, rental_stop, rental_transition
 
 from .conftest import START, events, fresh, new_public_key, transitions
@@ -358,13 +358,60 @@ def test_offer_unavailable_fails_the_rental_without_an_instance_and_retires_the_
     assert rental.agent_token_hash == ""
 
 
-@pytest.mark.parametrize("error", [InsufficientFunds("balance too low"), AuthFailed("bad key")])
-def test_a_permanent_create_error_with_an_empty_listing_fails_the_rental(fake, rented, error):
-    fake.fail["create"] = [error]
+def test_a_permanent_create_error_with_an_empty_listing_fails_the_rental(fake, rented):
+    fake.fail["create"] = [InsufficientFunds("balance too low")]
     rental = provision(rented)
     assert rental.status == S.FAILED
     assert fake.count("create") == 1 and fake.instances == {}
     assert Offer.objects.get(pk=rental.offer_id).available is True  # not the offer's fault
+
+
+# FIELD_NOTES TD-AUTH401: a 401 on create while reads with the same key work is retried.
+def test_a_401_on_create_while_reads_work_is_retried_and_the_rental_goes_on(fake, rented):
+    fake.fail["create"] = [AuthFailed("tensordock CreateInstance failed (HTTP 401): Unauthorized")]
+    rental = provision(rented)
+    assert fake.count("create") == 2 and len(fake.instances) == 1
+    assert rental.status not in (S.FAILED, S.PROVISIONING)
+    assert services.CREATE_401_RETRY_SECONDS[0] in fake.sleeps
+    warning = [e for e in events(rental, EventKind.WARNING) if "refused the create with 401" in e.reason]
+    assert len(warning) == 1 and warning[0].data["retry_in_s"] == services.CREATE_401_RETRY_SECONDS[0]
+
+
+def test_a_401_on_every_create_fails_the_rental_after_the_retries(fake, rented):
+    tries = len(services.CREATE_401_RETRY_SECONDS) + 1
+    fake.fail["create"] = [AuthFailed("Unauthorized") for _ in range(tries)]
+    rental = provision(rented)
+    assert fake.count("create") == tries and fake.instances == {}
+    assert rental.status == S.FAILED and "Unauthorized" in rental.status_detail
+    assert Offer.objects.get(pk=rental.offer_id).available is True  # not the offer's fault
+
+
+def test_a_401_on_create_whose_read_fails_too_is_not_retried(
+    fake, rented, django_capture_on_commit_callbacks
+):
+    fake.fail["create"] = [AuthFailed("Unauthorized")]
+    fake.hooks["create"] = lambda _: fake.fail["list"].extend([AuthFailed("Unauthorized")] * 10)
+    with django_capture_on_commit_callbacks(execute=True):
+        rental = provision(rented)
+    assert fake.count("create") == 1 and fake.instances == {}
+    assert rental.status in (S.FAILED, S.STOPPING)  # never a second create with a refused key
+    assert not [e for e in events(rental, EventKind.WARNING) if "refused the create with 401" in e.reason]
+
+
+def test_a_401_on_create_that_created_after_all_is_adopted_not_doubled(fake, rented):
+    fake.fail["create"] = [AuthFailed("Unauthorized")]
+
+    def created_anyway(request):  # the provider made the machine, then answered 401
+        fake.fail["create"] = []
+        fake.hooks.pop("create")
+        fake.create_instance(request)
+        fake.fail["create"] = [AuthFailed("Unauthorized")]
+
+    fake.hooks["create"] = created_anyway
+    rental = provision(rented)
+    assert fake.count("create") == 2  # ours, and the provider's own inside the hook
+    assert len(fake.instances) == 1
+    assert rental.provider_instance_id == next(iter(fake.instances))
 
 
 def test_a_transient_create_error_with_nothing_created_fails_after_the_listing_confirms_it(
