@@ -561,3 +561,46 @@ def test_destroy_server_error_is_transient(rsps, rp):
     add_variant(rsps, responses.DELETE, f"{RP_URL}/pods/{POD}", CREATE["upstream_error"])
     with pytest.raises(Transient):
         rp.destroy_instance(POD)
+
+
+# ------------------------------------------------------------------------------------- registry
+def test_registry_without_key_is_disabled_and_says_so():
+    from django.test import override_settings
+
+    from inventory.providers import ProviderDisabled, get_provider, provider_statuses
+
+    with override_settings(RUNPOD_API_KEY=""):
+        status = {s["name"]: s for s in provider_statuses()}["runpod"]
+        assert status == {
+            "name": "runpod",
+            "display_name": "RunPod",
+            "enabled": False,
+            "reason": "no API key set (RUNPOD_API_KEY)",
+        }
+        with pytest.raises(ProviderDisabled, match="RUNPOD_API_KEY"):
+            get_provider("runpod")
+
+
+def test_registry_with_key_builds_the_adapter_on_v2(settings):
+    from django.test import override_settings
+
+    from inventory.providers import get_provider
+
+    assert settings.RUNPOD_API_URL == "https://api.runpod.io/v2"
+    limiter = object()
+    with override_settings(RUNPOD_API_KEY=" rk "):
+        provider = get_provider("runpod", limiter=limiter)
+    assert isinstance(provider, RunPod) and provider.api_key == "rk"
+    assert provider.base_url == RP_URL and provider.limiter is limiter
+
+
+def test_registry_paces_runpod_through_the_shared_limiter():
+    from django.test import override_settings
+
+    from inventory.providers import get_provider
+    from inventory.providers.ratelimit import SharedRateLimiter
+
+    with override_settings(RUNPOD_API_KEY="rk", PROVIDER_MIN_INTERVAL_SECONDS=None):
+        provider = get_provider("runpod")
+    assert isinstance(provider.limiter, SharedRateLimiter)
+    assert provider.limiter.min_interval == 1.0 and provider.limiter.key.startswith("runpod@" + RP_URL)
