@@ -242,6 +242,9 @@ class RunPod(Provider):
     def create_body(self, request: CreateRequest) -> dict[str, Any]:
         """The ``POST /pods`` body (RP2 CreatePodRequest; unknown fields are a 422)."""
         cloud, data_center, count, gpu_id = parse_offer_id(request.offer_id)
+        if cloud != CLOUD:
+            # Never offered (see the module docstring): a Community pod may get no public IP.
+            raise PermanentError(f"runpod: only {CLOUD} Cloud is rented, not {cloud} ({request.offer_id!r})")
         keys = "\n".join(line.strip() for line in (request.ssh_public_key or "").splitlines() if line.strip())
         # Vast-style "-p H:C" keys and other invalid names cannot be env vars.
         env = {k: str(v) for k, v in request.env.items() if _ENV_NAME.fullmatch(k)}

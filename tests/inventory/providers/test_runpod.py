@@ -604,3 +604,18 @@ def test_registry_paces_runpod_through_the_shared_limiter():
         provider = get_provider("runpod")
     assert isinstance(provider.limiter, SharedRateLimiter)
     assert provider.limiter.min_interval == 1.0 and provider.limiter.key.startswith("runpod@" + RP_URL)
+
+
+def test_community_offer_ids_are_refused_before_any_call(rsps, rp):
+    with pytest.raises(PermanentError, match="only SECURE Cloud"):
+        rp.create_instance(_request(offer_id="COMMUNITY:EU-CZ-1:1:NVIDIA GeForce RTX 3090"))
+    assert rp.get_offer("COMMUNITY:EU-CZ-1:1:NVIDIA GeForce RTX 3090") is None
+    assert rp.session.calls == []
+
+
+def test_fields_added_after_v2_9_are_ignored(rsps, rp):
+    variant = copy.deepcopy(GET["running"])
+    variant["body"]["gpu"].update({"vcpuCount": 16, "memory": 62})  # seen after v2.9.0 (4.3)
+    variant["body"]["newThing"] = {"x": 1}
+    _get(rsps, variant)
+    assert rp.get_instance(POD).state == STATE_RUNNING
