@@ -58,6 +58,10 @@ FAULTS = {
         {"dialect": "vastai", "loading_s": [1, 8]},  # VA-LOADING (shortened)
         {"dialect": "vastai", "stuck_loading": 0.04, "oci_fail": 0.04},  # VA-LOADING, VA-GPU-UNUSABLE
         {"dialect": "vastai", "rate_per_s": 10, "rate_burst": 10},  # VA-RATELIMIT, shared per key
+        # Machines that do not have the GPUs that were sold (node faults, drawn per machine):
+        {"dialect": "tensordock", "node_fault": "no_driver", "repair_s": [2, 10], "p": 0.2},  # TD-NODRIVER
+        {"dialect": "tensordock", "node_fault": "no_driver", "repair_fails": True, "p": 0.05},
+        {"dialect": "vastai", "cuda_lie": True, "p": 0.05},  # VA-CUDA-LIE
     ],
 }
 
@@ -70,6 +74,8 @@ FIELD_WORDS = {
     "no_such_ask": "no_such_ask",
     "oci_failed": "OCI runtime create failed",
     "boot_timeout": "did not start within the boot timeout",
+    "no_driver": "no working NVIDIA driver",
+    "gpu_refused": "you pay nothing",
 }
 
 
@@ -524,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         PROVIDER_MIN_INTERVAL_SECONDS="0.02", PROVIDER_TIMEOUT_SECONDS="10",
         SHOPPER_POLL_INTERVAL_SECONDS="0.5", SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS="1",
         SHOPPER_CREATE_SETTLE_SECONDS="15", SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS="60",
+        SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS="30",  # a driver never repaired is given up within the run
         SHOPPER_BOOT_TIMEOUT_SECONDS="120", SHOPPER_TEARDOWN_BUDGET_SECONDS="60",
         SHOPPER_DESTROY_MAX_BACKOFF_SECONDS="2", SHOPPER_LIFECYCLE_INTERVAL_SECONDS="2",
         SHOPPER_RECONCILE_INTERVAL_SECONDS="5", SHOPPER_ORPHAN_GRACE_SECONDS="10",
@@ -622,9 +629,13 @@ def main(argv: list[str] | None = None) -> int:
             name: RentalEvent.objects.filter(reason__icontains=words).values("rental").distinct().count()
             for name, words in FIELD_WORDS.items()
         }
+        # Billing starts at active_since, which only a passed GPU check sets (sessions/services.py).
+        billed_unverified = Rental.objects.filter(
+            active_since__isnull=False, gpu_verified__isnull=True
+        ).count()
         report = {
             "rentals": len(created), "refused_at_create": refused, "statuses": statuses,
-            "field_faults_seen": field_seen,
+            "field_faults_seen": field_seen, "billed_without_gpu_check": billed_unverified,
             "leaks": len(leaks), "not_terminal": len(not_terminal), "deadlines_enforced": len(lags),
             "worst_deadline_lag_s": round(max(lags, default=0.0), 2),
             "seconds": round(time.monotonic() - started, 1),
@@ -637,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = (
             not leaks
             and not not_terminal
+            and not billed_unverified
             and report["worst_deadline_lag_s"] <= 60
             and (created or not args.rentals)
             and ok_leader

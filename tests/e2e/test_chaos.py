@@ -28,6 +28,7 @@ def test_fifty_rentals_under_chaos_leave_nothing_running():
     report = json.loads(run.stdout[run.stdout.index("{") : run.stdout.rindex("}") + 1])
     assert report["rentals"] == 50
     assert report["leaks"] == 0, "instances left running at the provider"
+    assert report["billed_without_gpu_check"] == 0, "a machine was billed before its GPUs were proven"
     assert report["not_terminal"] == 0
     assert report["deadlines_enforced"] > 0 and report["worst_deadline_lag_s"] <= 60
     # The field-notes faults were met, not only configured (FIELD_NOTES; shopper/chaos.py FAULTS).
