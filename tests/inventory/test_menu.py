@@ -5,6 +5,7 @@ ASGI application (fast path and Django) and the offers page's HTMX partial."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -17,6 +18,7 @@ from channels.testing import HttpCommunicator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 from django.core.paginator import Paginator
+from django.middleware.csrf import _unmask_cipher_token
 from django.template.loader import render_to_string
 from django.test import RequestFactory
 from django.utils import timezone
@@ -273,10 +275,12 @@ def test_the_htmx_partial_of_the_asgi_layer_equals_djangos_byte_for_byte(offers,
                 slow["body"],
             ), query
         assert answered_fast > 40
-        # A boosted request or a history restore wants the full page: Django answers.
+        # A boosted request or a history restore wants the full page: Django renders the first
+        # (no shell kept for this session yet), the fast path the second.
+        before = len(reached_django)
         for extra in ([(b"hx-boosted", b"true")], [(b"hx-history-restore-request", b"true")]):
-            before = len(reached_django)
-            assert b"<html" in get(fast_app, {}, extra)["body"] and len(reached_django) == before + 1
+            assert b"<html" in get(fast_app, {}, extra)["body"]
+        assert len(reached_django) == before + 1
 
 
 def test_the_partial_needs_a_session_the_view_confirmed(offers, user, client):
@@ -306,3 +310,66 @@ def test_the_partial_needs_a_session_the_view_confirmed(offers, user, client):
         traveller.shift(timedelta(seconds=SESSION_CACHE_SECONDS + 1))
         response = get()
     assert response["status"] == 302 and len(reached_django) == 2  # Django sends it to the login page
+
+
+# A CSRF secret as the csrftoken cookie holds it (32 letters and digits).
+CSRF_SECRET = "Ab3" * 10 + "Zz"
+TOKEN = re.compile(r'name="csrfmiddlewaretoken" value="([A-Za-z0-9]{64})"')
+
+
+def _page_app_and_get(client, csrf_cookie: str | None = CSRF_SECRET):
+    """(fast app, django app, get, the requests that reached Django) for the full offers page."""
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    if csrf_cookie:
+        cookie += f"; csrftoken={csrf_cookie}"
+    reached_django = []
+
+    async def django_app(scope, receive, send):
+        reached_django.append(scope["path"])
+        await ASGIStaticFilesHandler(get_asgi_application())(scope, receive, send)
+
+    def get(app, query: dict, extra: list | None = None, cookie: str = cookie) -> dict:
+        headers = [(b"host", b"testserver"), (b"cookie", cookie.encode()), (b"x-request-id", b"req-1")]
+        communicator = HttpCommunicator(app, "GET", "/offers/", headers=headers + (extra or []))
+        communicator.scope["query_string"] = urlencode(query).encode()
+        response = async_to_sync(communicator.get_response)(timeout=10)
+        response["headers"] = sorted((k.decode().lower(), v.decode()) for k, v in response["headers"])
+        return response
+
+    return fastpath.InventoryFastPath(django_app), django_app, get, reached_django
+
+
+def _without_token(body: bytes, secret: str) -> bytes:
+    """The page with its CSRF token (masked anew per answer, by Django too) replaced, after
+    checking that it is one valid token for ``secret``, in both places base.html shows it."""
+    text = body.decode()
+    tokens = TOKEN.findall(text)
+    assert len(tokens) == 1 and _unmask_cipher_token(tokens[0]) == secret
+    assert text.count(tokens[0]) == 2  # the logout form and htmx's X-CSRFToken header
+    return text.replace(tokens[0], "TOKEN").encode()
+
+
+def test_the_full_page_of_the_asgi_layer_equals_djangos_byte_for_byte(offers, user, client):
+    """Every header and byte the same (the CSRF token apart, masked anew per answer) whether the
+    fast path or Django's view answers, over many random queries; boosted and history-restore
+    requests (which get the full page) too."""
+    client.force_login(user)
+    fast_app, django_app, get, reached_django = _page_app_and_get(client)
+    rng = random.Random(11)
+    with time_machine.travel(timezone.now(), tick=False):
+        get(fast_app, {})  # Django renders the page: the shell is kept
+        answered_fast = 0
+        for i in range(80):
+            query = random_query(rng)
+            extra = [[], [(b"hx-request", b"true"), (b"hx-boosted", b"true")]][i % 2]
+            before = len(reached_django)
+            fast = get(fast_app, query, extra)
+            answered_fast += len(reached_django) == before
+            slow = get(django_app, query, extra)
+            assert b"<html" in fast["body"] and b'id="offer-results"' in fast["body"]
+            assert (fast["status"], fast["headers"], _without_token(fast["body"], CSRF_SECRET)) == (
+                slow["status"],
+                slow["headers"],
+                _without_token(slow["body"], CSRF_SECRET),
+            ), query
+        assert answered_fast > 40
