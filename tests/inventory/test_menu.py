@@ -32,7 +32,7 @@ from inventory.filters import OfferFilterSet, PageSizeForm
 from inventory.models import Offer, ProviderFeed
 from inventory.serializers import OfferSerializer
 from inventory.services import offers_freshness
-from inventory.views import SESSION_CACHE_SECONDS
+from inventory.views import SESSION_CACHE_SECONDS, SHELL_SECONDS
 from shopper.api import Pagination
 from shopper.models import ApiToken
 
@@ -314,6 +314,7 @@ def test_the_partial_needs_a_session_the_view_confirmed(offers, user, client):
 
 # A CSRF secret as the csrftoken cookie holds it (32 letters and digits).
 CSRF_SECRET = "Ab3" * 10 + "Zz"
+MESSAGES_DELETED = 'messages=""'  # the shown message is gone from the browser
 TOKEN = re.compile(r'name="csrfmiddlewaretoken" value="([A-Za-z0-9]{64})"')
 
 
@@ -373,3 +374,64 @@ def test_the_full_page_of_the_asgi_layer_equals_djangos_byte_for_byte(offers, us
                 _without_token(slow["body"], CSRF_SECRET),
             ), query
         assert answered_fast > 40
+
+
+def test_the_full_page_needs_a_shell_django_rendered_moments_ago(offers, user, client):
+    """A logged-out session is served by Django (the login redirect) once its shell is older
+    than SHELL_SECONDS (well within the 5 s the partial allows); a fresh shell, by the fast path."""
+    client.force_login(user)
+    fast_app, _, get, reached_django = _page_app_and_get(client)
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 1  # no shell yet: Django
+        assert get(fast_app, {"gpu": "a100"})["status"] == 200 and len(reached_django) == 1
+        traveller.shift(timedelta(seconds=SHELL_SECONDS + 0.1))
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # expired: Django again
+        client.logout()  # the session is gone from the database
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # within the window
+        traveller.shift(timedelta(seconds=SHELL_SECONDS + 0.1))
+        response = get(fast_app, {})
+    assert SHELL_SECONDS <= SESSION_CACHE_SECONDS
+    assert response["status"] == 302 and len(reached_django) == 3  # Django sends it to the login page
+
+
+def test_pending_messages_are_shown_by_django_and_never_kept_in_a_shell(offers, user, client, rf):
+    """A message (a rent or a stop leaves one before its redirect) is shown once, by Django: the
+    fast path leaves any request with a messages cookie to it, and a page that showed one is
+    never kept as a shell."""
+    client.force_login(user)
+    fast_app, _, get, reached_django = _page_app_and_get(client)
+    with_message = f"sessionid={client.cookies['sessionid'].value}; messages={_messages_cookie(rf)}"
+    with time_machine.travel(timezone.now(), tick=False):
+        shown = get(fast_app, {}, cookie=with_message)
+        assert b"Stopped, bye." in shown["body"] and len(reached_django) == 1
+        assert ("set-cookie", MESSAGES_DELETED) in [(k, v.partition(";")[0]) for k, v in shown["headers"]]
+        assert b"Stopped, bye." not in get(fast_app, {})["body"] and len(reached_django) == 2  # no shell kept
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # now one: the fast path
+        shown = get(fast_app, {"gpu": "h100"}, cookie=with_message)
+        assert b"Stopped, bye." in shown["body"] and len(reached_django) == 3
+
+
+def _messages_cookie(rf) -> str:
+    """A messages cookie holding one message, as CookieStorage writes it."""
+    from django.contrib.messages import constants
+    from django.contrib.messages.storage.base import Message
+    from django.contrib.messages.storage.cookie import CookieStorage
+    from django.http import HttpResponse
+
+    storage = CookieStorage(rf.get("/"))
+    response = HttpResponse()
+    storage._store([Message(constants.SUCCESS, "Stopped, bye.")], response)
+    return response.cookies["messages"].value
+
+
+def test_a_browser_without_a_csrf_cookie_gets_one_that_matches_the_page(offers, user, client):
+    client.force_login(user)
+    fast_app, _, get, reached_django = _page_app_and_get(client, csrf_cookie=None)
+    with time_machine.travel(timezone.now(), tick=False):
+        get(fast_app, {})
+        response = get(fast_app, {"sort": "-price"})
+    assert len(reached_django) == 1  # the second answer came from the fast path
+    cookies = [v for k, v in response["headers"] if k == "set-cookie"]
+    assert len(cookies) == 1 and cookies[0].startswith("csrftoken=")
+    secret = cookies[0].partition("=")[2].partition(";")[0]
+    _without_token(response["body"], secret)  # one valid token for that new secret
