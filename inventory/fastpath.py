@@ -1,20 +1,24 @@
-"""The hottest reads of the product, ``GET /api/v1/inventory`` and the offers page's HTMX
-partial, answered before Django's handler.
+"""The hottest reads of the product, ``GET /api/v1/inventory`` and the offers page (its HTMX
+partial and the full page), answered before Django's handler.
 
 Scripts and pages query the menu with ever new filter combinations; the menu itself changes only
 when a refresh lands, and every web process holds it in memory (``inventory/menu.py``). Serving
 an answer through Django still costs far more than computing it: under ASGI every
 ``MiddlewareMixin`` middleware runs its hooks in a worker thread, and each request gets a thread
-of its own for them, which capped the menu near 270 requests/s per core pair. This ASGI layer
-answers any valid query from the in-memory menu without leaving the event loop: the API for a
-token the database confirmed moments ago, the partial for a session the offers page confirmed
-moments ago. Everything else (no menu built yet, a bad host, plain HTTP where HTTPS is required,
-bad input, a non-ASCII name term, the full page, another method or path) goes to the Django
-application unchanged.
+of its own for them, which capped the menu near 270 requests/s per core pair (the full page near
+150). This ASGI layer answers any valid query from the in-memory menu without leaving the event
+loop: the API for a token the database confirmed moments ago, the partial for a session the
+offers page confirmed moments ago, and the full page for a session whose page "shell" (base.html
+and the page head, everything but the filters and results) Django rendered within
+``views.SHELL_SECONDS``: that shell around the query part rendered here, with a CSRF token
+masked per answer as Django's ``get_token`` masks it. Everything else (no menu built yet, a bad
+host, plain HTTP where HTTPS is required, bad API input, a non-ASCII name term, pending messages,
+another method or path) goes to the Django application unchanged.
 
-The answer carries the headers the middleware would have added: Django's own security
-middleware computes them here (no I/O), and ``tests/inventory/test_fastpath.py`` and
-``test_menu.py`` hold the two paths to byte-identical answers apart from the request id.
+The answer carries the headers the middleware would have added: Django's own security, CSRF
+and CSP middleware compute them here (no I/O), and ``tests/inventory/test_fastpath.py`` and
+``test_menu.py`` hold the two paths to byte-identical answers apart from the request id (and
+the page's CSRF token, masked anew per answer by both).
 """
 
 from __future__ import annotations
