@@ -9,8 +9,8 @@ of its own for them, which capped the menu near 270 requests/s per core pair (th
 150). This ASGI layer answers any valid query from the in-memory menu without leaving the event
 loop: the API for a token the database confirmed moments ago, the partial for a session the
 offers page confirmed moments ago, and the full page for a session whose page "shell" (base.html
-and the page head, everything but the filters and results) Django rendered within
-``views.SHELL_SECONDS``: that shell around the query part rendered here, with a CSRF token
+and the page head, everything but the filters and results) Django rendered moments ago
+(``views.SHELL_SECONDS``): that shell around the query part rendered here, with a CSRF token
 masked per answer as Django's ``get_token`` masks it. Everything else (no menu built yet, a bad
 host, plain HTTP where HTTPS is required, bad API input, a non-ASCII name term, pending messages,
 another method or path) goes to the Django application unchanged.
@@ -47,10 +47,10 @@ from inventory.views import (
     PARTIAL,
     QUERY_PART,
     ValidatedFilters,
+    cached_shell,
     join_page,
     results_context,
     session_cache_key,
-    shell_cache_key,
     wants_partial,
 )
 from shopper.api import exception_handler as api_exception_handler
@@ -149,15 +149,15 @@ def partial_answer(request: ASGIRequest) -> HttpResponse | None:
 
 
 def page_answer(request: ASGIRequest) -> HttpResponse | None:
-    """The full offers page: the shell ``views.offer_list`` rendered for this session within
-    ``SHELL_SECONDS`` around the query part rendered here, for filters the menu can answer
+    """The full offers page: the shell ``views.offer_list`` rendered for this session moments
+    ago (``views.cached_shell``) around the query part rendered here, for filters the menu can answer
     without the database. A request carrying messages (their cookie) goes to Django, which
     shows them once; so does every session without a fresh shell (which also means: not
     confirmed by Django within that window)."""
     session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
     if not session_key or CookieStorage.cookie_name in request.COOKIES:
         return None
-    shell = local_cache.get(shell_cache_key(session_key))
+    shell = cached_shell(session_key)
     if shell is None:
         return None
     security = _passes_django_checks(request)

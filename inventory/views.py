@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Sequence
 
 from django.contrib.auth.decorators import login_required
@@ -36,10 +37,14 @@ PAGE = "inventory/offer_list.html"
 QUERY_PART = "inventory/offer_list.html#offer-query"
 
 SHELL_CACHE_PREFIX = "offers-shell:"
+SHELL_REFRESH_PREFIX = "offers-shell-refresh:"
 # The rest of the full page (base.html: nav, banners, the logout form; the provider freshness
-# line) as Django rendered it for a session, kept this long in this process for the ASGI fast
-# path. Shorter than SESSION_CACHE_SECONDS: the freshness line ("as of 12 seconds ago") and the
-# budget banner may be this much older than Django's own render would be.
+# line) as Django rendered it for a session, kept in this process for the ASGI fast path. Once
+# it is SHELL_SECONDS old, one request of the session goes to Django, which renders a new one
+# (and confirms the session again); the others meanwhile are still answered from it, for at most
+# SESSION_CACHE_SECONDS after it was rendered: so the freshness line ("as of 12 seconds ago") and
+# the budget banner are normally at most 2 s older than Django's own render, never more than 5 s,
+# and 8 clients of one session send one request to Django per 2 s, not all 8 at once.
 SHELL_SECONDS = 2
 # Stand-ins rendered into the shell, replaced per answer: letters and digits only, so escaping
 # leaves them as they are, and random per process, so no offer or user text can contain them.
@@ -53,6 +58,26 @@ def session_cache_key(session_key: str) -> str:
 
 def shell_cache_key(session_key: str) -> str:
     return SHELL_CACHE_PREFIX + hashlib.sha256(session_key.encode()).hexdigest()
+
+
+def cached_shell(session_key: str) -> tuple[str, str] | None:
+    """The shell kept for ``session_key`` if the fast path may answer with it; None when there
+    is none, or when it is due for a new render and this request is the one to ask Django."""
+    found = local_cache.get(shell_cache_key(session_key))
+    if found is None:
+        return None
+    head, tail, rendered_at = found
+    if 0 <= time.time() - rendered_at < SHELL_SECONDS:
+        return head, tail
+    refresh_key = SHELL_REFRESH_PREFIX + hashlib.sha256(session_key.encode()).hexdigest()
+    if local_cache.add(refresh_key, True, SHELL_SECONDS):  # the first request since it was due
+        return None
+    return head, tail
+
+
+def keep_shell(session_key: str, shell: tuple[str, str]) -> None:
+    local_cache.set(shell_cache_key(session_key), (*shell, time.time()), SESSION_CACHE_SECONDS)
+    local_cache.delete(SHELL_REFRESH_PREFIX + hashlib.sha256(session_key.encode()).hexdigest())
 
 
 def render_shell(request: HttpRequest) -> tuple[str, str]:
@@ -127,5 +152,5 @@ def offer_list(request: HttpRequest) -> HttpResponse:
     pending_messages = len(get_messages(request)) > 0
     shell = render_shell(request)
     if request.session.session_key and not pending_messages:
-        local_cache.set(shell_cache_key(request.session.session_key), shell, SHELL_SECONDS)
+        keep_shell(request.session.session_key, shell)
     return HttpResponse(join_page(request, shell, render_to_string(QUERY_PART, context, request)))

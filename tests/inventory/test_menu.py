@@ -377,21 +377,44 @@ def test_the_full_page_of_the_asgi_layer_equals_djangos_byte_for_byte(offers, us
 
 
 def test_the_full_page_needs_a_shell_django_rendered_moments_ago(offers, user, client):
-    """A logged-out session is served by Django (the login redirect) once its shell is older
-    than SHELL_SECONDS (well within the 5 s the partial allows); a fresh shell, by the fast path."""
+    """A shell SHELL_SECONDS old sends one request to Django for a new one; a logged-out session
+    is sent to the login page once its shell is SESSION_CACHE_SECONDS old (the partial's window)."""
     client.force_login(user)
     fast_app, _, get, reached_django = _page_app_and_get(client)
     with time_machine.travel(timezone.now(), tick=False) as traveller:
         assert get(fast_app, {})["status"] == 200 and len(reached_django) == 1  # no shell yet: Django
         assert get(fast_app, {"gpu": "a100"})["status"] == 200 and len(reached_django) == 1
         traveller.shift(timedelta(seconds=SHELL_SECONDS + 0.1))
-        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # expired: Django again
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # due: Django renders
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # the new one
         client.logout()  # the session is gone from the database
         assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # within the window
         traveller.shift(timedelta(seconds=SHELL_SECONDS + 0.1))
-        response = get(fast_app, {})
-    assert SHELL_SECONDS <= SESSION_CACHE_SECONDS
-    assert response["status"] == 302 and len(reached_django) == 3  # Django sends it to the login page
+        assert get(fast_app, {})["status"] == 302 and len(reached_django) == 3  # due: Django refuses
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 3  # still the window
+        traveller.shift(timedelta(seconds=SESSION_CACHE_SECONDS - SHELL_SECONDS))
+        responses = [get(fast_app, {}) for _ in range(3)]
+    assert [r["status"] for r in responses] == [302] * 3 and len(reached_django) == 6  # all Django
+
+
+def test_one_request_of_a_session_renders_a_due_shell_while_the_others_use_it(offers, user, client):
+    """Eight clients of one session: when the shell is due, one request goes to Django, not all
+    eight at once (before, every request until the new shell landed did: ~10 ms each)."""
+    client.force_login(user)
+    fast_app, _, get, _ = _page_app_and_get(client)
+    reached_stub = []
+
+    async def busy_django(scope, receive, send):  # Django still rendering: never answers here
+        reached_stub.append(scope["path"])
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        get(fast_app, {})  # Django renders: a shell
+        traveller.shift(timedelta(seconds=SHELL_SECONDS + 0.1))
+        stub_app = fastpath.InventoryFastPath(busy_django)
+        statuses = [get(stub_app, {"sort": "-price"})["status"] for _ in range(8)]
+    assert statuses == [503] + [200] * 7 and len(reached_stub) == 1
 
 
 def test_pending_messages_are_shown_by_django_and_never_kept_in_a_shell(offers, user, client, rf):
