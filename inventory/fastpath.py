@@ -1,20 +1,24 @@
-"""The hottest reads of the product, ``GET /api/v1/inventory`` and the offers page's HTMX
-partial, answered before Django's handler.
+"""The hottest reads of the product, ``GET /api/v1/inventory`` and the offers page (its HTMX
+partial and the full page), answered before Django's handler.
 
 Scripts and pages query the menu with ever new filter combinations; the menu itself changes only
 when a refresh lands, and every web process holds it in memory (``inventory/menu.py``). Serving
 an answer through Django still costs far more than computing it: under ASGI every
 ``MiddlewareMixin`` middleware runs its hooks in a worker thread, and each request gets a thread
-of its own for them, which capped the menu near 270 requests/s per core pair. This ASGI layer
-answers any valid query from the in-memory menu without leaving the event loop: the API for a
-token the database confirmed moments ago, the partial for a session the offers page confirmed
-moments ago. Everything else (no menu built yet, a bad host, plain HTTP where HTTPS is required,
-bad input, a non-ASCII name term, the full page, another method or path) goes to the Django
-application unchanged.
+of its own for them, which capped the menu near 270 requests/s per core pair (the full page near
+150). This ASGI layer answers any valid query from the in-memory menu without leaving the event
+loop: the API for a token the database confirmed moments ago, the partial for a session the
+offers page confirmed moments ago, and the full page for a session whose page "shell" (base.html
+and the page head, everything but the filters and results) Django rendered moments ago
+(``views.SHELL_SECONDS``): that shell around the query part rendered here, with a CSRF token
+masked per answer as Django's ``get_token`` masks it. Everything else (no menu built yet, a bad
+host, plain HTTP where HTTPS is required, bad API input, a non-ASCII name term, pending messages,
+another method or path) goes to the Django application unchanged.
 
-The answer carries the headers the middleware would have added: Django's own security
-middleware computes them here (no I/O), and ``tests/inventory/test_fastpath.py`` and
-``test_menu.py`` hold the two paths to byte-identical answers apart from the request id.
+The answer carries the headers the middleware would have added: Django's own security, CSRF
+and CSP middleware compute them here (no I/O), and ``tests/inventory/test_fastpath.py`` and
+``test_menu.py`` hold the two paths to byte-identical answers apart from the request id (and
+the page's CSRF token, masked anew per answer by both).
 """
 
 from __future__ import annotations
@@ -22,21 +26,33 @@ from __future__ import annotations
 import io
 
 from django.conf import settings
+from django.contrib.messages.storage.cookie import CookieStorage
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
+from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
 from django.utils.log import log_response
+from django_htmx.middleware import HtmxDetails
 from rest_framework.exceptions import APIException, NotFound
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
 from inventory.api import render_page
 from inventory.menu import holder
-from inventory.views import PARTIAL, ValidatedFilters, results_context, session_cache_key
+from inventory.views import (
+    PARTIAL,
+    QUERY_PART,
+    ValidatedFilters,
+    cached_shell,
+    join_page,
+    results_context,
+    session_cache_key,
+    wants_partial,
+)
 from shopper.api import exception_handler as api_exception_handler
 from shopper.auth import local_cache, token_user_id_cached
 from shopper.csp import ContentSecurityPolicyMiddleware
@@ -65,6 +81,7 @@ def _passes_django_checks(request: ASGIRequest) -> SecurityMiddleware | None:
 
 def _finish(request: ASGIRequest, security: SecurityMiddleware, response: HttpResponse) -> HttpResponse:
     response = CommonMiddleware(_no_response).process_response(request, response)
+    response = ContentSecurityPolicyMiddleware(_no_response).process_response(request, response)
     response = security.process_response(request, response)
     response = XFrameOptionsMiddleware(_no_response).process_response(request, response)
     response = ContentSecurityPolicyMiddleware(_no_response).process_response(request, response)
@@ -110,15 +127,9 @@ def cached_answer(request: ASGIRequest) -> HttpResponse | None:
 def partial_answer(request: ASGIRequest) -> HttpResponse | None:
     """The offers page's HTMX partial (the results) for a session the view just confirmed.
 
-    Only a plain HTMX request (not boosted, not a history restore: those get the full page) with
-    a session cookie ``views.offer_list`` served within ``SESSION_CACHE_SECONDS``, and only
+    Only for a session cookie ``views.offer_list`` served within ``SESSION_CACHE_SECONDS``, and only
     filters the menu can answer without the database.
     """
-    headers = request.headers
-    if headers.get("HX-Request") != "true" or headers.get("HX-Boosted") == "true":
-        return None
-    if headers.get("HX-History-Restore-Request") == "true":
-        return None
     session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
     if not session_key or local_cache.get(session_cache_key(session_key)) is None:
         return None
@@ -138,6 +149,42 @@ def partial_answer(request: ASGIRequest) -> HttpResponse | None:
     return _finish(request, security, response)
 
 
+def page_answer(request: ASGIRequest) -> HttpResponse | None:
+    """The full offers page: the shell ``views.offer_list`` rendered for this session moments
+    ago (``views.cached_shell``) around the query part rendered here, for filters the menu can answer
+    without the database. A request carrying messages (their cookie) goes to Django, which
+    shows them once; so does every session without a fresh shell (which also means: not
+    confirmed by Django within that window)."""
+    session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if not session_key or CookieStorage.cookie_name in request.COOKIES:
+        return None
+    shell = cached_shell(session_key)
+    if shell is None:
+        return None
+    security = _passes_django_checks(request)
+    if security is None:
+        return None
+    menu = holder.get(wait=False)
+    if menu is None:
+        return None
+    context = results_context(menu, request.GET, ValidatedFilters(request.GET), allow_db=False)
+    if context is None:
+        return None
+    csrf = CsrfViewMiddleware(_no_response)
+    csrf.process_request(request)  # the CSRF secret of the cookie, or a new one (as Django does)
+    response = HttpResponse(join_page(request, shell, render_to_string(QUERY_PART, context)))
+    patch_vary_headers(response, ("Cookie",))
+    response = csrf.process_response(request, response)  # the csrftoken cookie, refreshed
+    return _finish(request, security, response)
+
+
+def offers_answer(request: ASGIRequest) -> HttpResponse | None:
+    """The offers page path: the HTMX partial or the full page (boosted and history-restore
+    requests want the full page, as in the view)."""
+    request.htmx = HtmxDetails(request)
+    return partial_answer(request) if wants_partial(request) else page_answer(request)
+
+
 class InventoryFastPath:
     """ASGI middleware in front of the Django application (see the module docstring)."""
 
@@ -145,7 +192,7 @@ class InventoryFastPath:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        answer = {PATH: cached_answer, PAGE_PATH: partial_answer}.get(scope["path"])
+        answer = {PATH: cached_answer, PAGE_PATH: offers_answer}.get(scope["path"])
         if scope["type"] == "http" and scope["method"] == "GET" and answer is not None:
             # The body of a GET is never read: an empty stream stands in for it.
             response = answer(ASGIRequest(scope, io.BytesIO()))
@@ -154,7 +201,14 @@ class InventoryFastPath:
                     {
                         "type": "http.response.start",
                         "status": response.status_code,
-                        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()],
+                        "headers": [
+                            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()),
+                            # As Django's ASGI handler sends them (the csrftoken refresh).
+                            *(
+                                (b"Set-Cookie", c.output(header="").encode("ascii").strip())
+                                for c in response.cookies.values()
+                            ),
+                        ],
                     }
                 )
                 await send({"type": "http.response.body", "body": response.content})

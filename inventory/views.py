@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
+import time
 from collections.abc import Sequence
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.messages import get_messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, QueryDict
+from django.middleware.csrf import get_token
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET
 
 from inventory.filters import OfferFilterSet, filter_form
@@ -26,10 +32,73 @@ SESSION_CACHE_PREFIX = "offers-session:"
 # confirmed this long ago; a logout shows there at most this much later (everywhere else at once).
 SESSION_CACHE_SECONDS = 5
 PARTIAL = "inventory/offer_list.html#offer-results"
+PAGE = "inventory/offer_list.html"
+# The filters and the results: the only part of the full page that depends on the query.
+QUERY_PART = "inventory/offer_list.html#offer-query"
+
+SHELL_CACHE_PREFIX = "offers-shell:"
+SHELL_REFRESH_PREFIX = "offers-shell-refresh:"
+# The rest of the full page (base.html: nav, banners, the logout form; the provider freshness
+# line) as Django rendered it for a session, kept in this process for the ASGI fast path. Once
+# it is SHELL_SECONDS old, one request of the session goes to Django, which renders a new one
+# (and confirms the session again); the others meanwhile are still answered from it, for at most
+# SESSION_CACHE_SECONDS after it was rendered: so the freshness line ("as of 12 seconds ago") and
+# the budget banner are normally at most 2 s older than Django's own render, never more than 5 s,
+# and 8 clients of one session send one request to Django per 2 s, not all 8 at once.
+SHELL_SECONDS = 2
+# Stand-ins rendered into the shell, replaced per answer: letters and digits only, so escaping
+# leaves them as they are, and random per process, so no offer or user text can contain them.
+QUERY_MARK = "query" + secrets.token_hex(16)
+CSRF_MARK = "csrf" + secrets.token_hex(16)
 
 
 def session_cache_key(session_key: str) -> str:
     return SESSION_CACHE_PREFIX + hashlib.sha256(session_key.encode()).hexdigest()
+
+
+def shell_cache_key(session_key: str) -> str:
+    return SHELL_CACHE_PREFIX + hashlib.sha256(session_key.encode()).hexdigest()
+
+
+def cached_shell(session_key: str) -> tuple[str, str] | None:
+    """The shell kept for ``session_key`` if the fast path may answer with it; None when there
+    is none, or when it is due for a new render and this request is the one to ask Django."""
+    found = local_cache.get(shell_cache_key(session_key))
+    if found is None:
+        return None
+    head, tail, rendered_at = found
+    if 0 <= time.time() - rendered_at < SHELL_SECONDS:
+        return head, tail
+    refresh_key = SHELL_REFRESH_PREFIX + hashlib.sha256(session_key.encode()).hexdigest()
+    if local_cache.add(refresh_key, True, SHELL_SECONDS):  # the first request since it was due
+        return None
+    return head, tail
+
+
+def keep_shell(session_key: str, shell: tuple[str, str]) -> None:
+    local_cache.set(shell_cache_key(session_key), (*shell, time.time()), SESSION_CACHE_SECONDS)
+    local_cache.delete(SHELL_REFRESH_PREFIX + hashlib.sha256(session_key.encode()).hexdigest())
+
+
+def render_shell(request: HttpRequest) -> tuple[str, str]:
+    """The full page around the query part, split where it goes, with ``CSRF_MARK`` where the CSRF
+    token goes. The real templates render it (base.html and its context processors), so any
+    change to them shows here; the view's context wins over the processors' ``csrf_token``."""
+    context = {"freshness": offers_freshness(), "query_part": mark_safe(QUERY_MARK), "csrf_token": CSRF_MARK}
+    head, mark, tail = render_to_string(PAGE, context, request).partition(QUERY_MARK)
+    assert mark, "offer_list.html must render {{ query_part }}"
+    return head, tail
+
+
+def join_page(request: HttpRequest, shell: tuple[str, str], query_part: str) -> str:
+    """The full page: ``shell`` around ``query_part``, with a CSRF token masked for this answer
+    if the shell shows one. ``get_token`` is what the csrf context processor calls: the same
+    token format, and the CSRF middleware refreshes the cookie as for any page that shows it."""
+    head, tail = shell
+    if CSRF_MARK in head or CSRF_MARK in tail:
+        token = get_token(request)
+        head, tail = head.replace(CSRF_MARK, token), tail.replace(CSRF_MARK, token)
+    return head + query_part + tail
 
 
 def results_context(menu: Menu, data: QueryDict, filterset, *, allow_db: bool = True) -> dict | None:
@@ -78,5 +147,10 @@ def offer_list(request: HttpRequest) -> HttpResponse:
         local_cache.set(key, request.user.pk, SESSION_CACHE_SECONDS)
     if wants_partial(request):
         return render(request, PARTIAL, context)
-    context["freshness"] = offers_freshness()
-    return render(request, "inventory/offer_list.html", context)
+    # Messages shown once: a page that shows some is never kept as a shell (the fast path also
+    # leaves any request with a messages cookie to this view).
+    pending_messages = len(get_messages(request)) > 0
+    shell = render_shell(request)
+    if request.session.session_key and not pending_messages:
+        keep_shell(request.session.session_key, shell)
+    return HttpResponse(join_page(request, shell, render_to_string(QUERY_PART, context, request)))

@@ -433,13 +433,16 @@ def _session_cookie(user) -> str:
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
+    from django.utils.crypto import get_random_string
 
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
     session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.create()
-    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+    # A browser sends back the csrftoken cookie its first page set (the logout form's token).
+    csrf = f"{settings.CSRF_COOKIE_NAME}={get_random_string(32)}"
+    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}; {csrf}"
 
 
 def phase_inventory(database_url: str, offers: int, seconds: float) -> dict:

@@ -15,8 +15,8 @@ CSP violation in the console):
   sizes are SVG attributes; the API docs page uses a template without the inline style;
 - the live-updates websocket is same-origin (``connect-src 'self'`` covers ws/wss of this host).
 
-Only HTML answers carry it: API answers are JSON, never rendered as documents. The inventory fast
-path answers before Django's middleware and runs this one itself on the HTMX partial.
+Only HTML answers carry it: API answers are JSON, never rendered as documents. The inventory
+fast path, which answers the offers page before Django's middleware, calls this middleware too.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ ASGI application (fast path and Django) and the offers page's HTMX partial."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -17,6 +18,7 @@ from channels.testing import HttpCommunicator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 from django.core.paginator import Paginator
+from django.middleware.csrf import _unmask_cipher_token
 from django.template.loader import render_to_string
 from django.test import RequestFactory
 from django.utils import timezone
@@ -30,7 +32,7 @@ from inventory.filters import OfferFilterSet, PageSizeForm
 from inventory.models import Offer, ProviderFeed
 from inventory.serializers import OfferSerializer
 from inventory.services import offers_freshness
-from inventory.views import SESSION_CACHE_SECONDS
+from inventory.views import SESSION_CACHE_SECONDS, SHELL_SECONDS
 from shopper.api import Pagination
 from shopper.models import ApiToken
 
@@ -273,10 +275,12 @@ def test_the_htmx_partial_of_the_asgi_layer_equals_djangos_byte_for_byte(offers,
                 slow["body"],
             ), query
         assert answered_fast > 40
-        # A boosted request or a history restore wants the full page: Django answers.
+        # A boosted request or a history restore wants the full page: Django renders the first
+        # (no shell kept for this session yet), the fast path the second.
+        before = len(reached_django)
         for extra in ([(b"hx-boosted", b"true")], [(b"hx-history-restore-request", b"true")]):
-            before = len(reached_django)
-            assert b"<html" in get(fast_app, {}, extra)["body"] and len(reached_django) == before + 1
+            assert b"<html" in get(fast_app, {}, extra)["body"]
+        assert len(reached_django) == before + 1
 
 
 def test_the_partial_needs_a_session_the_view_confirmed(offers, user, client):
@@ -309,3 +313,151 @@ def test_the_partial_needs_a_session_the_view_confirmed(offers, user, client):
     headers = {k.lower(): v for k, v in response["headers"]}
     assert len(reached_django) == 2
     assert response["status"] == 200 and headers[b"hx-redirect"] == b"/login/?next=/offers/"
+
+
+# A CSRF secret as the csrftoken cookie holds it (32 letters and digits).
+CSRF_SECRET = "Ab3" * 10 + "Zz"
+MESSAGES_DELETED = 'messages=""'  # the shown message is gone from the browser
+TOKEN = re.compile(r'name="csrfmiddlewaretoken" value="([A-Za-z0-9]{64})"')
+
+
+def _page_app_and_get(client, csrf_cookie: str | None = CSRF_SECRET):
+    """(fast app, django app, get, the requests that reached Django) for the full offers page."""
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    if csrf_cookie:
+        cookie += f"; csrftoken={csrf_cookie}"
+    reached_django = []
+
+    async def django_app(scope, receive, send):
+        reached_django.append(scope["path"])
+        await ASGIStaticFilesHandler(get_asgi_application())(scope, receive, send)
+
+    def get(app, query: dict, extra: list | None = None, cookie: str = cookie) -> dict:
+        headers = [(b"host", b"testserver"), (b"cookie", cookie.encode()), (b"x-request-id", b"req-1")]
+        communicator = HttpCommunicator(app, "GET", "/offers/", headers=headers + (extra or []))
+        communicator.scope["query_string"] = urlencode(query).encode()
+        response = async_to_sync(communicator.get_response)(timeout=10)
+        response["headers"] = sorted((k.decode().lower(), v.decode()) for k, v in response["headers"])
+        return response
+
+    return fastpath.InventoryFastPath(django_app), django_app, get, reached_django
+
+
+def _without_token(body: bytes, secret: str) -> bytes:
+    """The page with its CSRF token (masked anew per answer, by Django too) replaced, after
+    checking that it is one valid token for ``secret``, in both places base.html shows it."""
+    text = body.decode()
+    tokens = TOKEN.findall(text)
+    assert len(tokens) == 1 and _unmask_cipher_token(tokens[0]) == secret
+    assert text.count(tokens[0]) == 2  # the logout form and htmx's X-CSRFToken header
+    return text.replace(tokens[0], "TOKEN").encode()
+
+
+def test_the_full_page_of_the_asgi_layer_equals_djangos_byte_for_byte(offers, user, client):
+    """Every header and byte the same (the CSRF token apart, masked anew per answer) whether the
+    fast path or Django's view answers, over many random queries; boosted and history-restore
+    requests (which get the full page) too."""
+    client.force_login(user)
+    fast_app, django_app, get, reached_django = _page_app_and_get(client)
+    rng = random.Random(11)
+    with time_machine.travel(timezone.now(), tick=False):
+        get(fast_app, {})  # Django renders the page: the shell is kept
+        answered_fast = 0
+        for i in range(80):
+            query = random_query(rng)
+            extra = [[], [(b"hx-request", b"true"), (b"hx-boosted", b"true")]][i % 2]
+            before = len(reached_django)
+            fast = get(fast_app, query, extra)
+            answered_fast += len(reached_django) == before
+            slow = get(django_app, query, extra)
+            assert b"<html" in fast["body"] and b'id="offer-results"' in fast["body"]
+            assert (fast["status"], fast["headers"], _without_token(fast["body"], CSRF_SECRET)) == (
+                slow["status"],
+                slow["headers"],
+                _without_token(slow["body"], CSRF_SECRET),
+            ), query
+        assert answered_fast > 40
+
+
+def test_the_full_page_needs_a_shell_django_rendered_moments_ago(offers, user, client):
+    """A shell SHELL_SECONDS old sends one request to Django for a new one; a logged-out session
+    is sent to the login page once its shell is SESSION_CACHE_SECONDS old (the partial's window)."""
+    client.force_login(user)
+    fast_app, _, get, reached_django = _page_app_and_get(client)
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 1  # no shell yet: Django
+        assert get(fast_app, {"gpu": "a100"})["status"] == 200 and len(reached_django) == 1
+        traveller.shift(timedelta(seconds=SHELL_SECONDS + 0.1))
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # due: Django renders
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # the new one
+        client.logout()  # the session is gone from the database
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # within the window
+        traveller.shift(timedelta(seconds=SHELL_SECONDS + 0.1))
+        assert get(fast_app, {})["status"] == 302 and len(reached_django) == 3  # due: Django refuses
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 3  # still the window
+        traveller.shift(timedelta(seconds=SESSION_CACHE_SECONDS - SHELL_SECONDS))
+        responses = [get(fast_app, {}) for _ in range(3)]
+    assert [r["status"] for r in responses] == [302] * 3 and len(reached_django) == 6  # all Django
+
+
+def test_one_request_of_a_session_renders_a_due_shell_while_the_others_use_it(offers, user, client):
+    """Eight clients of one session: when the shell is due, one request goes to Django, not all
+    eight at once (before, every request until the new shell landed did: ~10 ms each)."""
+    client.force_login(user)
+    fast_app, _, get, _ = _page_app_and_get(client)
+    reached_stub = []
+
+    async def busy_django(scope, receive, send):  # Django still rendering: never answers here
+        reached_stub.append(scope["path"])
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        get(fast_app, {})  # Django renders: a shell
+        traveller.shift(timedelta(seconds=SHELL_SECONDS + 0.1))
+        stub_app = fastpath.InventoryFastPath(busy_django)
+        statuses = [get(stub_app, {"sort": "-price"})["status"] for _ in range(8)]
+    assert statuses == [503] + [200] * 7 and len(reached_stub) == 1
+
+
+def test_pending_messages_are_shown_by_django_and_never_kept_in_a_shell(offers, user, client, rf):
+    """A message (a rent or a stop leaves one before its redirect) is shown once, by Django: the
+    fast path leaves any request with a messages cookie to it, and a page that showed one is
+    never kept as a shell."""
+    client.force_login(user)
+    fast_app, _, get, reached_django = _page_app_and_get(client)
+    with_message = f"sessionid={client.cookies['sessionid'].value}; messages={_messages_cookie(rf)}"
+    with time_machine.travel(timezone.now(), tick=False):
+        shown = get(fast_app, {}, cookie=with_message)
+        assert b"Stopped, bye." in shown["body"] and len(reached_django) == 1
+        assert ("set-cookie", MESSAGES_DELETED) in [(k, v.partition(";")[0]) for k, v in shown["headers"]]
+        assert b"Stopped, bye." not in get(fast_app, {})["body"] and len(reached_django) == 2  # no shell kept
+        assert get(fast_app, {})["status"] == 200 and len(reached_django) == 2  # now one: the fast path
+        shown = get(fast_app, {"gpu": "h100"}, cookie=with_message)
+        assert b"Stopped, bye." in shown["body"] and len(reached_django) == 3
+
+
+def _messages_cookie(rf) -> str:
+    """A messages cookie holding one message, as CookieStorage writes it."""
+    from django.contrib.messages import constants
+    from django.contrib.messages.storage.base import Message
+    from django.contrib.messages.storage.cookie import CookieStorage
+    from django.http import HttpResponse
+
+    storage = CookieStorage(rf.get("/"))
+    response = HttpResponse()
+    storage._store([Message(constants.SUCCESS, "Stopped, bye.")], response)
+    return response.cookies["messages"].value
+
+
+def test_a_browser_without_a_csrf_cookie_gets_one_that_matches_the_page(offers, user, client):
+    client.force_login(user)
+    fast_app, _, get, reached_django = _page_app_and_get(client, csrf_cookie=None)
+    with time_machine.travel(timezone.now(), tick=False):
+        get(fast_app, {})
+        response = get(fast_app, {"sort": "-price"})
+    assert len(reached_django) == 1  # the second answer came from the fast path
+    cookies = [v for k, v in response["headers"] if k == "set-cookie"]
+    assert len(cookies) == 1 and cookies[0].startswith("csrftoken=")
+    secret = cookies[0].partition("=")[2].partition(";")[0]
+    _without_token(response["body"], secret)  # one valid token for that new secret
