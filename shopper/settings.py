@@ -236,6 +236,9 @@ VASTAI_API_KEY = env.str("VASTAI_API_KEY", default="")
 VASTAI_API_URL = env.str("VASTAI_API_URL", default="https://console.vast.ai")
 TENSORDOCK_API_TOKEN = env.str("TENSORDOCK_API_TOKEN", default="")
 TENSORDOCK_API_URL = env.str("TENSORDOCK_API_URL", default="https://dashboard.tensordock.com/api/v2")
+# Lambda Cloud API v1; the deprecated host https://cloud.lambdalabs.com/api/v1 may redirect (refused).
+LAMBDA_API_KEY = env.str("LAMBDA_API_KEY", default="")
+LAMBDA_API_URL = env.str("LAMBDA_API_URL", default="https://cloud.lambda.ai/api/v1")
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=30.0)
 # Overrides each adapter's pacing (Vast 1 s, TensorDock 0.6 s); for the local sandbox only.
 PROVIDER_MIN_INTERVAL_SECONDS = env.float("PROVIDER_MIN_INTERVAL_SECONDS", default=None)

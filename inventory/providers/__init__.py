@@ -4,7 +4,8 @@ Adapter classes are named by dotted path and imported lazily, so importing this 
 nothing and tests can register a fake adapter with ``register_provider``.
 
 Settings (django.conf.settings, all optional): ``VASTAI_API_URL``, ``VASTAI_API_KEY``,
-``TENSORDOCK_API_URL``, ``TENSORDOCK_API_TOKEN``, ``PROVIDER_TIMEOUT_SECONDS``. A provider without
+``TENSORDOCK_API_URL``, ``TENSORDOCK_API_TOKEN``, ``LAMBDA_API_URL``, ``LAMBDA_API_KEY``,
+``PROVIDER_TIMEOUT_SECONDS``. A provider without
 a key is disabled, not an error.
 """
 
@@ -21,12 +22,14 @@ from .ratelimit import shared_limiter
 PROVIDER_CLASSES: dict[str, str] = {
     "vastai": "inventory.providers.vastai.VastAI",
     "tensordock": "inventory.providers.tensordock.TensorDock",
+    "lambda": "inventory.providers.lambdacloud.LambdaCloud",
 }
 
 # name -> (url setting, key setting, default url)
 PROVIDER_SETTINGS: dict[str, tuple[str, str, str]] = {
     "vastai": ("VASTAI_API_URL", "VASTAI_API_KEY", "https://console.vast.ai"),
     "tensordock": ("TENSORDOCK_API_URL", "TENSORDOCK_API_TOKEN", "https://dashboard.tensordock.com/api/v2"),
+    "lambda": ("LAMBDA_API_URL", "LAMBDA_API_KEY", "https://cloud.lambda.ai/api/v1"),
 }
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
