@@ -173,7 +173,7 @@ def lambda_gpu_type(description: str, type_name: str = "") -> tuple[str, int]:
         chip = re.sub(r"^(?:\d+x\s+)?(?:Tesla\s+)?", "", text, flags=re.IGNORECASE).strip()
         hint = re.search(r"_(\d+)gb", type_name or "")
         size = int(hint.group(1)) if hint else LAMBDA_MEMORY_GB.get(chip.upper(), 0)
-        suffix = re.search(r"_(sxm\d|pcie)\b", type_name or "")
+        suffix = re.search(r"_(sxm\d|pcie)(?=_|$)", type_name or "")
         form = suffix.group(1) if suffix else ""
     model = LAMBDA_MODELS.get(chip.upper(), chip)
     if form and chip.lower().startswith(_KEEP_FORM_FACTOR):
