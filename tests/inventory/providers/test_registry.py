@@ -28,7 +28,7 @@ from inventory.providers.base import Provider
 from inventory.providers.tensordock import TensorDock
 from inventory.providers.vastai import VastAI
 
-NO_KEYS = dict(VASTAI_API_KEY="", TENSORDOCK_API_TOKEN="")
+NO_KEYS = dict(VASTAI_API_KEY="", TENSORDOCK_API_TOKEN="", LAMBDA_API_KEY="")
 
 
 class FakeCloud(Provider):
@@ -57,13 +57,16 @@ def test_no_keys_means_disabled_with_reason():
         get_provider("vastai")
 
 
-@override_settings(VASTAI_API_KEY="vk", TENSORDOCK_API_TOKEN="tk", PROVIDER_TIMEOUT_SECONDS=12)
+@override_settings(
+    VASTAI_API_KEY="vk", TENSORDOCK_API_TOKEN="tk", LAMBDA_API_KEY="lk", PROVIDER_TIMEOUT_SECONDS=12
+)
 def test_both_keys_enable_both():
     assert all(s["enabled"] and s["reason"] == "" for s in provider_statuses())
     providers = {p.name: p for p in enabled_providers()}
     assert isinstance(providers["vastai"], VastAI) and isinstance(providers["tensordock"], TensorDock)
     assert providers["vastai"].api_key == "vk" and providers["vastai"].timeout == 12.0
     assert providers["tensordock"].base_url == "https://dashboard.tensordock.com/api/v2"
+    assert providers["lambda"].base_url == "https://cloud.lambda.ai/api/v1"  # every key: every provider
 
 
 @override_settings(VASTAI_API_KEY="  vk \n", VASTAI_API_URL="https://cloud.vast.ai/")
