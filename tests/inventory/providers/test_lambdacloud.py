@@ -739,3 +739,14 @@ def test_registry_shares_the_launch_budget_across_processes(settings, db):
     one.launch_limiter.wait()
     two.launch_limiter.wait()
     assert slept == [pytest.approx(LAUNCH_INTERVAL)]
+
+
+def test_the_offline_kill_switch_covers_lambda():
+    """``gpu-shopper cleanup-orphans`` builds every provider with a key in the environment from
+    the registry: with LAMBDA_API_KEY, Lambda machines are listed and destroyable too."""
+    from shopper.killswitch import _adapters
+
+    adapters, skipped = _adapters({"LAMBDA_API_KEY": "k", "VASTAI_API_KEY": ""})
+    assert [type(a) for a in adapters] == [LambdaCloud] and adapters[0].base_url == URL
+    assert "vastai (no VASTAI_API_KEY)" in skipped
+    assert _adapters({})[1][-1] == "lambda (no LAMBDA_API_KEY)"
