@@ -164,6 +164,10 @@ class LambdaCloud(Provider):
 
     def __init__(self, *, launch_limiter: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
+        # PROVIDER_MIN_INTERVAL_SECONDS (passed as min_interval) is only ever set for the local
+        # sandbox: there the launch pacing is lowered with it; a real account keeps 12 s.
+        explicit = kwargs.get("min_interval")
+        self.launch_interval = LAUNCH_INTERVAL if explicit is None else float(explicit)
         self.session.hooks.setdefault("response", [])
         if _no_redirects not in self.session.hooks["response"]:
             self.session.hooks["response"].append(_no_redirects)
@@ -174,10 +178,10 @@ class LambdaCloud(Provider):
         every process keeps to the account's one launch per 12 s; else one per process."""
         if isinstance(self.limiter, SharedRateLimiter):
             key = self.limiter.key[:150] + ":launch"
-            return SharedRateLimiter(key, LAUNCH_INTERVAL, self.limiter.store)
-        key = f"{self.name}@{self.base_url}:launch"
+            return SharedRateLimiter(key, self.launch_interval, self.limiter.store)
+        key = f"{self.name}@{self.base_url}@{self.launch_interval}:launch"
         with Provider._limiters_lock:
-            return Provider._limiters.setdefault(key, RateLimiter(LAUNCH_INTERVAL))
+            return Provider._limiters.setdefault(key, RateLimiter(self.launch_interval))
 
     # ------------------------------------------------------------------ calls
     def _call(self, method: str, path: str, *, json: Any = None, launch: bool = False) -> http.ApiResponse:
@@ -195,24 +199,29 @@ class LambdaCloud(Provider):
                 raise InsufficientFunds(exc.message, status=403) from exc
             raise
 
-    def _fail(self, resp: http.ApiResponse, method: str, path: str, *, launch: bool = False) -> ProviderError:
-        """Map an error answer to a typed error by ``error.code`` (the texts may change, §2.1)."""
+    def _fail(
+        self, resp: http.ApiResponse, method: str, path: str, *, one_object: bool = False
+    ) -> ProviderError:
+        """Map an error answer to a typed error by ``error.code`` (the texts may change, §2.1).
+        A 404 is NotFound only where the call names one object (an instance, a key): a 404 on
+        a launch names a missing resource (an SSH key, a file system), and on a listing it must
+        never read as "nothing there"."""
         detail = http.describe(self, method, path, resp)
         code = error_code(resp.data)
         if code.startswith("provider/"):  # an upstream failure of Lambda's (§2.1)
             return Transient(detail, status=resp.status)
         if code == CODE_CAPACITY:
             return OfferUnavailable(detail, status=resp.status)
-        if resp.status == 404:
-            # On launch a 404 names a missing resource (the SSH key, a file system): nothing was
-            # created and retrying cannot help. Elsewhere it is the instance or key being gone.
-            return PermanentError(detail, status=404) if launch else NotFound(detail, status=404)
+        if resp.status == 404 and one_object:
+            return NotFound(detail, status=404)
         return PermanentError(detail, status=resp.status)  # quota, invalid parameters, 409 ...
 
-    def _data(self, method: str, path: str, *, json: Any = None, launch: bool = False) -> Any:
+    def _data(
+        self, method: str, path: str, *, json: Any = None, launch: bool = False, one_object: bool = False
+    ) -> Any:
         resp = self._call(method, path, json=json, launch=launch)
         if not resp.ok:
-            raise self._fail(resp, method, path, launch=launch)
+            raise self._fail(resp, method, path, one_object=one_object)
         if not isinstance(resp.data, dict) or "data" not in resp.data:
             # Never read an unknown shape as "nothing there" (safety rule 5).
             raise PermanentError(http.describe(self, method, path, resp, "no data in answer"))
@@ -370,7 +379,7 @@ class LambdaCloud(Provider):
 
     def _delete_key_id(self, key_id: str) -> None:
         with contextlib.suppress(NotFound):  # already deleted: the goal is reached
-            self._data("DELETE", f"/ssh-keys/{_seg(key_id)}")
+            self._data("DELETE", f"/ssh-keys/{_seg(key_id)}", one_object=True)
 
     def delete_ssh_key(self, label: str) -> int:
         """Delete every account SSH key named ``label``; returns how many were deleted. For the
@@ -400,7 +409,7 @@ class LambdaCloud(Provider):
     # ------------------------------------------------------------------ read
     def get_instance(self, instance_id: str) -> InstanceData:
         path = f"/instances/{_seg(instance_id)}"
-        item = self._data("GET", path)
+        item = self._data("GET", path, one_object=True)
         if not isinstance(item, dict) or not _str(item.get("id")):
             raise PermanentError(f"{self.name} GET {path}: no instance in the answer")
         if _str(item.get("status")).lower() == "terminated":
@@ -448,7 +457,7 @@ class LambdaCloud(Provider):
         """Terminate (there is no stop, §2.2), one id per call (§4.12), then delete the rental's
         SSH key, named like the instance. A refused key delete never fails the teardown."""
         body = {"instance_ids": [str(instance_id).strip()]}
-        data = self._data("POST", "/instance-operations/terminate", json=body)
+        data = self._data("POST", "/instance-operations/terminate", json=body, one_object=True)
         terminated = data.get("terminated_instances") if isinstance(data, dict) else None
         for item in terminated if isinstance(terminated, list) else []:
             name = _str(item.get("name")) if isinstance(item, dict) else ""

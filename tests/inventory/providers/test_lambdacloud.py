@@ -750,3 +750,29 @@ def test_the_offline_kill_switch_covers_lambda():
     assert [type(a) for a in adapters] == [LambdaCloud] and adapters[0].base_url == URL
     assert "vastai (no VASTAI_API_KEY)" in skipped
     assert _adapters({})[1][-1] == "lambda (no LAMBDA_API_KEY)"
+
+
+def test_the_sandbox_interval_lowers_the_launch_pacing_too():
+    """PROVIDER_MIN_INTERVAL_SECONDS (the sandbox only) reaches the adapter as min_interval."""
+    fast = LambdaCloud(base_url="http://sandbox:8765/lambda/api/v1", api_key="k", min_interval=0.02)
+    assert fast.launch_interval == 0.02 and fast.launch_limiter.min_interval == 0.02
+    assert LambdaCloud(base_url="http://sandbox:8765/lambda/api/v1", api_key="k").launch_interval == 12.0
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        (403, "global/forbidden", AuthFailed),
+        (403, "global/account-inactive", InsufficientFunds),
+        (403, "global/invalid-address", InsufficientFunds),
+        (404, "global/not-found", PermanentError),  # listing has no 404: not "instance gone"
+        (409, "global/conflict", PermanentError),
+        (400, "provider/upstream-timeout", Transient),
+        (502, "", Transient),
+    ],
+)
+def test_error_codes_on_the_listing(rsps, lam, status, code, error):
+    rsps.add("GET", URL + "/instances", status=status, json={"error": {"code": code, "message": "m"}})
+    with pytest.raises(error) as info:
+        lam.list_instances("shopper-")
+    assert type(info.value) is error  # a 404 on a listing is never NotFound (never "none there")
