@@ -196,7 +196,8 @@ class LambdaCloud(Provider):
         except AuthFailed as exc:
             match = _CODE_IN_TEXT.search(exc.message)
             if exc.status == 403 and match and match.group(1) in CODES_NO_MONEY:
-                raise InsufficientFunds(exc.message, status=403) from exc
+                message = exc.message.replace("authentication failed", "the account cannot be billed")
+                raise InsufficientFunds(message, status=403) from exc
             raise
 
     def _fail(

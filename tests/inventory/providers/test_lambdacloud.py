@@ -202,7 +202,9 @@ def test_offers_errors(rsps, lam, key, error):
     add_variant(rsps, "GET", URL + "/instance-types", load("lambda_v1_instance_types.json")[key])
     with pytest.raises(error) as info:
         lam.search_offers()
-    assert API_KEY not in info.value.message
+    assert API_KEY not in info.value.message and type(info.value) is error
+    if error is InsufficientFunds:
+        assert "cannot be billed" in info.value.message and "global/account-inactive" in info.value.message
 
 
 @pytest.mark.parametrize("body", [{"data": []}, {"instance_types": {}}, [], None])
