@@ -238,6 +238,9 @@ TENSORDOCK_API_TOKEN = env.str("TENSORDOCK_API_TOKEN", default="")
 TENSORDOCK_API_URL = env.str("TENSORDOCK_API_URL", default="https://dashboard.tensordock.com/api/v2")
 RUNPOD_API_KEY = env.str("RUNPOD_API_KEY", default="")
 RUNPOD_API_URL = env.str("RUNPOD_API_URL", default="https://api.runpod.io/v2")  # REST v2 (v1 is retired)
+# Lambda Cloud API v1; the deprecated host https://cloud.lambdalabs.com/api/v1 may redirect (refused).
+LAMBDA_API_KEY = env.str("LAMBDA_API_KEY", default="")
+LAMBDA_API_URL = env.str("LAMBDA_API_URL", default="https://cloud.lambda.ai/api/v1")
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=30.0)
 # Overrides each adapter's pacing (Vast 1 s, TensorDock 0.6 s); for the local sandbox only.
 PROVIDER_MIN_INTERVAL_SECONDS = env.float("PROVIDER_MIN_INTERVAL_SECONDS", default=None)

@@ -473,9 +473,13 @@ def test_the_sandbox_profile_stack(migrated):
         assert success, procs["worker"].output()[-3000:]
         health = http(local, "/api/v1/health", host="127.0.0.1", proxied=False).json()
         assert health["sandbox"] is True
-        assert {p["name"]: p["offers"] > 0 for p in health["providers"]} == {
+        assert {p["name"]: p["offers"] > 0 for p in health["providers"] if p["enabled"]} == {
             "vastai": True,
             "tensordock": True,
+        }
+        # Lambda has no sandbox dialect yet: listed, disabled, and saying why.
+        assert {p["name"]: p["reason"] for p in health["providers"] if not p["enabled"]} == {
+            "lambda": "no API key set (LAMBDA_API_KEY)"
         }
 
         # Provider calls of the worker (offer search) and of the safety loop (instance listing),

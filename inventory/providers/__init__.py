@@ -5,6 +5,7 @@ nothing and tests can register a fake adapter with ``register_provider``.
 
 Settings (django.conf.settings, all optional): ``VASTAI_API_URL``, ``VASTAI_API_KEY``,
 ``TENSORDOCK_API_URL``, ``TENSORDOCK_API_TOKEN``, ``RUNPOD_API_URL``, ``RUNPOD_API_KEY``,
+``LAMBDA_API_URL``, ``LAMBDA_API_KEY``,
 ``PROVIDER_TIMEOUT_SECONDS``. A provider without
 a key is disabled, not an error.
 """
@@ -23,6 +24,7 @@ PROVIDER_CLASSES: dict[str, str] = {
     "vastai": "inventory.providers.vastai.VastAI",
     "tensordock": "inventory.providers.tensordock.TensorDock",
     "runpod": "inventory.providers.runpod.RunPod",
+    "lambda": "inventory.providers.lambdacloud.LambdaCloud",
 }
 
 # name -> (url setting, key setting, default url)
@@ -30,6 +32,7 @@ PROVIDER_SETTINGS: dict[str, tuple[str, str, str]] = {
     "vastai": ("VASTAI_API_URL", "VASTAI_API_KEY", "https://console.vast.ai"),
     "tensordock": ("TENSORDOCK_API_URL", "TENSORDOCK_API_TOKEN", "https://dashboard.tensordock.com/api/v2"),
     "runpod": ("RUNPOD_API_URL", "RUNPOD_API_KEY", "https://api.runpod.io/v2"),
+    "lambda": ("LAMBDA_API_URL", "LAMBDA_API_KEY", "https://cloud.lambda.ai/api/v1"),
 }
 DEFAULT_TIMEOUT_SECONDS = 30.0
 

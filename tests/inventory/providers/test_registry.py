@@ -28,7 +28,7 @@ from inventory.providers.base import Provider
 from inventory.providers.tensordock import TensorDock
 from inventory.providers.vastai import VastAI
 
-NO_KEYS = dict(VASTAI_API_KEY="", TENSORDOCK_API_TOKEN="", RUNPOD_API_KEY="")
+NO_KEYS = dict(VASTAI_API_KEY="", TENSORDOCK_API_TOKEN="", RUNPOD_API_KEY="", LAMBDA_API_KEY="")
 
 
 class FakeCloud(Provider):
@@ -57,7 +57,9 @@ def test_no_keys_means_disabled_with_reason():
         get_provider("vastai")
 
 
-@override_settings(VASTAI_API_KEY="vk", TENSORDOCK_API_TOKEN="tk", PROVIDER_TIMEOUT_SECONDS=12)
+@override_settings(
+    VASTAI_API_KEY="vk", TENSORDOCK_API_TOKEN="tk", LAMBDA_API_KEY="lk", PROVIDER_TIMEOUT_SECONDS=12
+)
 def test_both_keys_enable_both():
     both = [s for s in provider_statuses() if s["name"] in ("vastai", "tensordock")]
     assert len(both) == 2 and all(s["enabled"] and s["reason"] == "" for s in both)
@@ -65,6 +67,7 @@ def test_both_keys_enable_both():
     assert isinstance(providers["vastai"], VastAI) and isinstance(providers["tensordock"], TensorDock)
     assert providers["vastai"].api_key == "vk" and providers["vastai"].timeout == 12.0
     assert providers["tensordock"].base_url == "https://dashboard.tensordock.com/api/v2"
+    assert providers["lambda"].base_url == "https://cloud.lambda.ai/api/v1"  # every key: every provider
 
 
 @override_settings(VASTAI_API_KEY="  vk \n", VASTAI_API_URL="https://cloud.vast.ai/")
