@@ -49,7 +49,7 @@ def test_a_killed_acting_safety_loop_leaves_nothing_running():
     """Two safety loops; the acting one is SIGKILLed mid-run and stays dead: the other takes over
     (sessions/leader.py). 0 leaks, every deadline within 60 s."""
     run = subprocess.run(
-        [sys.executable, "-m", "shopper.chaos", "--rentals", "20", "--reservation-minutes", "1.5",
+        [sys.executable, "-m", "shopper.chaos", "--rentals", "10", "--reservation-minutes", "1.5",
          "--kill-safety-leader", "--grace-rentals", "0", "--deployment-rentals", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

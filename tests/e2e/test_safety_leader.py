@@ -59,9 +59,13 @@ def wait_for(check, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The suite's own database kind: .ci/run runs the suite on SQLite and again on PostgreSQL.
+SUITE_BACKEND = "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
+
+
+@pytest.fixture(params=[SUITE_BACKEND])
 def backend(request, tmp_path):
-    """(environment, query function) of a fresh, migrated database of each kind."""
+    """(environment, query function) of a fresh, migrated database of the suite's kind."""
     if request.param == "sqlite":
         db = tmp_path / "leader.sqlite3"
         url = f"sqlite:///{db}"
