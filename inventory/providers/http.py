@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import requests
 from prometheus_client import Counter, Histogram, values
@@ -274,3 +275,21 @@ def to_time(value: Any) -> datetime | None:
     except (ValueError, OverflowError, OSError):
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def path_segment(value: Any) -> str:
+    """An id as one URL path segment (ids come from the database; never let one add a path)."""
+    return quote(str(value).strip(), safe="")
+
+
+def to_text(value: Any) -> str:
+    """A provider's string field, stripped; anything else (null, a number) is ""."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def to_int(value: Any) -> int:
+    """A provider's whole-number field; null, a bool or garbage is 0."""
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else 0
+    except (TypeError, ValueError):
+        return 0

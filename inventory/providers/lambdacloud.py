@@ -27,7 +27,6 @@ import re
 import shlex
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
@@ -85,22 +84,6 @@ CODES_NO_MONEY = frozenset({"global/account-inactive", "global/invalid-address"}
 _CODE_IN_TEXT = re.compile(r'"code"\s*:\s*"([^"]+)"')
 
 
-def _seg(value: str) -> str:
-    """An id as one URL path segment (ids come from the database; never let one add a path)."""
-    return quote(str(value).strip(), safe="")
-
-
-def _str(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value) if value is not None and not isinstance(value, bool) else 0
-    except (TypeError, ValueError):
-        return 0
-
-
 def cents_to_dollars(cents: Any) -> Decimal | None:
     """Integer US cents -> Decimal dollars, exactly (129 -> 1.29); None when not a number."""
     if cents is None or isinstance(cents, bool):
@@ -120,7 +103,7 @@ def _keys(public_key: str) -> list[str]:
 def error_code(data: Any) -> str:
     """``error.code`` of Lambda's envelope ``{"error": {"code", "message", "suggestion"?}}``."""
     error = data.get("error") if isinstance(data, dict) else None
-    return _str(error.get("code")) if isinstance(error, dict) else ""
+    return http.to_text(error.get("code")) if isinstance(error, dict) else ""
 
 
 def _no_redirects(resp: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
@@ -245,21 +228,23 @@ class LambdaCloud(Provider):
 
     def _type_offers(self, entry: dict[str, Any]) -> list[OfferData]:
         itype = entry.get("instance_type") if isinstance(entry.get("instance_type"), dict) else {}
-        type_name = _str(itype.get("name"))
+        type_name = http.to_text(itype.get("name"))
         specs = itype.get("specs") if isinstance(itype.get("specs"), dict) else {}
         price = cents_to_dollars(itype.get("price_cents_per_hour"))
         gpu_type, vram = lambda_gpu_type(
-            _str(itype.get("gpu_description")) or _str(itype.get("description")), type_name
+            http.to_text(itype.get("gpu_description")) or http.to_text(itype.get("description")), type_name
         )
         # The count from specs.gpus; the description's "8x" only when specs lacks it (§2.3).
-        count = _int(specs.get("gpus")) or _int(re.match(r"\d*", _str(itype.get("description"))).group())
+        count = http.to_int(specs.get("gpus")) or http.to_int(
+            re.match(r"\d*", http.to_text(itype.get("description"))).group()
+        )
         if not type_name or price is None or count <= 0 or not vram:
             return []  # CPU-only types, or nothing we could price or name
-        storage = _int(specs.get("storage_gib")) or None
+        storage = http.to_int(specs.get("storage_gib")) or None
         offers = []
         # An empty regions_with_capacity_available means sold out (dstack): no offer at all.
         for region in entry.get("regions_with_capacity_available") or []:
-            region_name = _str(region.get("name")) if isinstance(region, dict) else ""
+            region_name = http.to_text(region.get("name")) if isinstance(region, dict) else ""
             if not _OFFER_ID.match(f"{region_name}:{type_name}"):
                 continue
             offers.append(
@@ -270,10 +255,10 @@ class LambdaCloud(Provider):
                     gpu_count=count,
                     vram_gb=vram,
                     price_per_hour=price,
-                    location=_str(region.get("description")) or region_name,
+                    location=http.to_text(region.get("description")) or region_name,
                     reliability=None,  # Lambda publishes none; don't invent one
-                    cpu_cores=_int(specs.get("vcpus")) or None,
-                    ram_gb=_int(specs.get("memory_gib")) or None,
+                    cpu_cores=http.to_int(specs.get("vcpus")) or None,
+                    ram_gb=http.to_int(specs.get("memory_gib")) or None,
                     disk_gb=storage,
                     # Storage is included in the price and fixed per type: no other size is sold.
                     storage_price_per_gb_hour=Decimal("0"),
@@ -345,10 +330,10 @@ class LambdaCloud(Provider):
                 self._delete_key_quietly(request.label)
             raise
         ids = data.get("instance_ids") if isinstance(data, dict) else None
-        if not isinstance(ids, list) or not ids or not _str(ids[0]):
+        if not isinstance(ids, list) or not ids or not http.to_text(ids[0]):
             # Accepted but no id: the caller looks the label up (safety rule 2).
             raise Transient(f"{self.name} launch: no instance id in the answer {str(data)[:200]}")
-        return _str(ids[0])
+        return http.to_text(ids[0])
 
     # ------------------------------------------------------------------ SSH keys
     def _ssh_keys(self) -> list[dict[str, Any]]:
@@ -363,15 +348,16 @@ class LambdaCloud(Provider):
         same key and replaced when not; the code for a duplicate name is UNCONFIRMED (§2.4), so
         after a refused add the list decides whether the key is there."""
         for key in self._ssh_keys():
-            if _str(key.get("name")) == label:
-                if _str(key.get("public_key")) == public_key.strip():
+            if http.to_text(key.get("name")) == label:
+                if http.to_text(key.get("public_key")) == public_key.strip():
                     return label
-                self._delete_key_id(_str(key.get("id")))
+                self._delete_key_id(http.to_text(key.get("id")))
         try:
             self._data("POST", "/ssh-keys", json={"name": label, "public_key": public_key.strip()})
         except PermanentError:
             if any(
-                _str(k.get("name")) == label and _str(k.get("public_key")) == public_key.strip()
+                http.to_text(k.get("name")) == label
+                and http.to_text(k.get("public_key")) == public_key.strip()
                 for k in self._ssh_keys()
             ):
                 return label  # a concurrent retry added it first
@@ -380,7 +366,7 @@ class LambdaCloud(Provider):
 
     def _delete_key_id(self, key_id: str) -> None:
         with contextlib.suppress(NotFound):  # already deleted: the goal is reached
-            self._data("DELETE", f"/ssh-keys/{_seg(key_id)}", one_object=True)
+            self._data("DELETE", f"/ssh-keys/{http.path_segment(key_id)}", one_object=True)
 
     def delete_ssh_key(self, label: str) -> int:
         """Delete every account SSH key named ``label``; returns how many were deleted. For the
@@ -388,8 +374,8 @@ class LambdaCloud(Provider):
         refuses (e.g. a key still in use by a terminating instance: try again later)."""
         deleted = 0
         for key in self._ssh_keys():
-            if _str(key.get("name")) == label and _str(key.get("id")):
-                self._delete_key_id(_str(key["id"]))
+            if http.to_text(key.get("name")) == label and http.to_text(key.get("id")):
+                self._delete_key_id(http.to_text(key["id"]))
                 deleted += 1
         return deleted
 
@@ -397,7 +383,11 @@ class LambdaCloud(Provider):
         """Names of the account's SSH keys that start with ``label_prefix`` (ours). A reconcile
         deletes those whose rental is over and whose instance is gone (``delete_ssh_key``)."""
         return sorted(
-            {_str(k.get("name")) for k in self._ssh_keys() if _str(k.get("name")).startswith(label_prefix)}
+            {
+                http.to_text(k.get("name"))
+                for k in self._ssh_keys()
+                if http.to_text(k.get("name")).startswith(label_prefix)
+            }
         )
 
     def _delete_key_quietly(self, label: str) -> None:
@@ -409,11 +399,11 @@ class LambdaCloud(Provider):
 
     # ------------------------------------------------------------------ read
     def get_instance(self, instance_id: str) -> InstanceData:
-        path = f"/instances/{_seg(instance_id)}"
+        path = f"/instances/{http.path_segment(instance_id)}"
         item = self._data("GET", path, one_object=True)
-        if not isinstance(item, dict) or not _str(item.get("id")):
+        if not isinstance(item, dict) or not http.to_text(item.get("id")):
             raise PermanentError(f"{self.name} GET {path}: no instance in the answer")
-        if _str(item.get("status")).lower() == "terminated":
+        if http.to_text(item.get("status")).lower() == "terminated":
             raise NotFound(f"{self.name} instance {instance_id} is terminated", status=200)
         return self._instance(item)
 
@@ -424,14 +414,14 @@ class LambdaCloud(Provider):
         out = [
             self._instance(i)
             for i in data
-            if isinstance(i, dict) and _str(i.get("status")).lower() != "terminated"
+            if isinstance(i, dict) and http.to_text(i.get("status")).lower() != "terminated"
         ]
         # A missing name is no label (§2.6): never ours.
         return [i for i in out if i.label is not None and i.label.startswith(label_prefix)]
 
     def _instance(self, item: dict[str, Any]) -> InstanceData:
-        status = _str(item.get("status")).lower()
-        ip = _str(item.get("ip"))  # absent or null while booting (§4.12): .get() covers both
+        status = http.to_text(item.get("status")).lower()
+        ip = http.to_text(item.get("ip"))  # absent or null while booting (§4.12): .get() covers both
         state = _STATES.get(status, STATE_PENDING)
         if state == STATE_RUNNING and not ip:
             state = STATE_BOOTING
@@ -439,8 +429,8 @@ class LambdaCloud(Provider):
         reachable = bool(ip) and status not in _ENDED
         return InstanceData(
             provider=self.name,
-            instance_id=_str(item.get("id")),
-            label=_str(item.get("name")) or None,
+            instance_id=http.to_text(item.get("id")),
+            label=http.to_text(item.get("name")) or None,
             state=state,
             raw_status=status,
             status_message="health checks failing" if status == "unhealthy" else "",
@@ -461,6 +451,6 @@ class LambdaCloud(Provider):
         data = self._data("POST", "/instance-operations/terminate", json=body, one_object=True)
         terminated = data.get("terminated_instances") if isinstance(data, dict) else None
         for item in terminated if isinstance(terminated, list) else []:
-            name = _str(item.get("name")) if isinstance(item, dict) else ""
+            name = http.to_text(item.get("name")) if isinstance(item, dict) else ""
             if name and name in (item.get("ssh_key_names") or []):
                 self._delete_key_quietly(name)

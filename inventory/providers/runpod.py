@@ -23,7 +23,6 @@ import re
 import shlex
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote
 
 from . import http
 from .base import (
@@ -88,22 +87,6 @@ START_COMMAND = (
 )
 
 
-def _seg(value: str) -> str:
-    """An id as one URL path segment (ids come from the database; never let one add a path)."""
-    return quote(str(value).strip(), safe="")
-
-
-def _str(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value) if value is not None and not isinstance(value, bool) else 0
-    except (TypeError, ValueError):
-        return 0
-
-
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -136,7 +119,8 @@ class RunPod(Provider):
         """Map a v2 problem+json answer to a typed error (RUNPOD_LAMBDA.md 1.9)."""
         data = _dict(resp.data)
         detail = " ".join(
-            [_str(data.get("detail"))] + [_str(e) for e in data.get("errors") or [] if isinstance(e, str)]
+            [http.to_text(data.get("detail"))]
+            + [http.to_text(e) for e in data.get("errors") or [] if isinstance(e, str)]
         ).strip()
         message = http.describe(self, method, path, resp)
         if isinstance(data.get("error"), str):  # v1's envelope, never v2's (RPPLUG)
@@ -175,24 +159,24 @@ class RunPod(Provider):
         price = http.to_money(_dict(gpu.get("price")).get(CLOUD.lower()))
         if not gpu_id.strip() or gpu.get(CLOUD.lower()) is not True or not price or price <= 0:
             return []
-        if count > _int(_dict(gpu.get("maxCount")).get(CLOUD.lower())):
+        if count > http.to_int(_dict(gpu.get("maxCount")).get(CLOUD.lower())):
             return []
-        if _str(gpu.get("availability")).upper() in ("", "NONE"):
+        if http.to_text(gpu.get("availability")).upper() in ("", "NONE"):
             return []
-        gpu_type, vram = runpod_gpu_type(gpu_id, _int(gpu.get("memory")))
+        gpu_type, vram = runpod_gpu_type(gpu_id, http.to_int(gpu.get("memory")))
         if not vram:
             return []
         cudas = [
-            _str(c.get("version"))
+            http.to_text(c.get("version"))
             for c in gpu.get("cudaVersions") or []
             if isinstance(c, dict) and c.get("available") is True
         ]
-        cuda = max(cudas, key=lambda v: tuple(_int(p) for p in v.split(".")), default="")
+        cuda = max(cudas, key=lambda v: tuple(http.to_int(p) for p in v.split(".")), default="")
         total = price * count + DISK_PRICE_PER_GB_HOUR * DEFAULT_DISK_GB
         offers = []
         for dc in gpu.get("dataCenters") or []:
-            dc_id = _str(dc.get("id")) if isinstance(dc, dict) else ""
-            if not dc_id or _str(dc.get("availability")).upper() in ("", "NONE"):
+            dc_id = http.to_text(dc.get("id")) if isinstance(dc, dict) else ""
+            if not dc_id or http.to_text(dc.get("availability")).upper() in ("", "NONE"):
                 continue
             offers.append(
                 OfferData(
@@ -202,7 +186,7 @@ class RunPod(Provider):
                     gpu_count=count,
                     vram_gb=vram,
                     price_per_hour=http.to_money(total) or Decimal("0"),
-                    location=_str(dc.get("name")) or dc_id,
+                    location=http.to_text(dc.get("name")) or dc_id,
                     reliability=None,  # RunPod publishes none
                     disk_gb=DEFAULT_DISK_GB,
                     cuda_version=cuda,
@@ -280,7 +264,7 @@ class RunPod(Provider):
             resp = self._create(body)
         if not resp.ok:
             raise self._fail(resp, "POST", "/pods", create=True)
-        pod_id = _str(_dict(resp.data).get("id"))
+        pod_id = http.to_text(_dict(resp.data).get("id"))
         if not pod_id:
             raise PermanentError(http.describe(self, "POST", "/pods", resp, "no pod id in answer"))
         return pod_id
@@ -296,13 +280,13 @@ class RunPod(Provider):
 
     # ---------------------------------------------------------------- read
     def get_instance(self, instance_id: str) -> InstanceData:
-        path = f"/pods/{_seg(instance_id)}"
+        path = f"/pods/{http.path_segment(instance_id)}"
         resp = self._call("GET", path)
         pod = _dict(resp.data)
-        if not _str(pod.get("id")):
+        if not http.to_text(pod.get("id")):
             raise PermanentError(http.describe(self, "GET", path, resp, "no pod in answer"))
         # A deleted pod may still be read as TERMINATED instead of 404 (1.7): gone either way.
-        if _str(pod.get("status")).upper() == GONE:
+        if http.to_text(pod.get("status")).upper() == GONE:
             raise NotFound(f"runpod pod {instance_id} is terminated", status=resp.status)
         return self._instance(pod)
 
@@ -320,7 +304,7 @@ class RunPod(Provider):
                 raise PermanentError(http.describe(self, "GET", "/pods", resp, "no pods list"))
             pods += [p for p in page if isinstance(p, dict)]
             pagination = _dict(_dict(resp.data).get("pagination"))
-            cursor = _str(pagination.get("nextCursor"))
+            cursor = http.to_text(pagination.get("nextCursor"))
             if not pagination.get("hasNextPage") and not cursor:
                 break
             if not cursor or cursor in seen:
@@ -329,7 +313,7 @@ class RunPod(Provider):
             params = {"cursor": cursor}
         else:
             raise PermanentError(f"runpod GET /pods: more than {MAX_LIST_PAGES} pages")
-        out = [self._instance(p) for p in pods if _str(p.get("status")).upper() != GONE]
+        out = [self._instance(p) for p in pods if http.to_text(p.get("status")).upper() != GONE]
         return [i for i in out if i.instance_id and (i.label or "").startswith(label_prefix)]
 
     @staticmethod
@@ -337,17 +321,19 @@ class RunPod(Provider):
         """``ssh.direct``, else the public mapping of port 22 in ``runtime.ports`` (skypilot).
         ``ssh.proxy`` is never used: it is an interactive shell only (RP2 PodSsh)."""
         direct = _dict(_dict(pod.get("ssh")).get("direct"))
-        if _str(direct.get("host")) and _int(direct.get("port")):
-            return _str(direct["host"]), _int(direct["port"])
+        if http.to_text(direct.get("host")) and http.to_int(direct.get("port")):
+            return http.to_text(direct["host"]), http.to_int(direct["port"])
         for port in _dict(pod.get("runtime")).get("ports") or []:
             port = _dict(port)
-            is_ssh = _int(port.get("private")) == 22 and _str(port.get("type")).lower() == "tcp"
-            if is_ssh and _str(port.get("ip")) and _int(port.get("public")):
-                return _str(port["ip"]), _int(port["public"])
+            is_ssh = (
+                http.to_int(port.get("private")) == 22 and http.to_text(port.get("type")).lower() == "tcp"
+            )
+            if is_ssh and http.to_text(port.get("ip")) and http.to_int(port.get("public")):
+                return http.to_text(port["ip"]), http.to_int(port["public"])
         return "", None
 
     def _instance(self, pod: dict[str, Any]) -> InstanceData:
-        status = _str(pod.get("status")).upper()
+        status = http.to_text(pod.get("status")).upper()
         state = _STATES.get(status, STATE_PENDING)
         host, port = self.ssh_endpoint(pod)
         message = ""
@@ -359,12 +345,16 @@ class RunPod(Provider):
         ports: dict[int, tuple[str, int]] = {}
         for item in _dict(pod.get("runtime")).get("ports") or []:
             item = _dict(item)
-            if _str(item.get("ip")) and _int(item.get("public")) and _int(item.get("private")):
-                ports[_int(item["private"])] = (_str(item["ip"]), _int(item["public"]))
+            if (
+                http.to_text(item.get("ip"))
+                and http.to_int(item.get("public"))
+                and http.to_int(item.get("private"))
+            ):
+                ports[http.to_int(item["private"])] = (http.to_text(item["ip"]), http.to_int(item["public"]))
         return InstanceData(
             provider=self.name,
-            instance_id=_str(pod.get("id")),
-            label=_str(pod.get("name")) or None,
+            instance_id=http.to_text(pod.get("id")),
+            label=http.to_text(pod.get("name")) or None,
             state=state,
             raw_status=status.lower(),
             status_message=message,
@@ -382,4 +372,4 @@ class RunPod(Provider):
     def destroy_instance(self, instance_id: str) -> None:
         """``DELETE /pods/{id}``: 204, and the pod leaves the list. 404 is NotFound (already
         gone); 409 (a cluster member) is PermanentError."""
-        self._call("DELETE", f"/pods/{_seg(instance_id)}")
+        self._call("DELETE", f"/pods/{http.path_segment(instance_id)}")
