@@ -477,9 +477,10 @@ def test_the_sandbox_profile_stack(migrated):
             "vastai": True,
             "tensordock": True,
         }
-        # Lambda has no sandbox dialect yet: listed, disabled, and saying why.
+        # RunPod and Lambda have no sandbox dialect yet: listed, disabled, and saying why.
         assert {p["name"]: p["reason"] for p in health["providers"] if not p["enabled"]} == {
-            "lambda": "no API key set (LAMBDA_API_KEY)"
+            "runpod": "no API key set (RUNPOD_API_KEY)",
+            "lambda": "no API key set (LAMBDA_API_KEY)",
         }
 
         # Provider calls of the worker (offer search) and of the safety loop (instance listing),

@@ -153,7 +153,10 @@ def stack() -> Iterator[Stack]:
         assert left == [], f"instances left in the sandbox: {left} (logs in {tmp})"
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open its event loop counts as
+# running in this thread, and every later test on the same xdist worker that opens a database
+# connection would fail with SynchronousOnlyOperation.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
