@@ -17,15 +17,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _chaos(*args: str, timeout: float) -> dict:
+    run = subprocess.run(
+        [sys.executable, "-m", "shopper.chaos", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert "CHAOS OK" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]
+    return json.loads(run.stdout[run.stdout.index("{") : run.stdout.rindex("}") + 1])
+
+
 @pytest.mark.e2e
 def test_fifty_rentals_under_chaos_leave_nothing_running():
-    run = subprocess.run(
-        [sys.executable, "-m", "shopper.chaos", "--rentals", "50", "--reservation-minutes", "1.5",
-         "--deployment-rentals", "0"],  # the deployments phase has its own test
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    # The grace and deployments phases have tests of their own (run beside this one).
+    report = _chaos(
+        "--rentals", "50", "--reservation-minutes", "1.5",
+        "--grace-rentals", "0", "--deployment-rentals", "0", timeout=900,
     )  # fmt: skip
-    assert "CHAOS OK" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]
-    report = json.loads(run.stdout[run.stdout.index("{") : run.stdout.rindex("}") + 1])
     assert report["rentals"] == 50
     assert report["leaks"] == 0, "instances left running at the provider"
     assert report["billed_without_gpu_check"] == 0, "a machine was billed before its GPUs were proven"
@@ -33,8 +43,13 @@ def test_fifty_rentals_under_chaos_leave_nothing_running():
     assert report["deadlines_enforced"] > 0 and report["worst_deadline_lag_s"] <= 60
     # The field-notes faults were met, not only configured (FIELD_NOTES; shopper/chaos.py FAULTS).
     assert sum(report["field_faults_seen"].values()) > 0, report
-    # The grace phase: the old code destroyed all 6 after the outage and made ghosts of the
-    # second batch after two lagging listings.
+
+
+@pytest.mark.e2e
+def test_an_outage_and_a_lagging_listing_destroy_no_healthy_machine():
+    """The grace phase: the old code destroyed all 6 after the outage and made ghosts of the
+    second batch after two lagging listings."""
+    report = _chaos("--rentals", "0", "--grace-rentals", "6", "--deployment-rentals", "0", timeout=900)
     assert report["grace_rentals"] == report["grace_active_before_outage"] == 6
     assert report["listing_max_missing_count"] >= 2, "the listing lag never hid a live instance"
     assert report["false_ghosts"] == 0
