@@ -101,3 +101,15 @@ def _clear_cache():
     yield
     for name in ("default", "local"):
         caches[name].clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the end-to-end tests first. They spend minutes waiting on real processes (boots,
+    deadlines, outages); handed out first, their waits overlap the rest of the suite instead of
+    running one after another at the end (pytest-xdist hands tests out in collection order)."""
+    longest = ("test_chaos.py", "test_stalled_queue.py", "test_two_deployments.py", "test_safety_leader.py")
+
+    def order(item) -> tuple[bool, bool]:
+        return item.get_closest_marker("e2e") is None, not item.nodeid.split("::")[0].endswith(longest)
+
+    items.sort(key=order)

@@ -11,6 +11,7 @@ import pytest
 
 from costs.models import LedgerEntry
 from inventory.models import Offer
+from sessions import services
 from sessions.models import Rental
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -86,9 +87,27 @@ def test_td_deploy_error(cloud, api, quick):
     assert cloud.calls().get("tensordock.list", 0) >= 1  # checked by label that nothing exists
 
 
-def test_td_401_on_create_while_reads_work(cloud, api, quick):
-    """TD-AUTH401: the create answers 401 {"error": "Unauthorized"}; reads keep working."""
+@pytest.fixture
+def quick_401_retries(monkeypatch):
+    monkeypatch.setattr(services, "CREATE_401_RETRY_SECONDS", (0.05, 0.05))
+
+
+def test_td_401_on_create_while_reads_work_is_retried(cloud, api, quick, quick_401_retries):
+    """TD-AUTH401: the create answers 401 {"error": "Unauthorized"} while reads keep working:
+    FIELD_NOTES says retry, not a credential outage. The second create goes through."""
     cloud.set_faults([{"dialect": "tensordock", "op": "create", "fail_next": 1, "error_status": 401}])
+    session = rent(api, cheapest("tensordock"))
+    assert session["status"] == "active", session
+    assert "refused the create with 401" in seen_by_user(api, session["id"])
+    assert len(cloud.instances()) == 1
+    api.post(f"/api/v1/sessions/{session['id']}/done")
+    assert cloud.instances() == []
+
+
+def test_td_401_on_every_create_fails_after_the_retries(cloud, api, quick, quick_401_retries):
+    """Still 401 after the retries: failed, nothing billed, the provider's own words shown."""
+    tries = len(services.CREATE_401_RETRY_SECONDS) + 1
+    cloud.set_faults([{"dialect": "tensordock", "op": "create", "fail_next": tries, "error_status": 401}])
     session = rent(api, cheapest("tensordock"))
     assert session["status"] == "failed", session
     # The provider's own body reaches the session ("Unauthorized"), not a bare status.

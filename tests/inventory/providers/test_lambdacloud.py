@@ -751,7 +751,7 @@ def test_the_offline_kill_switch_covers_lambda():
     adapters, skipped = _adapters({"LAMBDA_API_KEY": "k", "VASTAI_API_KEY": ""})
     assert [type(a) for a in adapters] == [LambdaCloud] and adapters[0].base_url == URL
     assert "vastai (no VASTAI_API_KEY)" in skipped
-    assert _adapters({})[1][-1] == "lambda (no LAMBDA_API_KEY)"
+    assert "lambda (no LAMBDA_API_KEY)" in _adapters({})[1]
 
 
 def test_the_sandbox_interval_lowers_the_launch_pacing_too():
