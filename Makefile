@@ -20,11 +20,12 @@ browser-deps:
 	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will be reported as errors")
 
 # Four workers on two cores: the end-to-end tests mostly wait on real processes (boots, deadlines,
-# outages), so two more workers overlap those waits instead of idling the CPU.
+# outages), so two more workers overlap those waits instead of idling the CPU. They are collected
+# first (tests/conftest.py) and handed out one at a time, so no worker queues two of them.
 test: $(STAMP) browser-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 4 -q
+	$(BIN)/python -m pytest -n 4 --maxschedchunk 1 -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not e2e and not browser"
