@@ -313,15 +313,18 @@ def test_extend_moves_the_reservation_and_past_the_hard_max_is_exit_2(shopper, r
 # --- costs ----------------------------------------------------------------------------------
 def test_costs_prints_totals_and_series(shopper, run, user):
     now = timezone.now()
+    # Two hours inside one UTC day (yesterday, 09:00-11:00): a window ending "now" splits the
+    # spend in two rows whenever the suite runs shortly after midnight.
+    start = (now - timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
     RentalFactory(
         consumer=user,
         provider="clicloud",
         status=Status.DESTROYED,
         price_per_hour=Decimal("1.5000"),
-        active_since=now - timedelta(hours=3),
-        ended_at=now - timedelta(hours=1),
+        active_since=start,
+        ended_at=start + timedelta(hours=2),
     )
-    day = (now - timedelta(hours=3)).date().isoformat()
+    day = start.date().isoformat()
     argv = ["costs", "--period", "day", "--from", day, "--to", now.date().isoformat()]
     code, out, err = run(*argv)
     assert code == 0, err
