@@ -31,6 +31,7 @@ import logging
 import re
 import time
 import traceback
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from urllib.parse import parse_qsl, urlsplit
@@ -43,16 +44,30 @@ from .web import BadJSON, Request, Response, ok
 log = logging.getLogger("sandbox.http")
 
 
-def registered_dialects() -> dict[str, tuple[str, ModuleType]]:
-    """prefix -> (dialect name, module) for every registered provider folder that has a sandbox.py."""
-    from inventory.providers import PROVIDERS
+class DialectError(Exception):
+    """A provider's sandbox.py does not say where or under which name it is served."""
 
-    dialects = {}
-    for reg in PROVIDERS.values():
+
+def registered_dialects(providers: Mapping | None = None) -> dict[str, tuple[str, ModuleType]]:
+    """prefix -> (dialect name, module) for every registered provider folder that has a sandbox.py.
+
+    ``providers`` is the registry (``inventory.providers.PROVIDERS`` unless a test passes one).
+    Raises DialectError when a dialect lacks ``DIALECT``/``PREFIX`` or two claim one prefix or name.
+    """
+    if providers is None:
+        from inventory.providers import PROVIDERS as providers
+
+    dialects: dict[str, tuple[str, ModuleType]] = {}
+    for reg in providers.values():
         if importlib.util.find_spec(f"{reg.package}.sandbox") is None:
             continue  # the sandbox does not speak this provider (yet)
         mod = importlib.import_module(f"{reg.package}.sandbox")
-        dialects[mod.PREFIX] = (mod.DIALECT, mod)
+        prefix, name = getattr(mod, "PREFIX", None), getattr(mod, "DIALECT", None)
+        if not (isinstance(prefix, str) and prefix.startswith("/") and isinstance(name, str) and name):
+            raise DialectError(f"{mod.__name__} must declare DIALECT (a name) and PREFIX (like '/vastai')")
+        if any(p == prefix or n == name for p, (n, _) in dialects.items()):
+            raise DialectError(f"{mod.__name__}: prefix {prefix!r} or dialect {name!r} is already served")
+        dialects[prefix] = (name, mod)
     return dialects
 
 
