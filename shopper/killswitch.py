@@ -5,7 +5,7 @@ the same variables the server reads (``VASTAI_API_KEY``/``VASTAI_API_URL``,
 ``TENSORDOCK_API_TOKEN``/``TENSORDOCK_API_URL``, ``PROVIDER_TIMEOUT_SECONDS``,
 ``PROVIDER_MIN_INTERVAL_SECONDS``): no database, no running server, no Django settings module.
 
-How it stays off Django: the adapters (``inventory/providers/vastai.py``, ``tensordock.py``) are
+How it stays off Django: the adapters (``inventory/providers/<provider>/adapter.py``) are
 thin ``requests`` clients that read no settings when built directly with ``base_url``/``api_key``
 (only ``inventory.providers.get_provider`` reads settings and the shared database/Redis rate
 limiter; this module never calls it). Importing the package imports ``django.conf`` but never

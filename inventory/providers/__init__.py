@@ -1,7 +1,15 @@
 """Provider registry: which adapters exist, their settings, and which are enabled.
 
+A provider is one folder, ``inventory/providers/<folder>/``: ``adapter.py`` (the client),
+``names.py`` (its GPU names -> canonical ``gpu_type``), ``fixtures/`` (recorded bodies for its
+tests) and, when the sandbox cloud speaks it, ``sandbox.py`` (the dialect, with its URL ``PREFIX``).
+Its ``__init__.py`` exports the adapter class. Adding a provider is that folder plus one line
+in ``PROVIDERS`` below; tests/inventory/providers/test_layout.py keeps the rule.
+
 Adapter classes are named by dotted path and imported lazily, so importing this package costs
-nothing and tests can register a fake adapter with ``register_provider``.
+nothing and tests can register a fake adapter with ``register_provider``. Django settings are
+read inside the functions: the sandbox cloud imports this package (for ``PROVIDERS``) and never
+imports Django.
 
 Settings (django.conf.settings, all optional): ``VASTAI_API_URL``, ``VASTAI_API_KEY``,
 ``TENSORDOCK_API_URL``, ``TENSORDOCK_API_TOKEN``, ``RUNPOD_API_URL``, ``RUNPOD_API_KEY``,
@@ -12,27 +20,37 @@ a key is disabled, not an error.
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.conf import settings
-from django.utils.module_loading import import_string
+from typing import Any, NamedTuple
 
 from .base import Provider
 from .ratelimit import shared_limiter
 
-PROVIDER_CLASSES: dict[str, str] = {
-    "vastai": "inventory.providers.vastai.VastAI",
-    "tensordock": "inventory.providers.tensordock.TensorDock",
-    "runpod": "inventory.providers.runpod.RunPod",
-    "lambda": "inventory.providers.lambdacloud.LambdaCloud",
-}
 
+class Registration(NamedTuple):
+    """One built-in provider: its package (folder), the class it exports, and its settings."""
+
+    package: str
+    class_name: str
+    url_setting: str
+    key_setting: str
+    default_url: str
+
+
+# One line per provider: name -> (package, adapter class, url setting, key setting, default url).
+PROVIDERS: dict[str, Registration] = {
+    "vastai": Registration("inventory.providers.vastai", "VastAI", "VASTAI_API_URL", "VASTAI_API_KEY", "https://console.vast.ai"),
+    "tensordock": Registration("inventory.providers.tensordock", "TensorDock", "TENSORDOCK_API_URL", "TENSORDOCK_API_TOKEN", "https://dashboard.tensordock.com/api/v2"),  # noqa: E501
+    "runpod": Registration("inventory.providers.runpod", "RunPod", "RUNPOD_API_URL", "RUNPOD_API_KEY", "https://api.runpod.io/v2"),
+    "lambda": Registration("inventory.providers.lambdacloud", "LambdaCloud", "LAMBDA_API_URL", "LAMBDA_API_KEY", "https://cloud.lambda.ai/api/v1"),  # noqa: E501
+}  # fmt: skip
+
+# Derived, mutable views (``register_provider`` adds fakes here, never to PROVIDERS).
+# name -> dotted path of the adapter class; the package re-exports it, so the paths stored before
+# the folders existed ("inventory.providers.vastai.VastAI") still resolve.
+PROVIDER_CLASSES: dict[str, str] = {name: f"{r.package}.{r.class_name}" for name, r in PROVIDERS.items()}
 # name -> (url setting, key setting, default url)
 PROVIDER_SETTINGS: dict[str, tuple[str, str, str]] = {
-    "vastai": ("VASTAI_API_URL", "VASTAI_API_KEY", "https://console.vast.ai"),
-    "tensordock": ("TENSORDOCK_API_URL", "TENSORDOCK_API_TOKEN", "https://dashboard.tensordock.com/api/v2"),
-    "runpod": ("RUNPOD_API_URL", "RUNPOD_API_KEY", "https://api.runpod.io/v2"),
-    "lambda": ("LAMBDA_API_URL", "LAMBDA_API_KEY", "https://cloud.lambda.ai/api/v1"),
+    name: (r.url_setting, r.key_setting, r.default_url) for name, r in PROVIDERS.items()
 }
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -77,6 +95,8 @@ def provider_class(name: str) -> type[Provider]:
     except KeyError:
         known = ", ".join(sorted(PROVIDER_CLASSES))
         raise UnknownProvider(f"unknown provider {name!r} (known: {known})") from None
+    from django.utils.module_loading import import_string
+
     return import_string(path)
 
 
@@ -89,6 +109,8 @@ def _setting_names(name: str) -> tuple[str, str, str]:
 
 def provider_settings(name: str) -> tuple[str, str]:
     """(base url, api key) for ``name``; the key is "" when unset."""
+    from django.conf import settings
+
     url_setting, key_setting, default_url = _setting_names(name)
     url = getattr(settings, url_setting, None) or default_url
     key = getattr(settings, key_setting, None) or ""
@@ -96,6 +118,8 @@ def provider_settings(name: str) -> tuple[str, str]:
 
 
 def provider_timeout() -> float:
+    from django.conf import settings
+
     return float(getattr(settings, "PROVIDER_TIMEOUT_SECONDS", None) or DEFAULT_TIMEOUT_SECONDS)
 
 
@@ -104,6 +128,8 @@ def get_provider(name: str, **kwargs: Any) -> Provider:
 
     ``kwargs`` go to the constructor (e.g. ``session=`` in tests).
     """
+    from django.conf import settings
+
     cls = provider_class(name)
     url, key = provider_settings(name)
     if not key:

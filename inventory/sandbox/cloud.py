@@ -1,6 +1,6 @@
 """The sandbox cloud's core: instances, their lifecycle and their simulated machines.
 
-Dialect modules (``vastai.py``, ``tensordock.py``) turn requests into calls on :class:`Cloud` and
+Dialect modules (``inventory/providers/<provider>/sandbox.py``) turn requests into calls on :class:`Cloud` and
 records into the provider's JSON. Instance state is *computed from timestamps*: an instance is
 ``pending`` for the first half of the boot delay, ``booting`` for the second half and ``running``
 afterwards, until it is powered off or destroyed. A small reconciler thread (and every read, so

@@ -1,7 +1,14 @@
-"""HTTP front of the sandbox cloud: both dialects, fault injection and the admin API.
+"""HTTP front of the sandbox cloud: every provider dialect, fault injection and the admin API.
 
-``/vastai/...``               the Vast.ai dialect (``vastai.py``)
-``/tensordock/api/v2/...``    the TensorDock v2 dialect (``tensordock.py``)
+The dialects come from the provider registry (``inventory.providers.PROVIDERS``): each provider
+folder with a ``sandbox.py`` is served under that module's ``PREFIX``, e.g.
+
+``/vastai/...``               the Vast.ai dialect (``inventory/providers/vastai/sandbox.py``)
+``/tensordock/api/v2/...``    the TensorDock v2 dialect (``inventory/providers/tensordock/sandbox.py``)
+
+A dialect module has ``DIALECT`` (its name in instance records and call counts), ``PREFIX``,
+``ROUTES``, ``check_auth``, ``rate_limited`` and ``server_error``; ``bad_json`` is optional.
+
 ``/_sandbox/...``             admin API for tests (no auth, never faulted):
 
 * ``GET /_sandbox/health``                               ``{"ok": true}``
@@ -18,25 +25,54 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import re
 import time
 import traceback
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import ModuleType
 from urllib.parse import parse_qsl, urlsplit
 
-from . import catalog, tensordock, vastai
+from . import catalog
 from .cloud import Cloud
 from .faults import FaultConfigError
 from .web import BadJSON, Request, Response, ok
 
 log = logging.getLogger("sandbox.http")
 
-DIALECTS = {
-    # prefix: (dialect name, module)
-    "/vastai": ("vastai", vastai),
-    "/tensordock/api/v2": ("tensordock", tensordock),
-}
+
+class DialectError(Exception):
+    """A provider's sandbox.py does not say where or under which name it is served."""
+
+
+def registered_dialects(providers: Mapping | None = None) -> dict[str, tuple[str, ModuleType]]:
+    """prefix -> (dialect name, module) for every registered provider folder that has a sandbox.py.
+
+    ``providers`` is the registry (``inventory.providers.PROVIDERS`` unless a test passes one).
+    Raises DialectError when a dialect lacks ``DIALECT``/``PREFIX`` or two claim one prefix or name.
+    """
+    if providers is None:
+        from inventory.providers import PROVIDERS as providers
+
+    dialects: dict[str, tuple[str, ModuleType]] = {}
+    for reg in providers.values():
+        if importlib.util.find_spec(f"{reg.package}.sandbox") is None:
+            continue  # the sandbox does not speak this provider (yet)
+        mod = importlib.import_module(f"{reg.package}.sandbox")
+        prefix, name = getattr(mod, "PREFIX", None), getattr(mod, "DIALECT", None)
+        if not (isinstance(prefix, str) and prefix.startswith("/") and isinstance(name, str) and name):
+            raise DialectError(f"{mod.__name__} must declare DIALECT (a name) and PREFIX (like '/vastai')")
+        if any(p == prefix or n == name for p, (n, _) in dialects.items()):
+            raise DialectError(f"{mod.__name__}: prefix {prefix!r} or dialect {name!r} is already served")
+        dialects[prefix] = (name, mod)
+    return dialects
+
+
+DIALECTS = registered_dialects()
+MODULES = {dialect: mod for dialect, mod in DIALECTS.values()}
 COMPILED = {
     prefix: [
         (method, re.compile(pattern), op, handler, auth) for method, pattern, op, handler, auth in mod.ROUTES
@@ -81,15 +117,16 @@ def dialect_call(cloud: Cloud, dialect: str, mod, routes, req: Request) -> Respo
         try:
             return handler(cloud, req, m)
         except BadJSON as exc:
-            if dialect == "vastai":
-                return vastai.error(400, "invalid_args", f"invalid JSON body: {exc}")
+            if hasattr(mod, "bad_json"):
+                return mod.bad_json(exc)
             return ok([{"code": "invalid_json", "message": str(exc), "path": []}], 400)
     if path_matched:
         return ok({"error": "method_not_allowed"}, 405)
     return ok({"error": "not_found", "msg": f"no route for {req.path}"}, 404)
 
 
-_INSTANCE_ADMIN = re.compile(r"/instances/(vastai|tensordock)/([^/]+)/(poweroff|poweron)/?")
+_DIALECT_NAMES = "|".join(map(re.escape, MODULES))
+_INSTANCE_ADMIN = re.compile(rf"/instances/({_DIALECT_NAMES})/([^/]+)/(poweroff|poweron)/?")
 
 
 def admin(cloud: Cloud, req: Request) -> Response:
@@ -155,7 +192,7 @@ def listing_only(cloud: Cloud, req: Request) -> Response:
         return ok({"error": 'dialect must be "vastai" (the dialect whose listing is paged)'}, 400)
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         return ok({"error": "labels must be a list of strings"}, 400)
-    records = vastai.listing_only_create(cloud, labels)
+    records = MODULES["vastai"].listing_only_create(cloud, labels)
     return ok({"instances": [{"id": r["id"], "label": r["label"]} for r in records]}, 201)
 
 

@@ -16,14 +16,16 @@ import pytest
 import requests
 
 AUTH = {"Authorization": "Bearer test-key"}
-FIXTURE_DIRS = (Path(__file__).resolve().parents[1] / "fixtures" / "providers",)
+# Each provider keeps its recorded bodies in its own folder: inventory/providers/<folder>/fixtures/.
+PROVIDERS_DIR = Path(__file__).resolve().parents[2] / "inventory" / "providers"
+FIXTURE_DIRS = tuple(sorted(PROVIDERS_DIR.glob("*/fixtures")))
 
 
 def fixture(name: str) -> Any:
     for d in FIXTURE_DIRS:
         if (d / name).exists():
             return json.loads((d / name).read_text())
-    pytest.fail(f"fixture {name} is missing from tests/fixtures/providers/")
+    pytest.fail(f"fixture {name} is missing from inventory/providers/*/fixtures/")
 
 
 def make_key(tmp_path: Path, name: str = "id_ed25519") -> tuple[Path, str]:

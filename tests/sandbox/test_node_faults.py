@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from inventory.providers.tensordock import DRIVER_REPAIR
+from inventory.providers.tensordock.adapter import DRIVER_REPAIR
 from inventory.sandbox.faults import FaultConfigError, Faults
 
 from ._util import (
@@ -62,7 +62,7 @@ def test_no_driver_until_the_boot_repair_ran_then_a_newer_driver(sandbox, tmp_pa
     out = ssh(port, key, "apt-get install -y nvidia-driver-550")
     assert out.returncode == 100 and "dpkg --configure -a" in out.stderr
 
-    # The product's cloud-init repair (inventory/providers/tensordock.py) fixes it after repair_s.
+    # The product's cloud-init repair (inventory/providers/tensordock/adapter.py) fixes it after repair_s.
     repair = ssh(port, key, f"bash -c {shlex.quote(DRIVER_REPAIR)} >/dev/null 2>&1; echo done")
     assert repair.stdout.strip() == "done"
     out = wait_for(lambda: (o := ssh(port, key, QUERY)).returncode == 0 and o, timeout=10)

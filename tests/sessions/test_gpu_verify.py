@@ -17,7 +17,8 @@ from django.urls import reverse
 
 from inventory.models import Offer
 from inventory.providers.base import STATE_STOPPED
-from inventory.providers.gpus import tensordock_gpu_type, vast_gpu_type
+from inventory.providers.tensordock.names import tensordock_gpu_type
+from inventory.providers.vastai.names import vast_gpu_type
 from inventory.sandbox import catalog
 from sessions import services
 from sessions.models import RentalEvent, Status

@@ -27,9 +27,10 @@ from inventory.providers import (
     http,
     provider_statuses,
 )
-from inventory.providers import tensordock as td_adapter
-from inventory.providers import vastai as vast_adapter
 from inventory.providers.base import Provider, ProviderError
+from inventory.providers.tensordock import adapter as td_adapter
+from inventory.providers.tensordock.names import tensordock_gpu_type
+from inventory.providers.vastai import adapter as vast_adapter
 
 OUR_PREFIX = "shopper-"
 # Fields the adapters cannot do without: a row with one null or missing is dropped or wrong.
@@ -155,7 +156,7 @@ def _lower(value: Any) -> str | None:
 
 
 def _unsized(v0_name: Any) -> bool:
-    return isinstance(v0_name, str) and td_adapter.tensordock_gpu_type(v0_name)[1] == 0
+    return isinstance(v0_name, str) and tensordock_gpu_type(v0_name)[1] == 0
 
 
 def _instances_summary(report: Report, instances: list) -> None:

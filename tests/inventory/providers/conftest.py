@@ -13,14 +13,23 @@ import responses
 
 from inventory.providers import base
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "providers"
+# Each provider keeps its recorded bodies in its own folder: inventory/providers/<folder>/fixtures/.
+PROVIDERS_DIR = Path(__file__).resolve().parents[3] / "inventory" / "providers"
 API_KEY = "sk-TEST-0123456789abcdef-SECRET"  # must never show up in an error message
 VAST_URL = "https://console.vast.ai"
 TD_URL = "https://dashboard.tensordock.com/api/v2"
 
 
+def fixture_path(name: str) -> Path:
+    """The one provider fixture called ``name`` (file names are unique across providers)."""
+    found = sorted(PROVIDERS_DIR.glob(f"*/fixtures/{name}"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one inventory/providers/*/fixtures/{name}, found {len(found)}")
+    return found[0]
+
+
 def load(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
+    return json.loads(fixture_path(name).read_text())
 
 
 def add_variant(rsps: responses.RequestsMock, method: str, url: str, variant: dict[str, Any], **kw: Any):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from inventory.providers.gpus import snap_vram_gb, tensordock_gpu_type, vast_gpu_type
+from inventory.providers.gpus import snap_vram_gb
+from inventory.providers.tensordock.names import tensordock_gpu_type
+from inventory.providers.vastai.names import vast_gpu_type
 
 
 @pytest.mark.parametrize(

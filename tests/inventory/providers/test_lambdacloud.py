@@ -31,8 +31,10 @@ from inventory.providers.base import (
     RateLimited,
     Transient,
 )
-from inventory.providers.gpus import lambda_gpu_type, tensordock_gpu_type, vast_gpu_type
-from inventory.providers.lambdacloud import LAUNCH_INTERVAL, LambdaCloud, cents_to_dollars
+from inventory.providers.lambdacloud.adapter import LAUNCH_INTERVAL, LambdaCloud, cents_to_dollars
+from inventory.providers.lambdacloud.names import lambda_gpu_type
+from inventory.providers.tensordock.names import tensordock_gpu_type
+from inventory.providers.vastai.names import vast_gpu_type
 
 from .conftest import API_KEY, FakeLimiter, RecordingSession, _assert_call_hygiene, add_variant, load
 

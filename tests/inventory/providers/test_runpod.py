@@ -35,8 +35,10 @@ from inventory.providers.base import (
     RateLimited,
     Transient,
 )
-from inventory.providers.gpus import runpod_gpu_type, tensordock_gpu_type, vast_gpu_type
-from inventory.providers.runpod import DEFAULT_IMAGE, START_COMMAND, RunPod
+from inventory.providers.runpod.adapter import DEFAULT_IMAGE, START_COMMAND, RunPod
+from inventory.providers.runpod.names import runpod_gpu_type
+from inventory.providers.tensordock.names import tensordock_gpu_type
+from inventory.providers.vastai.names import vast_gpu_type
 
 from .conftest import API_KEY, _assert_call_hygiene, _make, add_variant, load
 

@@ -24,7 +24,7 @@ from inventory.providers.base import (
     RateLimited,
     Transient,
 )
-from inventory.providers.tensordock import (
+from inventory.providers.tensordock.adapter import (
     DEFAULT_RAM_GB_PER_GPU,
     DEFAULT_STORAGE_GB,
     DEFAULT_VCPUS_PER_GPU,

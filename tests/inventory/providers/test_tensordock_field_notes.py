@@ -1,4 +1,4 @@
-"""TensorDock adapter against bodies shaped like FIELD_NOTES (tests/fixtures/providers/TD-*.json).
+"""TensorDock adapter against bodies shaped like FIELD_NOTES (providers/tensordock/fixtures/TD-*.json).
 
 Each test names the field-notes id it covers; each failed on the adapter before issue 14.
 """

@@ -24,7 +24,7 @@ from inventory.providers.base import (
     RateLimited,
     Transient,
 )
-from inventory.providers.vastai import DEFAULT_DISK_GB, DEFAULT_IMAGE, VastAI, onstart_script
+from inventory.providers.vastai.adapter import DEFAULT_DISK_GB, DEFAULT_IMAGE, VastAI, onstart_script
 
 from .conftest import API_KEY, VAST_URL, add_variant, load
 

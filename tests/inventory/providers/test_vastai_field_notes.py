@@ -1,4 +1,4 @@
-"""Vast.ai adapter against bodies shaped like FIELD_NOTES (tests/fixtures/providers/VA-*.json).
+"""Vast.ai adapter against bodies shaped like FIELD_NOTES (inventory/providers/vastai/fixtures/VA-*.json).
 
 Each test names the field-notes id it covers; each failed on the adapter before issue 14.
 """
@@ -15,7 +15,7 @@ import pytest
 import responses
 
 from inventory.providers.base import CreateRequest, OfferUnavailable, PermanentError
-from inventory.providers.vastai import onstart_script
+from inventory.providers.vastai.adapter import onstart_script
 
 from .conftest import VAST_URL, add_variant, load
 
@@ -93,7 +93,7 @@ def test_search_is_never_silently_capped(rsps, vast):
 
 
 def test_search_that_never_ends_raises_instead_of_truncating(rsps, vast, monkeypatch):
-    from inventory.providers import vastai
+    from inventory.providers.vastai import adapter as vastai
 
     monkeypatch.setattr(vastai, "MAX_SEARCH_PAGES", 2)
     fx = load("VA-LISTING.json")

@@ -30,8 +30,8 @@ from typing import Any
 
 import requests
 
-from . import http
-from .base import (
+from inventory.providers import http
+from inventory.providers.base import (
     FEATURE_LABEL_LOOKUP,
     FEATURE_SSH_KEY_AT_CREATE,
     STATE_BOOTING,
@@ -53,8 +53,9 @@ from .base import (
     RateLimiter,
     Transient,
 )
-from .gpus import lambda_gpu_type
-from .ratelimit import SharedRateLimiter
+from inventory.providers.ratelimit import SharedRateLimiter
+
+from .names import lambda_gpu_type
 
 log = logging.getLogger(__name__)
 

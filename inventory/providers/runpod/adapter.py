@@ -24,8 +24,8 @@ import shlex
 from decimal import Decimal
 from typing import Any
 
-from . import http
-from .base import (
+from inventory.providers import http
+from inventory.providers.base import (
     FEATURE_LABEL_LOOKUP,
     FEATURE_SSH_KEY_AT_CREATE,
     STATE_BOOTING,
@@ -45,7 +45,8 @@ from .base import (
     Provider,
     ProviderError,
 )
-from .gpus import runpod_gpu_type
+
+from .names import runpod_gpu_type
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
-from . import http
-from .base import (
+from inventory.providers import http
+from inventory.providers.base import (
     FEATURE_ATTACH_SSH_KEY,
     FEATURE_LABEL_LOOKUP,
     STATE_BOOTING,
@@ -34,7 +34,9 @@ from .base import (
     ProviderError,
     Transient,
 )
-from .gpus import VRAM_TOLERANCE, vast_gpu_type
+from inventory.providers.gpus import VRAM_TOLERANCE
+
+from .names import vast_gpu_type
 
 # The disk (GB) we rent with unless asked otherwise. Search sends it as ``allocated_storage`` so
 # that ``dph_total`` already includes storage at this size (1.5: dph_total = base + storage).

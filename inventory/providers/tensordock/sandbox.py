@@ -16,12 +16,13 @@ from __future__ import annotations
 import re
 import uuid
 
-from . import catalog
-from .cloud import BOOTING, PENDING, RUNNING, STOPPED, Cloud
-from .node import shell_join
-from .web import Request, Response, ok
+from inventory.sandbox import catalog
+from inventory.sandbox.cloud import BOOTING, PENDING, RUNNING, STOPPED, Cloud
+from inventory.sandbox.node import shell_join
+from inventory.sandbox.web import Request, Response, ok
 
 DIALECT = "tensordock"
+PREFIX = "/tensordock/api/v2"  # the sandbox serves this dialect under it (inventory/sandbox/server.py)
 STATUS = {PENDING: "creating", BOOTING: "starting", RUNNING: "running", STOPPED: "Stopped"}
 ATTR = ["data", "attributes"]
 

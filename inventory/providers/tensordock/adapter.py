@@ -13,8 +13,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
-from . import http
-from .base import (
+from inventory.providers import http
+from inventory.providers.base import (
     FEATURE_LABEL_LOOKUP,
     FEATURE_SSH_KEY_AT_CREATE,
     STATE_BOOTING,
@@ -34,7 +34,8 @@ from .base import (
     Provider,
     ProviderError,
 )
-from .gpus import tensordock_gpu_type
+
+from .names import tensordock_gpu_type
 
 # The fixed configuration we offer per GPU (TensorDock prices CPU, RAM and disk separately).
 DEFAULT_VCPUS_PER_GPU = 4

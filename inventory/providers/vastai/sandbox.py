@@ -16,17 +16,23 @@ import shlex
 import sys
 import time
 
-from . import catalog
-from .cloud import BOOTING, PENDING, RUNNING, STOPPED, VAST_FIRST_INSTANCE_ID, Cloud
-from .web import Request, Response, ok
+from inventory.sandbox import catalog
+from inventory.sandbox.cloud import BOOTING, PENDING, RUNNING, STOPPED, VAST_FIRST_INSTANCE_ID, Cloud
+from inventory.sandbox.web import Request, Response, ok
 
 DIALECT = "vastai"
+PREFIX = "/vastai"  # the sandbox serves this dialect under it (inventory/sandbox/server.py)
 OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "notin")
 V1_PAGE_MAX = 25
 
 
 def error(status: int, code: str, msg: str, **extra) -> Response:
     return ok({"success": False, "error": code, "msg": msg, **extra}, status)
+
+
+def bad_json(exc: Exception) -> Response:
+    """A request body that is not JSON, answered the way Vast answers bad arguments."""
+    return error(400, "invalid_args", f"invalid JSON body: {exc}")
 
 
 def check_auth(req: Request, required: bool) -> Response | None:
