@@ -66,17 +66,40 @@ FAULTS = {
 }
 
 
-# Rentals whose timeline shows each field-notes failure (the provider's own words).
-FIELD_WORDS = {
-    "no_public_ip": "No available public IPs",
-    "stale_location": "No available nodes",
-    "auth_401": "401",
-    "no_such_ask": "no_such_ask",
-    "oci_failed": "OCI runtime create failed",
-    "boot_timeout": "did not start within the boot timeout",
-    "no_driver": "no working NVIDIA driver",
-    "gpu_refused": "you pay nothing",
-}
+def field_faults_seen() -> dict[str, int]:
+    """Rentals whose timeline shows each field-notes failure, found by the event's cause and the
+    provider's own words (``data["provider_error"]``, verbatim), never by our sentences, which may
+    be reworded (sessions.models.RentalEvent)."""
+    from django.db.models import Q
+
+    from sessions.models import EventCause as C
+    from sessions.models import RentalEvent
+
+    def said(words: str) -> Q:
+        return Q(data__provider_error__icontains=words)
+
+    faults = {
+        "no_public_ip": said("No available public IPs"),  # TD-NOPUBLICIP
+        "stale_location": said("No available nodes"),  # TD-STALE-NONODES
+        "auth_401": Q(data__cause=C.CREATE_401) | Q(data__cause=C.CREATE_FAILED, data__code="auth_failed"),
+        "no_such_ask": said("no_such_ask"),  # VA-NOSUCHASK
+        "oci_failed": said("OCI runtime create failed"),  # VA-GPU-UNUSABLE
+        "boot_timeout": Q(data__cause=C.BOOT_TIMEOUT),
+        "no_driver": Q(data__cause=C.GPU_NO_DRIVER),  # TD-NODRIVER
+        "gpu_refused": Q(data__cause__in=[C.GPU_NO_DRIVER, C.GPU_MISMATCH, C.MACHINE_STOPPED]),
+    }
+    return {
+        name: RentalEvent.objects.filter(match).values("rental").distinct().count()
+        for name, match in faults.items()
+    }
+
+
+def deadline_lags() -> list[float]:
+    """The lateness of every deadline enforced so far (``deadline`` events)."""
+    from sessions.models import EventKind, RentalEvent
+
+    events = RentalEvent.objects.filter(kind=EventKind.DEADLINE)
+    return [e.data.get("lag_seconds", 0) for e in events]
 
 
 def _free_port() -> int:
@@ -140,10 +163,12 @@ def grace_phase(sandbox, base_env: dict, tmp: Path, web_port: int, args) -> dict
 
     from inventory.models import Offer
     from sessions.models import (
+        DEADLINE_AGENT_SILENT,
         IN_FLIGHT_STATUSES,
         TERMINAL_STATUSES,
         Alert,
         AlertKind,
+        EventKind,
         Rental,
         RentalEvent,
         Status,
@@ -227,7 +252,7 @@ def grace_phase(sandbox, base_env: dict, tmp: Path, web_port: int, args) -> dict
         wait_until(lambda: ours.filter(pk__in=live, last_heartbeat_at__gte=back).count() == len(live), 60)
         watch_listing(timeout_s + 10)
         silent = RentalEvent.objects.filter(
-            rental__in=live, kind="transition", reason__startswith="The node agent went silent"
+            rental__in=live, kind=EventKind.DEADLINE, data__deadline_kind=DEADLINE_AGENT_SILENT
         ).count()
         ghosts = Alert.objects.filter(kind=AlertKind.GHOST, created_at__gte=phase_start).count()
         report.update(
@@ -558,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         call_command("migrate", verbosity=0)
         from inventory.models import Offer
         from inventory.services import offers_refresh
-        from sessions.models import TERMINAL_STATUSES, Rental, RentalEvent
+        from sessions.models import TERMINAL_STATUSES, Rental
         from sessions.services import RentalError, rental_create, rental_stop
 
         sandbox.set_faults({"rules": []})  # a clean menu; faults apply to the rentals
@@ -621,14 +646,11 @@ def main(argv: list[str] | None = None) -> int:
             procs.stop_all()
         leaks = sandbox.instances()
         not_terminal = list(Rental.objects.exclude(status__in=TERMINAL_STATUSES).values_list("pk", "status"))
-        lags = [e.data.get("lag_seconds", 0) for e in RentalEvent.objects.filter(reason="Deadline enforced")]
+        lags = deadline_lags()
         statuses = {}
         for status in Rental.objects.values_list("status", flat=True):
             statuses[status] = statuses.get(status, 0) + 1
-        field_seen = {
-            name: RentalEvent.objects.filter(reason__icontains=words).values("rental").distinct().count()
-            for name, words in FIELD_WORDS.items()
-        }
+        field_seen = field_faults_seen()
         # Billing starts at active_since, which only a passed GPU check sets (sessions/services.py).
         billed_unverified = Rental.objects.filter(
             active_since__isnull=False, gpu_verified__isnull=True
@@ -774,7 +796,7 @@ def run_killed_idle_workers(args) -> int:
         call_command("migrate", verbosity=0)
         from inventory.models import Offer
         from inventory.services import offers_refresh
-        from sessions.models import TERMINAL_STATUSES, Alert, AlertKind, Rental, RentalEvent, Status
+        from sessions.models import TERMINAL_STATUSES, Alert, AlertKind, Rental, Status
         from sessions.services import RentalError, rental_create, rental_stop
 
         sandbox.set_faults({"rules": []})
@@ -855,7 +877,7 @@ def run_killed_idle_workers(args) -> int:
             due = min(rental.stop_requested_at, rental.reservation_ends_at)
             torn.append((rental.ended_at - due).total_seconds())
         torn.sort()
-        lags = [e.data.get("lag_seconds", 0) for e in RentalEvent.objects.filter(reason="Deadline enforced")]
+        lags = deadline_lags()
         late_rows = Rental.objects.filter(pk__in=[r.pk for r in late])
         leaks = sandbox.instances()
         not_terminal = Rental.objects.exclude(status__in=TERMINAL_STATUSES).count()
