@@ -28,7 +28,7 @@ import redis
 import requests
 import yaml
 
-from shopper.chaos import _free_port
+from tools.chaos import _free_port
 from tests.sandbox._util import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shopper.chaos import _free_port
+from tools.chaos import _free_port
 from tests.sandbox._util import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ a ghost is an instance the provider says does not exist, never one a listing omi
   a direct get decides.
 
 The process-level versions (a stopped stack, a lagging sandbox listing) are in
-tests/e2e/test_chaos.py (shopper/chaos.py).
+tests/e2e/test_chaos.py (tools/chaos.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 from django.apps import apps
 
 from sessions.models import DEADLINE_AGENT_SILENT, EventCause, EventKind, RentalEvent
-from shopper.chaos import deadline_lags, field_faults_seen
+from tools.chaos import deadline_lags, field_faults_seen
 from tests.factories import RentalFactory
 
 pytestmark = pytest.mark.django_db
