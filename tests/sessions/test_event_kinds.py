@@ -9,8 +9,8 @@ import pytest
 from django.apps import apps
 
 from sessions.models import DEADLINE_AGENT_SILENT, EventCause, EventKind, RentalEvent
-from tools.chaos import deadline_lags, field_faults_seen
 from tests.factories import RentalFactory
+from tools.chaos import deadline_lags, field_faults_seen
 
 pytestmark = pytest.mark.django_db
 
