@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m shopper.devserver
+	$(BIN)/python -m tools.devserver
 
 # Debian's Chromium for the browser tests (never a downloaded browser).
 browser-deps:
@@ -40,14 +40,14 @@ format: $(STAMP)
 
 # One table: inventory API, provisioning, reconcile, deadline lag, live updates (BENCH_QUICK=1: small).
 bench: $(STAMP)
-	$(BIN)/python -m shopper.bench
+	$(BIN)/python -m tools.bench
 
 clean:
 	rm -rf $(VENV) db.sqlite3* .sandbox .run
 
 # 200 rentals with every fault injected, processes killed and restarted along the way.
 soak: $(STAMP)
-	$(BIN)/python -m shopper.chaos --rentals 200 --reservation-minutes 3 --timeout 900
+	$(BIN)/python -m tools.chaos --rentals 200 --reservation-minutes 3 --timeout 900
 
 # Nightly-style schema fuzzing: new random inputs every run (the suite's run is derandomized).
 fuzz: $(STAMP)

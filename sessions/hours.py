@@ -10,7 +10,7 @@ the admin action). The page's ``<input min step>`` attributes come from the same
 - A multiple of ``STEP_HOURS`` (15 minutes), as the page's hour field steps.
 
 ``rental_create`` itself still only asks for more than 0 hours: the chaos run
-(``shopper/chaos.py``) rents for a minute or two through the service to exercise deadlines.
+(``tools/chaos.py``) rents for a minute or two through the service to exercise deadlines.
 """
 
 from __future__ import annotations

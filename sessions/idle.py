@@ -116,7 +116,7 @@ def idle_enforce(now: datetime | None = None) -> list[str]:
             if moved:
                 rental_event(
                     rental,
-                    EventKind.INFO,
+                    EventKind.IDLE_STOP,
                     "Idle stop enforced",
                     data={"idle_since": rental.idle_since.isoformat(), "idle_stop_minutes": minutes},
                 )

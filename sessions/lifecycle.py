@@ -18,7 +18,15 @@ from django.utils import timezone
 
 from sessions.alerts import alert_raise
 from sessions.hours import MAX_EXTENSION_HOURS, hours_check
-from sessions.models import AlertKind, EventKind, Rental, Status
+from sessions.models import (
+    DEADLINE_AGENT_SILENT,
+    DEADLINE_HARD_MAX,
+    DEADLINE_RESERVATION,
+    AlertKind,
+    EventKind,
+    Rental,
+    Status,
+)
 from sessions.services import RentalError, _lock_rentals, rental_event, rental_request_stop
 from sessions.uptime import SAFETY, up_stretch_start, uptime_touch
 
@@ -36,6 +44,7 @@ class Enforced:
     rental_id: object
     reason: str
     lag_seconds: float
+    deadline_kind: str = ""  # DEADLINE_RESERVATION, DEADLINE_HARD_MAX or DEADLINE_AGENT_SILENT
 
 
 def _heartbeat_deadline(rental: Rental, timeout: timedelta, stretch: datetime | None) -> datetime | None:
@@ -66,14 +75,18 @@ def lifecycle_enforce(now: datetime | None = None) -> list[Enforced]:
     done = []
     for rental in Rental.objects.filter(status__in=ENFORCED).filter(due):
         deadlines = [
-            (rental.hard_max_at, "Hard maximum reached"),
-            (rental.reservation_ends_at, "Reservation ended"),
-            (_heartbeat_deadline(rental, timeout, stretch), "The node agent went silent (no heartbeat)"),
+            (rental.hard_max_at, DEADLINE_HARD_MAX, "Hard maximum reached"),
+            (rental.reservation_ends_at, DEADLINE_RESERVATION, "Reservation ended"),
+            (
+                _heartbeat_deadline(rental, timeout, stretch),
+                DEADLINE_AGENT_SILENT,
+                "The node agent went silent (no heartbeat)",
+            ),
         ]
-        passed = [(d, r) for d, r in deadlines if d and d <= now]
+        passed = [d for d in deadlines if d[0] and d[0] <= now]
         if not passed:
             continue
-        deadline, reason = min(passed, key=lambda d: d[0])
+        deadline, which, reason = min(passed, key=lambda d: d[0])
         lag = (now - deadline).total_seconds()
         try:
             stopped = rental_request_stop(rental=rental, reason=f"{reason} at {deadline:%H:%M:%S} UTC")
@@ -83,18 +96,18 @@ def lifecycle_enforce(now: datetime | None = None) -> list[Enforced]:
             continue  # someone else stopped it between the query and now: not this deadline's doing
         rental_event(
             rental,
-            EventKind.INFO,
+            EventKind.DEADLINE,
             "Deadline enforced",
-            data={"lag_seconds": round(lag, 3), "deadline": deadline.isoformat()},
+            data={"deadline_kind": which, "lag_seconds": round(lag, 3), "deadline": deadline.isoformat()},
         )
-        if reason.startswith("The node agent"):
+        if which == DEADLINE_AGENT_SILENT:
             alert_raise(
                 AlertKind.AGENT_SILENT,
                 f"{rental.label}: no heartbeat since "
                 f"{rental.last_heartbeat_at or rental.active_since:%Y-%m-%d %H:%M:%S} UTC; stopped it",
                 rental=rental,
             )
-        done.append(Enforced(rental.pk, reason, lag))
+        done.append(Enforced(rental.pk, reason, lag, which))
     _warn_before_reservation_end(now)
     return done
 

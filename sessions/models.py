@@ -263,6 +263,26 @@ class EventKind(models.TextChoices):
     OVERRIDE = "override"
     WARNING = "warning"
     HEARTBEAT = "heartbeat"
+    DEADLINE = "deadline"  # a deadline stopped the rental (sessions/lifecycle.py)
+    IDLE_STOP = "idle_stop"  # the idle rule stopped the rental (sessions/idle.py)
+
+
+class EventCause(models.TextChoices):
+    """Why a failure event happened, kept in ``RentalEvent.data["cause"]`` (not a column)."""
+
+    DESTROY_FAILED = "destroy_failed"  # error: one destroy attempt failed (data: attempt)
+    CREATE_FAILED = "create_failed"  # error: the create answered an error (data: code, provider_error)
+    CREATE_401 = "create_401"  # warning: a 401 on create, retried (FIELD_NOTES TD-AUTH401)
+    INSTANCE_FAILED = "instance_failed"  # stopping: failed to start (data: provider_error)
+    BOOT_TIMEOUT = "boot_timeout"  # stopping: did not run within the boot timeout
+    SSH_FAILED = "ssh_failed"  # stopping: never logged in (or lost the login) within the timeout
+    MACHINE_STOPPED = "machine_stopped"  # stopping: it stopped or vanished before the check
+    GPU_NO_DRIVER = "gpu_no_driver"  # stopping: the GPUs never worked (TD-NODRIVER)
+    GPU_MISMATCH = "gpu_mismatch"  # stopping: not the GPUs that were sold (VA-CUDA-LIE)
+
+
+# Which deadline a ``deadline`` event enforced: its data["deadline_kind"].
+DEADLINE_RESERVATION, DEADLINE_HARD_MAX, DEADLINE_AGENT_SILENT = "reservation", "hard_max", "agent_silent"
 
 
 class RentalEvent(models.Model):
@@ -270,6 +290,17 @@ class RentalEvent(models.Model):
 
     A transition has ``from_status``/``to_status``; other events (errors, key downloads,
     extensions) leave them blank. ``actor`` is null for the system.
+
+    ``reason`` is the human sentence and may be reworded freely: code (metrics, lifecycle,
+    reconcile, chaos, tests) finds events by ``kind`` and by stable ``data`` keys, never by it:
+
+    * ``deadline``: data ``deadline_kind`` (reservation, hard_max, agent_silent), ``deadline``
+      (ISO time) and ``lag_seconds``; ``idle_stop``: ``idle_since``, ``idle_stop_minutes``.
+    * failures carry ``data["cause"]`` from ``EventCause``; a provisioning failure's status change
+      also ``provision_failed: true``; the provider's own words, where it gave any, are kept
+      verbatim in ``provider_error`` (FIELD_NOTES quotes them).
+    * ``heartbeat``, ``key_download``, ``extend``, ``override`` are their own kinds; a queue-stall
+      warning has ``queue_stalled``.
     """
 
     rental = models.ForeignKey(Rental, on_delete=models.CASCADE, related_name="events")

@@ -50,6 +50,7 @@ from sessions.models import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
     TRANSITIONS,
+    EventCause,
     EventKind,
     Rental,
     RentalEvent,
@@ -732,7 +733,7 @@ def _create_401_retryable(
         EventKind.WARNING,
         f"{rental.provider} refused the create with 401 although reads with the same key work "
         f"(a known provider fault); trying again in {delay:.0f} s",
-        data={"code": exc.code, "retry_in_s": delay},
+        data={"code": exc.code, "retry_in_s": delay, "cause": EventCause.CREATE_401},
     )
     _wait(delay)
     return True, ""
@@ -744,7 +745,12 @@ def _instance_after_create_error(rental: Rental, provider: Provider, exc: Provid
     The provider may have created the instance although it answered with an error (Vast's
     ``success: false`` with ``new_contract``, a 5xx after the fact), and its listing may lag.
     """
-    rental_event(rental, EventKind.ERROR, f"Create answered {exc.code}: {exc.message}"[:500])
+    rental_event(
+        rental,
+        EventKind.ERROR,
+        f"Create answered {exc.code}: {exc.message}"[:500],
+        data={"cause": EventCause.CREATE_FAILED, "code": exc.code, "provider_error": exc.message[:500]},
+    )
     if exc.instance_id:
         _instance_id_store(rental, exc.instance_id)
         rental.refresh_from_db()
@@ -809,13 +815,22 @@ def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData |
             instance = None
         if instance and instance.state == STATE_FAILED:
             _stop_after_failure(
-                rental, f"The instance failed to start: {instance.raw_status} {instance.status_message}"
+                rental,
+                f"The instance failed to start: {instance.raw_status} {instance.status_message}",
+                data={
+                    "cause": EventCause.INSTANCE_FAILED,
+                    "provider_error": f"{instance.raw_status} {instance.status_message}"[:500],
+                },
             )
             return None
         if instance and instance.state == STATE_RUNNING and instance.ssh_host and instance.ssh_port:
             return instance
         if timezone.now() >= deadline:
-            _stop_after_failure(rental, "The instance did not start within the boot timeout")
+            _stop_after_failure(
+                rental,
+                "The instance did not start within the boot timeout",
+                data={"cause": EventCause.BOOT_TIMEOUT},
+            )
             return None
         _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
 
@@ -924,7 +939,11 @@ def _ssh_verify(
             why = f"had no working NVIDIA driver after {_minutes(gpu_timeout)} ({gpu_error})"
             if not gpu_error:  # logged in once, then never again
                 why = f"could not be checked within {_minutes(gpu_timeout)}: {last_error}"
-            _stop_after_gpu_failure(rental, f"The machine {why}")
+            _stop_after_gpu_failure(
+                rental,
+                f"The machine {why}",
+                cause=EventCause.GPU_NO_DRIVER if gpu_error else EventCause.SSH_FAILED,
+            )
             return
         rental.refresh_from_db()
         if rental.status != S.VERIFYING:
@@ -965,7 +984,12 @@ def _ssh_verify(
                 cuda=offer_cuda,
             )
             if mismatch:
-                _stop_after_gpu_failure(rental, f"The machine is not what was rented: {mismatch}", report)
+                _stop_after_gpu_failure(
+                    rental,
+                    f"The machine is not what was rented: {mismatch}",
+                    report,
+                    cause=EventCause.GPU_MISMATCH,
+                )
                 return
             if not rental.ssh_private_key_encrypted:
                 try:  # our verification key leaves the machine before it is handed over
@@ -987,9 +1011,17 @@ def _ssh_verify(
             stopped = _instance_stopped(rental, provider)
             if stopped:
                 rental.refresh_from_db()
-                _stop_after_failure(rental, f"{stopped}. It was destroyed and you pay nothing."[:500])
+                _stop_after_failure(
+                    rental,
+                    f"{stopped}. It was destroyed and you pay nothing."[:500],
+                    data={"cause": EventCause.MACHINE_STOPPED},
+                )
                 return
-    _stop_after_failure(rental, f"Could not log in over SSH within the timeout: {last_error}"[:500])
+    _stop_after_failure(
+        rental,
+        f"Could not log in over SSH within the timeout: {last_error}"[:500],
+        data={"cause": EventCause.SSH_FAILED},
+    )
 
 
 def _active(
@@ -1004,12 +1036,14 @@ def _active(
     )  # fmt: skip
 
 
-def _stop_after_gpu_failure(rental: Rental, reason: str, report: GpuReport | None = None) -> None:
+def _stop_after_gpu_failure(
+    rental: Rental, reason: str, report: GpuReport | None = None, *, cause: str
+) -> None:
     """The machine is not what was sold, or its GPUs never worked: torn down like any failed
     provisioning, and the offer is hidden at once (it lied, or its location hands over broken
     drivers: FIELD_NOTES TD-NODRIVER, VA-CUDA-LIE), not after three failures."""
     rental.refresh_from_db()
-    data = {"gpu_found": report.as_json()} if report else {}
+    data = {"cause": cause, **({"gpu_found": report.as_json()} if report else {})}
     moved = rental.status == S.VERIFYING and _stop_after_failure(
         rental, f"{reason}. It was destroyed and you pay nothing."[:500], data=data
     )
@@ -1126,7 +1160,9 @@ def _teardown(rental: Rental, budget: float) -> bool:
             gone, detail = _destroy_once(rental, provider)
         except ProviderError as exc:
             gone, detail = False, f"Destroy attempt {attempt} failed: {exc.code}: {exc.message}"[:500]
-            rental_event(rental, EventKind.ERROR, detail, data={"attempt": attempt})
+            rental_event(
+                rental, EventKind.ERROR, detail, data={"attempt": attempt, "cause": EventCause.DESTROY_FAILED}
+            )
         if gone:
             return _mark_destroyed(rental, detail)
         if time.monotonic() + backoff > deadline:

@@ -67,6 +67,7 @@ class ShopperCollector:
             LIVE_STATUSES,
             Alert,
             AlertKind,
+            EventCause,
             EventKind,
             Rental,
             RentalEvent,
@@ -121,7 +122,7 @@ class ShopperCollector:
         )
 
         retries = RentalEvent.objects.filter(
-            kind=EventKind.ERROR, reason__startswith="Destroy attempt"
+            kind=EventKind.ERROR, data__cause=EventCause.DESTROY_FAILED
         ).count()
         yield CounterMetricFamily(
             "shopper_destroy_retries", "Failed destroy attempts (each one is retried).", value=retries
@@ -140,7 +141,7 @@ class ShopperCollector:
 
         lags: list[float] = []
         for data in RentalEvent.objects.filter(
-            reason="Deadline enforced", at__gte=now - DEADLINE_LAG_WINDOW
+            kind=EventKind.DEADLINE, at__gte=now - DEADLINE_LAG_WINDOW
         ).values_list("data", flat=True):
             try:
                 lags.append(float((data or {}).get("lag_seconds", 0)))

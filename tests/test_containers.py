@@ -28,8 +28,8 @@ import redis
 import requests
 import yaml
 
-from shopper.chaos import _free_port
 from tests.sandbox._util import wait_for
+from tools.chaos import _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

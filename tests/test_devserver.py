@@ -1,4 +1,4 @@
-"""`make run` (shopper/devserver.py): the development .env, "running" only once the web server
+"""`make run` (tools/devserver.py): the development .env, "running" only once the web server
 answers, and a shutdown that a second Ctrl-C or SIGTERM cannot cut short."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from shopper import devserver
+from tools import devserver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,7 +172,7 @@ def test_make_run_then_manage_py_in_another_shell_then_ctrl_c_twice(checkout):
     web_port, sandbox_port = free_port(), free_port()
     env = clean_env(PORT=str(web_port), SANDBOX_PORT=str(sandbox_port), WEB_WORKERS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shopper.devserver"],
+        [sys.executable, "-m", "tools.devserver"],
         cwd=checkout,
         env=env,
         stdout=subprocess.PIPE,

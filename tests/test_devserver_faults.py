@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from inventory.sandbox import faults
-from shopper.devserver import sandbox_faults
+from tools.devserver import sandbox_faults
 
 
 def test_make_run_defaults_to_the_field_mix_and_names_it():

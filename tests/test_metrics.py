@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inventory.models import ProviderFeed
 from inventory.providers import base
 from inventory.providers.http import operation_name
-from sessions.models import Alert, EventKind, RentalEvent
+from sessions.models import Alert, EventCause, EventKind, RentalEvent
 from shopper.metrics import PROVIDER_REQUESTS
 from tests.factories import RentalFactory
 
@@ -129,17 +129,26 @@ def test_database_values(scrape, user):
     Alert.objects.create(kind="orphan", provider="vastai", message="orphan 2")
     Alert.objects.create(kind="ghost", message="ghost")
     Alert.objects.create(kind="budget", message="not counted")
+    # Events are counted by kind and data["cause"], never by their sentence (reworded here; the
+    # old sentences on other kinds or without the cause count for nothing).
     RentalEvent.objects.create(
-        rental=failed_destroy, kind=EventKind.ERROR, reason="Destroy attempt 1 failed: transient: x"
+        rental=failed_destroy,
+        kind=EventKind.ERROR,
+        reason="Could not destroy it (try 1): transient: x",
+        data={"cause": EventCause.DESTROY_FAILED, "attempt": 1},
     )
-    RentalEvent.objects.create(rental=failed_destroy, kind=EventKind.ERROR, reason="Something else")
+    RentalEvent.objects.create(rental=failed_destroy, kind=EventKind.ERROR, reason="Destroy attempt 2 failed")
+    RentalEvent.objects.create(rental=failed_destroy, kind=EventKind.INFO, reason="Deadline enforced")
     for lag in range(1, 21):  # 1..20 s
         RentalEvent.objects.create(
-            rental=failed_destroy, kind="info", reason="Deadline enforced", data={"lag_seconds": lag}
+            rental=failed_destroy,
+            kind=EventKind.DEADLINE,
+            reason="Stopped on time",
+            data={"lag_seconds": lag},
         )
     RentalEvent.objects.create(  # outside the one-hour window
         rental=failed_destroy,
-        kind="info",
+        kind=EventKind.DEADLINE,
         reason="Deadline enforced",
         data={"lag_seconds": 999},
         at=now - timedelta(hours=2),

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from inventory.sandbox.testing import SandboxHandle, running_sandbox
-from shopper.chaos import ROOT, Procs, _free_port
+from tools.chaos import ROOT, Procs, _free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

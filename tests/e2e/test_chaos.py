@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _chaos(*args: str, timeout: float) -> dict:
     run = subprocess.run(
-        [sys.executable, "-m", "shopper.chaos", *args],
+        [sys.executable, "-m", "tools.chaos", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -41,7 +41,7 @@ def test_fifty_rentals_under_chaos_leave_nothing_running():
     assert report["billed_without_gpu_check"] == 0, "a machine was billed before its GPUs were proven"
     assert report["not_terminal"] == 0
     assert report["deadlines_enforced"] > 0 and report["worst_deadline_lag_s"] <= 60
-    # The field-notes faults were met, not only configured (FIELD_NOTES; shopper/chaos.py FAULTS).
+    # The field-notes faults were met, not only configured (FIELD_NOTES; tools/chaos.py FAULTS).
     assert sum(report["field_faults_seen"].values()) > 0, report
 
 
@@ -64,7 +64,7 @@ def test_a_killed_acting_safety_loop_leaves_nothing_running():
     """Two safety loops; the acting one is SIGKILLed mid-run and stays dead: the other takes over
     (sessions/leader.py). 0 leaks, every deadline within 60 s."""
     run = subprocess.run(
-        [sys.executable, "-m", "shopper.chaos", "--rentals", "10", "--reservation-minutes", "1.5",
+        [sys.executable, "-m", "tools.chaos", "--rentals", "10", "--reservation-minutes", "1.5",
          "--kill-safety-leader", "--grace-rentals", "0", "--deployment-rentals", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

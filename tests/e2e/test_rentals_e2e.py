@@ -99,5 +99,5 @@ def test_destroy_failing_several_times_is_retried_until_confirmed(cloud, api):
     assert response.status_code == 202
     rental = Rental.objects.get(pk=session["id"])
     assert rental.status == "destroyed"
-    assert rental.events.filter(kind="error", reason__contains="Destroy attempt").count() == 3
+    assert rental.events.filter(kind="error", data__cause="destroy_failed").count() == 3
     assert cloud.instances() == []

@@ -164,7 +164,7 @@ def test_killing_the_acting_loop_leaves_no_deadline_behind_and_nothing_done_twic
         "SELECT rental_id, COUNT(*) FROM rentals_rentalevent WHERE to_status = 'stopping' GROUP BY rental_id"
     )
     assert len(stops) == RENTALS and all(n == 1 for _, n in stops), stops
-    enforced = query("SELECT rental_id, data FROM rentals_rentalevent WHERE reason = 'Deadline enforced'")
+    enforced = query("SELECT rental_id, data FROM rentals_rentalevent WHERE kind = 'deadline'")
     assert len(enforced) == RENTALS and len({r for r, _ in enforced}) == RENTALS, enforced
     lags = [(json.loads(d) if isinstance(d, str) else d) for _, d in enforced]
     worst = max(x["lag_seconds"] for x in lags)

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from inventory.sandbox.testing import running_sandbox
-from shopper.chaos import ROOT, _free_port
+from tools.chaos import ROOT, _free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -4,7 +4,7 @@ task queue's reader lock, sessions/stalled.py).
 
 - ``manage.py worker_health`` (the worker's compose healthcheck) fails, and `make run`'s
   ``WorkerWatch`` restarts the worker, after which tasks run again;
-- the chaos phase (``shopper.chaos --kill-idle-workers``): every due teardown still completes
+- the chaos phase (``tools.chaos --kill-idle-workers``): every due teardown still completes
   within 2 minutes, run by the safety loop, and rentals made into the jam fail without a create.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shopper.chaos import qcluster_worker_pids
-from shopper.devserver import WorkerWatch, stop_group
+from tools.chaos import qcluster_worker_pids
+from tools.devserver import WorkerWatch, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ def test_the_watch_gives_up_loudly_when_restarts_do_not_help():
 @pytest.mark.e2e
 def test_idle_workers_killed_every_due_teardown_still_done_within_two_minutes():
     run = subprocess.run(
-        [sys.executable, "-m", "shopper.chaos", "--kill-idle-workers", "--rentals", "9",
+        [sys.executable, "-m", "tools.chaos", "--kill-idle-workers", "--rentals", "9",
          "--reservation-minutes", "1.5"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

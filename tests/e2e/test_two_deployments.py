@@ -3,7 +3,7 @@
 Deployment A (``chaosa``) and deployment B (``chaosb``, its own SQLite database) each run their
 own web server, django-q2 worker and safety loop against the same sandbox cloud, each rents
 machines, and each gets an orphan labelled with its own id. Both reconcile for several orphan
-grace periods (``shopper.chaos --deployments-only``, ``deployments_phase``). Neither may touch
+grace periods (``tools.chaos --deployments-only``, ``deployments_phase``). Neither may touch
 the other's machines (no destroy attempt at the sandbox, none gone), each must destroy its own
 orphan, each lists the other's machines, and when both are done nothing is left running.
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.e2e
 def test_two_deployments_on_one_account_never_touch_each_others_machines():
     run = subprocess.run(
-        [sys.executable, "-m", "shopper.chaos", "--deployments-only", "--deployment-rentals", "2"],
+        [sys.executable, "-m", "tools.chaos", "--deployments-only", "--deployment-rentals", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert "CHAOS OK" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]

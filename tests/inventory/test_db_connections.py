@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shopper.chaos import _free_port
 from tests.sandbox._util import wait_for
+from tools.chaos import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"

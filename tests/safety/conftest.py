@@ -21,7 +21,7 @@ import pytest
 from django.utils import timezone
 
 from sessions import reconcile
-from sessions.models import Rental, RentalEvent, Status, UpStretch
+from sessions.models import EventKind, Rental, RentalEvent, Status, UpStretch
 from tests.sessions.conftest import *  # noqa: F403  (fake, offer, make_rental, rent, helpers)
 
 ADMIN_EMAIL = "ops@example.com"
@@ -80,8 +80,4 @@ def other_client(other_user, token_client):
 
 
 def deadline_events(rental: Rental) -> list[RentalEvent]:
-    return list(
-        RentalEvent.objects.filter(rental_id=rental.pk, kind="info", reason="Deadline enforced").order_by(
-            "at", "id"
-        )
-    )
+    return list(RentalEvent.objects.filter(rental_id=rental.pk, kind=EventKind.DEADLINE).order_by("at", "id"))

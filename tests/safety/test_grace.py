@@ -9,7 +9,7 @@ a ghost is an instance the provider says does not exist, never one a listing omi
   a direct get decides.
 
 The process-level versions (a stopped stack, a lagging sandbox listing) are in
-tests/e2e/test_chaos.py (shopper/chaos.py).
+tests/e2e/test_chaos.py (tools/chaos.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from inventory.providers.base import Transient
 from sessions.lifecycle import Enforced, lifecycle_enforce
-from sessions.models import Alert, AlertKind, Status, UpStretch
+from sessions.models import DEADLINE_AGENT_SILENT, Alert, AlertKind, Status, UpStretch
 from sessions.reconcile import reconcile
 from sessions.uptime import SAFETY, WEB, up_stretch_start, uptime_touch, web_beat_forever
 from tests.sessions.conftest import START, fresh, transitions
@@ -122,7 +122,7 @@ def test_after_a_whole_stack_outage_agents_get_a_full_timeout(active_rental, fak
     fake.traveller.shift(timedelta(seconds=5))  # back + timeout: the dead one counts now
     web_back(fake)
     assert timezone.now() == back + TIMEOUT
-    assert enforce(c) == [Enforced(dead.pk, SILENT, 0.0)]
+    assert enforce(c) == [Enforced(dead.pk, SILENT, 0.0, DEADLINE_AGENT_SILENT)]
     assert fresh(healthy).status == S.ACTIVE and fresh(dead).status == S.STOPPING
     assert Alert.objects.get().kind == AlertKind.AGENT_SILENT and len(mailoutbox) == 1
 
@@ -155,7 +155,7 @@ def test_a_short_restart_keeps_the_stretch_so_silence_still_counts_on_time(activ
     outage(fake, minutes=0.5)  # 30 s: web and safety loop restarted
     web_back(fake)
 
-    assert enforce(c) == [Enforced(rental.pk, SILENT, 10.0)]
+    assert enforce(c) == [Enforced(rental.pk, SILENT, 10.0, DEADLINE_AGENT_SILENT)]
 
 
 def test_other_deadlines_get_no_grace(active_rental, fake, c):

@@ -72,7 +72,7 @@ def test_idle_gpus_are_warned_then_stopped_with_the_reason(fake, client, idle_re
     assert stop.reason == "idle for 45 min"
     idle_enforce()  # a second loop, or a pass repeated after a takeover: nothing twice
     assert len(events(rental, EventKind.WARNING)) == 1
-    assert RentalEvent.objects.filter(rental=rental, reason="Idle stop enforced").count() == 1
+    assert RentalEvent.objects.filter(rental=rental, kind=EventKind.IDLE_STOP).count() == 1
 
 
 def test_heartbeats_without_utilisation_never_count_as_idle(fake, client, idle_rental):

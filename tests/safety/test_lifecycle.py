@@ -10,7 +10,15 @@ import pytest
 from django.utils import timezone
 
 from sessions.lifecycle import Enforced, lifecycle_enforce
-from sessions.models import Alert, AlertKind, RentalEvent, Status
+from sessions.models import (
+    DEADLINE_AGENT_SILENT,
+    DEADLINE_HARD_MAX,
+    DEADLINE_RESERVATION,
+    Alert,
+    AlertKind,
+    RentalEvent,
+    Status,
+)
 from tests.safety.conftest import ADMIN_EMAIL, deadline_events
 from tests.sessions.conftest import START, events, fresh, transitions
 
@@ -37,7 +45,12 @@ def assert_stopped(rental, fake, *, reason: str, deadline, lag: float):
     assert row.status_detail == stop.reason
     assert fake.enqueued == [(TEARDOWN, rental.pk)]
     [enforced] = deadline_events(rental)
-    assert enforced.data == {"lag_seconds": lag, "deadline": deadline.isoformat()}
+    which = {RESERVATION: DEADLINE_RESERVATION, HARD_MAX: DEADLINE_HARD_MAX, SILENT: DEADLINE_AGENT_SILENT}
+    assert enforced.data == {
+        "deadline_kind": which[reason],
+        "lag_seconds": lag,
+        "deadline": deadline.isoformat(),
+    }
 
 
 # --- each deadline, injected ----------------------------------------------------------------
@@ -49,7 +62,7 @@ def test_reservation_end_stops_the_rental(active_rental, fake, django_capture_on
 
     done = enforce(django_capture_on_commit_callbacks)
 
-    assert done == [Enforced(rental.pk, RESERVATION, 20.0)]
+    assert done == [Enforced(rental.pk, RESERVATION, 20.0, DEADLINE_RESERVATION)]
     assert_stopped(rental, fake, reason=RESERVATION, deadline=deadline, lag=20.0)
     assert not Alert.objects.exists()
 
@@ -60,7 +73,7 @@ def test_hard_max_stops_the_rental(active_rental, fake, django_capture_on_commit
 
     done = enforce(django_capture_on_commit_callbacks)
 
-    assert done == [Enforced(rental.pk, HARD_MAX, 3.0)]
+    assert done == [Enforced(rental.pk, HARD_MAX, 3.0, DEADLINE_HARD_MAX)]
     assert_stopped(rental, fake, reason=HARD_MAX, deadline=deadline, lag=3.0)
 
 
@@ -72,7 +85,7 @@ def test_heartbeat_timeout_stops_and_alerts_once(
 
     done = enforce(django_capture_on_commit_callbacks)
 
-    assert done == [Enforced(rental.pk, SILENT, 1.0)]
+    assert done == [Enforced(rental.pk, SILENT, 1.0, DEADLINE_AGENT_SILENT)]
     assert_stopped(rental, fake, reason=SILENT, deadline=last + timedelta(seconds=300), lag=1.0)
     [alert] = Alert.objects.all()
     assert alert.kind == AlertKind.AGENT_SILENT and alert.rental_id == rental.pk
@@ -100,7 +113,7 @@ def test_heartbeat_timeout_counts_from_active_since_without_heartbeat(
 
     done = enforce(django_capture_on_commit_callbacks)
 
-    assert done == [Enforced(rental.pk, SILENT, 30.0)]
+    assert done == [Enforced(rental.pk, SILENT, 30.0, DEADLINE_AGENT_SILENT)]
     assert_stopped(rental, fake, reason=SILENT, deadline=since + timedelta(seconds=300), lag=30.0)
     assert Alert.objects.get().kind == AlertKind.AGENT_SILENT
     assert len(mailoutbox) == 1
@@ -114,14 +127,16 @@ def test_a_pending_rental_past_its_reservation_is_stopped_too(
 
     done = enforce(django_capture_on_commit_callbacks)
 
-    assert done == [Enforced(rental.pk, RESERVATION, 1.0)]
+    assert done == [Enforced(rental.pk, RESERVATION, 1.0, DEADLINE_RESERVATION)]
     assert_stopped(rental, fake, reason=RESERVATION, deadline=deadline, lag=1.0)
 
 
 def test_the_deadline_itself_counts_as_passed(active_rental, fake, django_capture_on_commit_callbacks):
     rental = active_rental(reservation_ends_at=START)
 
-    assert enforce(django_capture_on_commit_callbacks) == [Enforced(rental.pk, RESERVATION, 0.0)]
+    assert enforce(django_capture_on_commit_callbacks) == [
+        Enforced(rental.pk, RESERVATION, 0.0, DEADLINE_RESERVATION)
+    ]
     assert fresh(rental).status == S.STOPPING
 
 

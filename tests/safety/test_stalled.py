@@ -80,7 +80,7 @@ def test_a_teardown_the_queue_never_starts_is_run_by_the_loop_after_the_bound(fa
     (alert,) = Alert.objects.filter(kind=AlertKind.QUEUE_STALLED)
     assert "did not start queued work within 60 s" in alert.message and "1 teardown" in alert.message
     assert len(mailoutbox) == 1 and "Task queue stalled" in mailoutbox[0].subject
-    (warning,) = [e for e in events(rental, EventKind.WARNING) if "task queue" in e.reason]
+    (warning,) = [e for e in events(rental, EventKind.WARNING) if "queue_stalled" in e.data]
     assert "safety loop runs it" in warning.reason
 
 
@@ -120,7 +120,7 @@ def test_the_alert_is_raised_once_and_resolved_when_a_task_starts_again(fake, st
     queue_stalled_takeover()
     assert Alert.objects.filter(kind=AlertKind.QUEUE_STALLED, resolved_at__isnull=True).count() == 1
     # One timeline warning per stall, not one per pass.
-    assert len([e for e in events(first, EventKind.WARNING) if "task queue" in e.reason]) == 1
+    assert len([e for e in events(first, EventKind.WARNING) if "queue_stalled" in e.data]) == 1
     fake.fail["destroy"] = []
     with mock.patch.object(services, "rental_teardown"):
         tasks.teardown(second.pk)  # the queue moves again

@@ -21,7 +21,7 @@ from inventory.providers.tensordock.names import tensordock_gpu_type
 from inventory.providers.vastai.names import vast_gpu_type
 from inventory.sandbox import catalog
 from sessions import services
-from sessions.models import RentalEvent, Status
+from sessions.models import EventCause, RentalEvent, Status
 from sessions.services import rental_provision, rental_teardown
 from sessions.ssh import GpuReport, gpu_mismatch, gpu_report_parse
 from shopper import cli
@@ -144,6 +144,8 @@ def test_a_driver_that_never_works_is_torn_down_unbilled_and_the_offer_hidden(
             f"(nvidia-smi failed (exit 9): {SMI_FAILED}). It was destroyed and you pay nothing."
         )[:500]
     )
+    stop = RentalEvent.objects.get(rental=rental, to_status=S.STOPPING)
+    assert stop.data["cause"] == EventCause.GPU_NO_DRIVER
     assert fake.enqueued == [("sessions.tasks.teardown", rental.pk)]
     offer = Offer.objects.get(pk=rental.offer_id)
     assert offer.hidden_until is not None and offer.hidden_until > fake.now  # hidden at once
@@ -190,6 +192,7 @@ def test_a_machine_that_is_not_what_was_sold_is_stopped_at_the_first_look(fake, 
     assert len([c for c in fake.ssh_calls if c["command"] == services.GPU_QUERY]) == 1  # no waiting
     event = RentalEvent.objects.filter(rental=rental, to_status=S.STOPPING).get()
     assert event.data["provision_failed"] is True and event.data["gpu_found"]["name"]
+    assert event.data["cause"] == EventCause.GPU_MISMATCH
 
 
 def test_a_cuda_lie_is_caught(fake, rented):
@@ -217,6 +220,8 @@ def test_a_machine_that_stops_right_after_starting_is_given_up_at_once(fake, ren
     assert rental.status == S.STOPPING and rental.active_since is None
     assert rental.status_detail.startswith("The machine stopped right after starting (stopped")
     assert rental.status_detail.endswith("It was destroyed and you pay nothing.")
+    stop = RentalEvent.objects.get(rental=rental, to_status=S.STOPPING)
+    assert stop.data["cause"] == EventCause.MACHINE_STOPPED
     assert sum(fake.sleeps) <= 10
 
 

@@ -20,7 +20,7 @@ from inventory.providers.base import (
 )
 from sessions import services
 from sessions.deployment import deployment_id
-from sessions.models import EventKind, Rental, RentalEvent, Status, token_hash
+from sessions.models import EventCause, EventKind, Rental, RentalEvent, Status, token_hash
 from sessions.services import rental_provision, rental_stop, rental_transition
 
 from .conftest import START, events, fresh, new_public_key, transitions
@@ -307,6 +307,8 @@ def test_an_error_but_created_instance_is_found_by_its_label_and_used(fake, rent
     assert fake.sleeps[0] == 10  # SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS between lookups
     [error] = events(rental, "error")
     assert error.reason.startswith("Create answered transient: 502 Bad Gateway")
+    assert (error.data["cause"], error.data["code"]) == (EventCause.CREATE_FAILED, "transient")
+    assert error.data["provider_error"].startswith("502 Bad Gateway")
     [info] = events(rental, "info")
     assert info.reason == f"Found instance {inst.instance_id} by its label after the error"
     assert transitions(rental) == TO_ACTIVE
@@ -373,8 +375,9 @@ def test_a_401_on_create_while_reads_work_is_retried_and_the_rental_goes_on(fake
     assert fake.count("create") == 2 and len(fake.instances) == 1
     assert rental.status not in (S.FAILED, S.PROVISIONING)
     assert services.CREATE_401_RETRY_SECONDS[0] in fake.sleeps
-    warning = [e for e in events(rental, EventKind.WARNING) if "refused the create with 401" in e.reason]
+    warning = [e for e in events(rental, EventKind.WARNING) if e.data.get("cause") == EventCause.CREATE_401]
     assert len(warning) == 1 and warning[0].data["retry_in_s"] == services.CREATE_401_RETRY_SECONDS[0]
+    assert "refused the create with 401" in warning[0].reason
 
 
 def test_a_401_on_every_create_fails_the_rental_after_the_retries(fake, rented):
@@ -395,7 +398,7 @@ def test_a_401_on_create_whose_read_fails_too_is_not_retried(
         rental = provision(rented)
     assert fake.count("create") == 1 and fake.instances == {}
     assert rental.status in (S.FAILED, S.STOPPING)  # never a second create with a refused key
-    assert not [e for e in events(rental, EventKind.WARNING) if "refused the create with 401" in e.reason]
+    assert not [e for e in events(rental, EventKind.WARNING) if e.data.get("cause") == EventCause.CREATE_401]
 
 
 def test_a_401_on_create_that_created_after_all_is_adopted_not_doubled(fake, rented):
@@ -491,6 +494,8 @@ def test_an_instance_that_fails_to_start_is_stopped_and_destroyed(
     assert RentalEvent.objects.get(rental=rental, to_status=S.STOPPING).reason == (
         "The instance failed to start: failed "
     )
+    stop = RentalEvent.objects.get(rental=rental, to_status=S.STOPPING)
+    assert stop.data["cause"] == EventCause.INSTANCE_FAILED
     assert fake.ssh_calls == []
 
 
@@ -502,6 +507,8 @@ def test_an_instance_that_never_boots_is_stopped_at_the_boot_timeout(fake, rente
 
     assert rental.status == S.STOPPING
     assert rental.status_detail == "The instance did not start within the boot timeout"
+    stop = RentalEvent.objects.get(rental=rental, to_status=S.STOPPING)
+    assert stop.data["cause"] == EventCause.BOOT_TIMEOUT
     assert sum(fake.sleeps) == 60 and fake.count("get") == 13  # t = 0, 5, ..., 60
     assert fake.enqueued == []  # on commit: the test transaction never commits
 

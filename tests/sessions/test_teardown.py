@@ -156,7 +156,7 @@ def test_destroy_failing_n_times_keeps_stopping_with_n_error_events_then_destroy
         "Destroy attempt 2 failed: transient: timeout",
         "Destroy attempt 3 failed: auth_failed: flaky auth",
     ]
-    assert [e.data for e in errors] == [{"attempt": 1}, {"attempt": 2}, {"attempt": 3}]
+    assert [e.data for e in errors] == [{"attempt": n, "cause": "destroy_failed"} for n in (1, 2, 3)]
     assert fake.count("destroy") == 4 and fake.count("get") == 1
     assert fake.sleeps == [5, 10, 20]  # backoff doubles
     # No status change while failing: stopping stays until the provider confirms.

@@ -1,13 +1,13 @@
 """Provisioning benchmark: N rentals against the sandbox cloud with zero boot delay.
 
-    python -m shopper.bench_provision --rentals 200 --workers 8 [--database-url postgres://…]
+    python -m tools.bench_provision --rentals 200 --workers 8 [--database-url postgres://…]
 
 The real services, in ``--workers`` threads of this process: ``rental_create`` (the offer re-check
 with the provider, the Rental row and its event, the task enqueued), then ``rental_provision`` as a
 django-q worker runs it (create, key, wait until running, SSH login with the generated key,
 active). Then every rental is stopped and torn down (``rental_teardown``, destroy verified with
 the provider) and the sandbox must list no instance. Prints one ``BENCH_RESULT`` line (see
-``shopper/bench.py``, which runs this as part of ``make bench``).
+``tools/bench.py``, which runs this as part of ``make bench``).
 
 What "the shopper's own overhead" means here: the wall time of create + provision minus the time
 spent inside HTTP calls to the sandbox, inside the SSH login check and in deliberate waits (the
@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shopper.bench import HttpClock, _db_label, _django_setup, _emit, _exit_on_sigterm, _pct, _setup_env
+from tools.bench import HttpClock, _db_label, _django_setup, _emit, _exit_on_sigterm, _pct, _setup_env
 
 FERNET_KEY = "8n7cyPbD0kqf9cJ0kQk3yqXKkXy7Gxh0o6lZ0xg3G2s="
 

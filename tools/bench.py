@@ -860,7 +860,7 @@ def _live_rows(live: dict | None) -> list[tuple]:
 # Provisioning under the field-notes faults (bench_provision.py --field)
 # --------------------------------------------------------------------------------------------
 def _field_phase(runner) -> dict | None:
-    argv = ["-m", "shopper.bench_provision", "--field", "--rentals", str(FIELD_RENTALS)]
+    argv = ["-m", "tools.bench_provision", "--field", "--rentals", str(FIELD_RENTALS)]
     argv += ["--workers", str(PROVISION_WORKERS)]
     return runner.phase(f"provisioning {FIELD_RENTALS} rentals under field faults", argv, timeout=1200)
 
@@ -956,7 +956,7 @@ def _footnotes(only: set[str], reconcile: dict | None) -> list[str]:
         )
     if "lag" in only:
         notes.append(
-            "⁴ `shopper.chaos`: real web, worker and safety-loop processes, faults injected and processes "
+            "⁴ `tools.chaos`: real web, worker and safety-loop processes, faults injected and processes "
             f"killed, {CHAOS_RESERVATION_MINUTES:g} min reservations, SQLite."
         )
     if "field" in only:
@@ -977,7 +977,7 @@ def _footnotes(only: set[str], reconcile: dict | None) -> list[str]:
 
 def orchestrate(only: set[str]) -> int:
     runner = Runner()
-    me = ["-m", "shopper.bench", "--phase"]
+    me = ["-m", "tools.bench", "--phase"]
     rows: list[tuple] = []
     reconcile = None
     pg_missing = False
@@ -1003,7 +1003,7 @@ def orchestrate(only: set[str]) -> int:
             rows += _inventory_rows(inventory)
         if "provision" in only:
             url = postgres() or "sqlite"
-            argv = ["-m", "shopper.bench_provision", "--database-url", url, "--rentals", str(RENTALS)]
+            argv = ["-m", "tools.bench_provision", "--database-url", url, "--rentals", str(RENTALS)]
             argv += ["--workers", str(PROVISION_WORKERS)]
             rows += _provision_rows(runner.phase(f"provisioning {RENTALS} rentals", argv, timeout=900))
         if "reconcile" in only:
@@ -1012,7 +1012,7 @@ def orchestrate(only: set[str]) -> int:
             reconcile = runner.phase(f"reconcile, {INSTANCES:,} instances", argv, timeout=900)
             rows += _reconcile_rows(reconcile)
         if "lag" in only:
-            argv = ["-m", "shopper.chaos", "--rentals", str(CHAOS_RENTALS), "--report-lags"]
+            argv = ["-m", "tools.chaos", "--rentals", str(CHAOS_RENTALS), "--report-lags"]
             argv += ["--reservation-minutes", str(CHAOS_RESERVATION_MINUTES)]
             title = f"deadline lag, chaos run of {CHAOS_RENTALS} rentals"
             out = runner.run(title, argv, timeout=900, any_exit=True)
@@ -1023,7 +1023,7 @@ def orchestrate(only: set[str]) -> int:
                 runner.failed.append(f"{title}: no report; log in {runner.log_dir}")
             rows += _lag_rows(lag)
         if "live" in only:
-            argv = ["-m", "shopper.bench_live", "--sockets", str(SOCKETS), "--events", str(LIVE_EVENTS)]
+            argv = ["-m", "tools.bench_live", "--sockets", str(SOCKETS), "--events", str(LIVE_EVENTS)]
             argv += ["--interval", "0.1", "--json"]
             rows += _live_rows(runner.phase(f"live updates, {SOCKETS} websockets", argv, timeout=600))
         if "field" in only:

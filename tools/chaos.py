@@ -3,7 +3,7 @@ ones included: hosts without public IPs, stale offers, 401s on create, slow, stu
 loads, a shared rate limit, changing list shapes), while the worker
 and the safety loop are killed (SIGKILL) and restarted, and the web server restarted.
 
-    python -m shopper.chaos --rentals 50           (the test suite runs a small one)
+    python -m tools.chaos --rentals 50           (the test suite runs a small one)
     make soak                                       (200 rentals)
 
 Real processes throughout: the sandbox cloud, the web server (the node agents heartbeat to it),
@@ -66,23 +66,99 @@ FAULTS = {
 }
 
 
-# Rentals whose timeline shows each field-notes failure (the provider's own words).
-FIELD_WORDS = {
-    "no_public_ip": "No available public IPs",
-    "stale_location": "No available nodes",
-    "auth_401": "401",
-    "no_such_ask": "no_such_ask",
-    "oci_failed": "OCI runtime create failed",
-    "boot_timeout": "did not start within the boot timeout",
-    "no_driver": "no working NVIDIA driver",
-    "gpu_refused": "you pay nothing",
-}
+def field_faults_seen() -> dict[str, int]:
+    """Rentals whose timeline shows each field-notes failure, found by the event's cause and the
+    provider's own words (``data["provider_error"]``, verbatim), never by our sentences, which may
+    be reworded (sessions.models.RentalEvent)."""
+    from django.db.models import Q
+
+    from sessions.models import EventCause as C
+    from sessions.models import RentalEvent
+
+    def said(words: str) -> Q:
+        return Q(data__provider_error__icontains=words)
+
+    faults = {
+        "no_public_ip": said("No available public IPs"),  # TD-NOPUBLICIP
+        "stale_location": said("No available nodes"),  # TD-STALE-NONODES
+        "auth_401": Q(data__cause=C.CREATE_401) | Q(data__cause=C.CREATE_FAILED, data__code="auth_failed"),
+        "no_such_ask": said("no_such_ask"),  # VA-NOSUCHASK
+        "oci_failed": said("OCI runtime create failed"),  # VA-GPU-UNUSABLE
+        "boot_timeout": Q(data__cause=C.BOOT_TIMEOUT),
+        "no_driver": Q(data__cause=C.GPU_NO_DRIVER),  # TD-NODRIVER
+        "gpu_refused": Q(data__cause__in=[C.GPU_NO_DRIVER, C.GPU_MISMATCH, C.MACHINE_STOPPED]),
+    }
+    return {
+        name: RentalEvent.objects.filter(match).values("rental").distinct().count()
+        for name, match in faults.items()
+    }
+
+
+def deadline_lags() -> list[float]:
+    """The lateness of every deadline enforced so far (``deadline`` events)."""
+    from sessions.models import EventKind, RentalEvent
+
+    events = RentalEvent.objects.filter(kind=EventKind.DEADLINE)
+    return [e.data.get("lag_seconds", 0) for e in events]
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def chaos_env(tmp: Path, web_port: int, max_live: int, **overrides: str | None) -> dict:
+    """The environment of every chaos phase, for its processes and this one: a fresh SQLite file
+    (or BENCH_DATABASE_URL), short intervals and leases so that faults and kills play out within
+    the run. ``overrides`` are the phase's own; None removes a variable."""
+    env = dict(os.environ)
+    env.update(
+        DEBUG="False", SHOPPER_TESTING="True", SECRET_KEY="chaos-secret-key-0123456789abcdefghij",
+        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp / 'chaos.sqlite3'}",
+        SHOPPER_FERNET_KEYS="8n7cyPbD0kqf9cJ0kQk3yqXKkXy7Gxh0o6lZ0xg3G2s=",
+        SHOPPER_PUBLIC_URL=f"http://127.0.0.1:{web_port}", ALLOWED_HOSTS="127.0.0.1,localhost",
+        Q_WORKERS="3", Q_SYNC="False", Q_TIMEOUT="300", CHANNEL_LAYER="memory", LOG_LEVEL="WARNING",
+        PROVIDER_MIN_INTERVAL_SECONDS="0.02", PROVIDER_TIMEOUT_SECONDS="10",
+        SHOPPER_POLL_INTERVAL_SECONDS="0.5", SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS="1",
+        SHOPPER_CREATE_SETTLE_SECONDS="15", SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS="60",
+        SHOPPER_BOOT_TIMEOUT_SECONDS="120", SHOPPER_TEARDOWN_BUDGET_SECONDS="60",
+        SHOPPER_DESTROY_MAX_BACKOFF_SECONDS="2", SHOPPER_LIFECYCLE_INTERVAL_SECONDS="2",
+        SHOPPER_RECONCILE_INTERVAL_SECONDS="5", SHOPPER_ORPHAN_GRACE_SECONDS="10",
+        SHOPPER_MAX_LIVE_RENTALS=str(max_live),
+        # Short leases: work a killed worker held is taken over (and tested) within the run.
+        SHOPPER_LEASE_SECONDS="30",
+    )  # fmt: skip
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def sandbox_django_setup(env: dict, sandbox, faults: dict) -> None:
+    """Point ``env`` at the running sandbox cloud, set this process up on it (Django, migrated),
+    and fill the menu from a clean sandbox before ``faults`` apply to the rentals."""
+    env.update(
+        VASTAI_API_URL=sandbox.vastai_url, VASTAI_API_KEY="chaos",
+        TENSORDOCK_API_URL=sandbox.tensordock_url, TENSORDOCK_API_TOKEN="chaos", SHOPPER_SANDBOX="True",
+    )  # fmt: skip
+    if "REDIS_URL" not in env:  # a phase that removed it (chaos_env) runs without it here too
+        os.environ.pop("REDIS_URL", None)
+    os.environ.update(env)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "shopper.settings"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from inventory.services import offers_refresh
+
+    sandbox.set_faults({"rules": []})  # a clean menu; faults apply to the rentals
+    offers_refresh(force=True)
+    sandbox.set_faults(faults)
 
 
 class Procs:
@@ -140,10 +216,12 @@ def grace_phase(sandbox, base_env: dict, tmp: Path, web_port: int, args) -> dict
 
     from inventory.models import Offer
     from sessions.models import (
+        DEADLINE_AGENT_SILENT,
         IN_FLIGHT_STATUSES,
         TERMINAL_STATUSES,
         Alert,
         AlertKind,
+        EventKind,
         Rental,
         RentalEvent,
         Status,
@@ -227,7 +305,7 @@ def grace_phase(sandbox, base_env: dict, tmp: Path, web_port: int, args) -> dict
         wait_until(lambda: ours.filter(pk__in=live, last_heartbeat_at__gte=back).count() == len(live), 60)
         watch_listing(timeout_s + 10)
         silent = RentalEvent.objects.filter(
-            rental__in=live, kind="transition", reason__startswith="The node agent went silent"
+            rental__in=live, kind=EventKind.DEADLINE, data__deadline_kind=DEADLINE_AGENT_SILENT
         ).count()
         ghosts = Alert.objects.filter(kind=AlertKind.GHOST, created_at__gte=phase_start).count()
         report.update(
@@ -284,7 +362,7 @@ SECOND_DEPLOYMENT_ID = "chaosb"
 def _second(env_b: dict, action: str, n: int = 0) -> dict:
     """Run ``action`` in the second deployment (its own database) as a process; its JSON answer."""
     run = subprocess.run(
-        [sys.executable, "-m", "shopper.chaos", "--second-deployment", action,
+        [sys.executable, "-m", "tools.chaos", "--second-deployment", action,
          "--deployment-rentals", str(n)],
         cwd=ROOT, env=env_b, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -520,50 +598,22 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="shopper-chaos-"))
     web_port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        DEBUG="False", SHOPPER_TESTING="True", SECRET_KEY="chaos-secret-key-0123456789abcdefghij",
-        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp / 'chaos.sqlite3'}",
-        SHOPPER_FERNET_KEYS="8n7cyPbD0kqf9cJ0kQk3yqXKkXy7Gxh0o6lZ0xg3G2s=",
-        SHOPPER_PUBLIC_URL=f"http://127.0.0.1:{web_port}", ALLOWED_HOSTS="127.0.0.1,localhost",
-        Q_WORKERS="3", Q_SYNC="False", Q_TIMEOUT="300", CHANNEL_LAYER="memory", LOG_LEVEL="WARNING",
-        PROVIDER_MIN_INTERVAL_SECONDS="0.02", PROVIDER_TIMEOUT_SECONDS="10",
-        SHOPPER_POLL_INTERVAL_SECONDS="0.5", SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS="1",
-        SHOPPER_CREATE_SETTLE_SECONDS="15", SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS="60",
+    env = chaos_env(
+        tmp, web_port, args.rentals + 10,
         SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS="30",  # a driver never repaired is given up within the run
-        SHOPPER_BOOT_TIMEOUT_SECONDS="120", SHOPPER_TEARDOWN_BUDGET_SECONDS="60",
-        SHOPPER_DESTROY_MAX_BACKOFF_SECONDS="2", SHOPPER_LIFECYCLE_INTERVAL_SECONDS="2",
-        SHOPPER_RECONCILE_INTERVAL_SECONDS="5", SHOPPER_ORPHAN_GRACE_SECONDS="10",
-        SHOPPER_MAX_LIVE_RENTALS=str(args.rentals + 10),
-        # Short leases: work a killed worker held is taken over (and tested) within the run.
-        SHOPPER_LEASE_SECONDS="30",
         SHOPPER_DEPLOYMENT_ID="chaosa",  # the deployments phase adds "chaosb" on the same account
     )  # fmt: skip
     sys.path.insert(0, str(ROOT))
     from inventory.sandbox.testing import running_sandbox
 
     with running_sandbox(tmp, boot_delay=args.boot_delay, faults=FAULTS) as sandbox:
-        env.update(
-            VASTAI_API_URL=sandbox.vastai_url, VASTAI_API_KEY="chaos",
-            TENSORDOCK_API_URL=sandbox.tensordock_url, TENSORDOCK_API_TOKEN="chaos", SHOPPER_SANDBOX="True",
-        )  # fmt: skip
-        os.environ.update(env)
-        os.environ["DJANGO_SETTINGS_MODULE"] = "shopper.settings"
-        import django
-
-        django.setup()
+        sandbox_django_setup(env, sandbox, FAULTS)
         from django.contrib.auth import get_user_model
-        from django.core.management import call_command
 
-        call_command("migrate", verbosity=0)
         from inventory.models import Offer
-        from inventory.services import offers_refresh
-        from sessions.models import TERMINAL_STATUSES, Rental, RentalEvent
+        from sessions.models import TERMINAL_STATUSES, Rental
         from sessions.services import RentalError, rental_create, rental_stop
 
-        sandbox.set_faults({"rules": []})  # a clean menu; faults apply to the rentals
-        offers_refresh(force=True)
-        sandbox.set_faults(FAULTS)
         user, _ = get_user_model().objects.get_or_create(username="chaos")
         procs = Procs(env, tmp, web_port)
         loops = ("safety", "safety2") if args.kill_safety_leader else ("safety",)
@@ -621,14 +671,11 @@ def main(argv: list[str] | None = None) -> int:
             procs.stop_all()
         leaks = sandbox.instances()
         not_terminal = list(Rental.objects.exclude(status__in=TERMINAL_STATUSES).values_list("pk", "status"))
-        lags = [e.data.get("lag_seconds", 0) for e in RentalEvent.objects.filter(reason="Deadline enforced")]
+        lags = deadline_lags()
         statuses = {}
         for status in Rental.objects.values_list("status", flat=True):
             statuses[status] = statuses.get(status, 0) + 1
-        field_seen = {
-            name: RentalEvent.objects.filter(reason__icontains=words).values("rental").distinct().count()
-            for name, words in FIELD_WORDS.items()
-        }
+        field_seen = field_faults_seen()
         # Billing starts at active_since, which only a passed GPU check sets (sessions/services.py).
         billed_unverified = Rental.objects.filter(
             active_since__isnull=False, gpu_verified__isnull=True
@@ -729,21 +776,8 @@ def run_killed_idle_workers(args) -> int:
     rentals = min(args.rentals, 12)
     tmp = Path(tempfile.mkdtemp(prefix="shopper-chaos-idle-"))
     web_port = _free_port()
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env.update(
-        DEBUG="False", SHOPPER_TESTING="True", SECRET_KEY="chaos-secret-key-0123456789abcdefghij",
-        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp / 'chaos.sqlite3'}",
-        SHOPPER_FERNET_KEYS="8n7cyPbD0kqf9cJ0kQk3yqXKkXy7Gxh0o6lZ0xg3G2s=",
-        SHOPPER_PUBLIC_URL=f"http://127.0.0.1:{web_port}", ALLOWED_HOSTS="127.0.0.1,localhost",
-        Q_WORKERS="2", Q_SYNC="False", Q_TIMEOUT="300", CHANNEL_LAYER="memory", LOG_LEVEL="WARNING",
-        PROVIDER_MIN_INTERVAL_SECONDS="0.02", PROVIDER_TIMEOUT_SECONDS="10",
-        SHOPPER_POLL_INTERVAL_SECONDS="0.5", SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS="1",
-        SHOPPER_CREATE_SETTLE_SECONDS="15", SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS="60",
-        SHOPPER_BOOT_TIMEOUT_SECONDS="120", SHOPPER_TEARDOWN_BUDGET_SECONDS="60",
-        SHOPPER_DESTROY_MAX_BACKOFF_SECONDS="2", SHOPPER_LIFECYCLE_INTERVAL_SECONDS="2",
-        SHOPPER_RECONCILE_INTERVAL_SECONDS="5", SHOPPER_ORPHAN_GRACE_SECONDS="10",
-        SHOPPER_MAX_LIVE_RENTALS=str(rentals + 10), SHOPPER_LEASE_SECONDS="30",
+    env = chaos_env(
+        tmp, web_port, rentals + 10, REDIS_URL=None, Q_WORKERS="2",
         # The product's bound, not a shortened one: a teardown not started in 60 s is the loop's.
         SHOPPER_QUEUE_STALL_SECONDS="60", SHOPPER_QUEUE_TAKEOVER_SECONDS="20",
     )  # fmt: skip
@@ -757,29 +791,14 @@ def run_killed_idle_workers(args) -> int:
         )  # fmt: skip
 
     with running_sandbox(tmp, boot_delay=args.boot_delay, faults=IDLE_KILL_FAULTS) as sandbox:
-        env.update(
-            VASTAI_API_URL=sandbox.vastai_url, VASTAI_API_KEY="chaos",
-            TENSORDOCK_API_URL=sandbox.tensordock_url, TENSORDOCK_API_TOKEN="chaos", SHOPPER_SANDBOX="True",
-        )  # fmt: skip
-        os.environ.update(env)
-        os.environ.pop("REDIS_URL", None)
-        os.environ["DJANGO_SETTINGS_MODULE"] = "shopper.settings"
-        import django
-
-        django.setup()
+        sandbox_django_setup(env, sandbox, IDLE_KILL_FAULTS)
         from django.contrib.auth import get_user_model
-        from django.core.management import call_command
         from django.utils import timezone
 
-        call_command("migrate", verbosity=0)
         from inventory.models import Offer
-        from inventory.services import offers_refresh
-        from sessions.models import TERMINAL_STATUSES, Alert, AlertKind, Rental, RentalEvent, Status
+        from sessions.models import TERMINAL_STATUSES, Alert, AlertKind, Rental, Status
         from sessions.services import RentalError, rental_create, rental_stop
 
-        sandbox.set_faults({"rules": []})
-        offers_refresh(force=True)
-        sandbox.set_faults(IDLE_KILL_FAULTS)
         user, _ = get_user_model().objects.get_or_create(username="chaos")
         procs = Procs(env, tmp, web_port)
         for name in ("web", "worker", "safety"):
@@ -855,7 +874,7 @@ def run_killed_idle_workers(args) -> int:
             due = min(rental.stop_requested_at, rental.reservation_ends_at)
             torn.append((rental.ended_at - due).total_seconds())
         torn.sort()
-        lags = [e.data.get("lag_seconds", 0) for e in RentalEvent.objects.filter(reason="Deadline enforced")]
+        lags = deadline_lags()
         late_rows = Rental.objects.filter(pk__in=[r.pk for r in late])
         leaks = sandbox.instances()
         not_terminal = Rental.objects.exclude(status__in=TERMINAL_STATUSES).count()

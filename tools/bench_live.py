@@ -5,16 +5,15 @@ on a temporary SQLite file, opens N websockets (each watching one rental's page,
 page does), writes events from a writer thread in this process (a separate process from the
 servers, as the worker is) and prints p50/p95/max delivery latency. Not a test: figures only.
 
-    .venv/bin/python -m shopper.bench_live [--sockets 50] [--events 40] [--interval 0.25] [--json]
+    .venv/bin/python -m tools.bench_live [--sockets 50] [--events 40] [--interval 0.25] [--json]
 
-``make bench`` runs it (``shopper/bench.py``) with 200 sockets and puts the figures in its table.
+``make bench`` runs it (``tools/bench.py``) with 200 sockets and puts the figures in its table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import subprocess
@@ -24,7 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-from shopper.bench import ROOT, _emit, _exit_on_sigterm, _free_port, _pct, _setup_env, _wait_port
+from websockets.asyncio.client import connect
+from websockets.typing import Origin
+
+from tools.bench import ROOT, _emit, _exit_on_sigterm, _free_port, _pct, _setup_env, _wait_port
 
 
 def _prepare(sockets: int) -> tuple[list[str], list]:
@@ -66,68 +68,15 @@ def _prepare(sockets: int) -> tuple[list[str], list]:
     return cookies, rentals
 
 
-class _WebSocket:
-    """Just enough of an RFC 6455 client for this benchmark (text frames, ping, close), so the
-    bench needs no websocket library."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def connect(cls, port: int, path: str, headers: dict[str, str]) -> _WebSocket:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-            *(f"{name}: {value}" for name, value in headers.items()),
-        ]  # fmt: skip
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        status = await reader.readline()
-        if b" 101 " not in status:
-            writer.close()
-            raise ConnectionError(f"websocket refused: {status!r}")
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        return cls(reader, writer)
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        # Client frames are masked (RFC 6455 5.3); control frames here are short (< 126 bytes).
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-
-    async def recv(self) -> str:
-        """The next text message (pings are answered on the way)."""
-        message = b""
-        while True:
-            first, second = await self.reader.readexactly(2)
-            length = second & 0x7F
-            if length >= 126:
-                length = int.from_bytes(await self.reader.readexactly(2 if length == 126 else 8), "big")
-            mask = await self.reader.readexactly(4) if second & 0x80 else b""
-            payload = await self.reader.readexactly(length)
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            opcode = first & 0x0F
-            if opcode == 0x8:
-                raise ConnectionError("the server closed the websocket")
-            if opcode == 0x9:
-                self._send(0xA, payload)
-                continue
-            if opcode in (0x0, 0x1):
-                message += payload
-                if first & 0x80:  # FIN
-                    return message.decode()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def _watch(port: int, cookie: str, rental_id, received: dict, ready: asyncio.Event) -> None:
-    headers = {"Cookie": f"sessionid={cookie}", "Origin": f"http://127.0.0.1:{port}"}
-    ws = await _WebSocket.connect(port, f"/ws/rentals/?rental={rental_id}", headers)
-    try:
+    # No compression offered: the browser's live.js socket is what is measured, not deflate.
+    async with connect(
+        f"ws://127.0.0.1:{port}/ws/rentals/?rental={rental_id}",
+        origin=Origin(f"http://127.0.0.1:{port}"),
+        additional_headers={"Cookie": f"sessionid={cookie}"},
+        compression=None,
+        open_timeout=30,
+    ) as ws:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "hello", hello
         ready.set()
@@ -135,8 +84,6 @@ async def _watch(port: int, cookie: str, rental_id, received: dict, ready: async
             msg = json.loads(await ws.recv())
             if msg["type"] == "rental.changed" and msg["html"]:
                 received.setdefault((str(rental_id), msg["event"]), time.monotonic())
-    finally:
-        ws.close()
 
 
 def _writer(rentals: list, events: int, interval: float, written: dict) -> None:
