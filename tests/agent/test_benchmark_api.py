@@ -3,8 +3,10 @@ and the measured figures on the offers of the machine (API list and detail, rent
 
 from __future__ import annotations
 
+import csv
 import json
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -12,12 +14,16 @@ from django.urls import reverse
 from inventory.measured import machine_key
 from inventory.menu import build_menu
 from inventory.models import MachineBenchmark
+from inventory.providers.gpus import tensordock_gpu_type, vast_gpu_type
+from inventory.sandbox.bench import SPEC
+from inventory.sandbox.catalog import TD_GPUS, VAST_GPUS
 from sessions.models import Status
 from tests.factories import RentalFactory
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/agent/benchmark"
+DATA = Path(__file__).resolve().parents[2] / "inventory" / "data"
 GOOD = {
     "rental_id": "x",
     "dtype": "bf16",
@@ -177,3 +183,19 @@ def test_the_schema_documents_measured_and_the_benchmark_endpoint(api_client):
     assert schema.status_code == 200
     assert "/api/v1/agent/benchmark" in text and "AgentBenchmarkRequest" in text
     assert "Measured" in text and "already_reported" in text
+
+
+# --- the sandbox's fake benchmark ---------------------------------------------------------------
+def test_the_sandbox_bench_table_is_the_spec_table_for_every_sandbox_gpu():
+    """Every GPU a sandbox machine can have gets plausible figures, copied right from the spec CSV
+    (BF16 dense from compute capability 8.0, FP32 before it, as the agent's snippet picks)."""
+    specs = {r["canonical_name"]: r for r in csv.DictReader((DATA / "gpu_specs.csv").open())}
+    machines = [(g.smi_name, vast_gpu_type(g.name, g.ram_mb)[0]) for g in VAST_GPUS]
+    machines += [(g.smi_name, tensordock_gpu_type(g.v0_name)[0]) for g in TD_GPUS]
+    for smi_name, canonical in machines:
+        row = specs[canonical]
+        bf16 = float(row["compute_capability"]) >= 8.0
+        tflops = row["fp16_bf16_dense_tflops"] if bf16 else row["fp32_tflops"]
+        expected = ("bf16" if bf16 else "fp32", float(tflops), float(row["memory_bandwidth_gbps"]))
+        assert SPEC[smi_name] == expected, smi_name
+    assert set(SPEC) == {smi for smi, _ in machines}
