@@ -8,8 +8,9 @@ CLI shows the API's figures, so it follows too.
 - :func:`offer_price_at`: the provider's hourly price of the machine at the disk asked for.
 - :func:`price_per_hour`: that price plus the chargeback markup (SHOPPER_PRICE_MARKUP_PERCENT,
   fixed on the rental at rent time), at 4 decimal places.
-- :func:`charge`: a charged price × a number of hours, to the cent: the estimate the rent page
-  shows *is* the amount the budget reserves.
+- :func:`charge`: a charged price × a number of hours, to the cent; :func:`estimate` is
+  ``charge(price_per_hour(base), hours)``: the estimate the rent page shows *is* the amount the
+  budget reserves.
 - :func:`charge_seconds`: a price × billed seconds, rounded once (the ledger at 6 places so its
   entries telescope, the live cost to the cent).
 
@@ -63,6 +64,12 @@ def charge(price: Decimal, hours: Decimal) -> Decimal:
     The rent page's estimate, the budget reservation of a rental and of an extension: one
     figure, so the amount shown is exactly the amount reserved."""
     return cents(Decimal(price) * Decimal(hours))
+
+
+def estimate(base: Decimal, hours: Decimal, markup_percent: Decimal | None = None) -> Decimal:
+    """What ``hours`` of a machine at provider price ``base`` cost the user, to the cent: the rent
+    page's estimate and the budget reservation of a rental or an extension (one call, one figure)."""
+    return charge(price_per_hour(base, markup_percent), hours)
 
 
 def charge_seconds(price: Decimal, seconds: Decimal | int, *, to: Decimal = MICRO) -> Decimal:

@@ -138,7 +138,7 @@ def rental_extend(*, rental: Rental, hours, reason: str = "", actor) -> Rental:
     if len(reason) > 500:
         raise ValidationError({"reason": "Keep the reason under 500 characters."})
     # Imported here, not at module level: imports point costs -> sessions (DESIGN.md).
-    from costs.pricing import charge, price_per_hour
+    from costs.pricing import estimate
     from costs.services import budget_reserve
 
     with transaction.atomic():
@@ -163,7 +163,7 @@ def rental_extend(*, rental: Rental, hours, reason: str = "", actor) -> Rental:
             fields["hard_max_at"] = new_end
         budget_reserve(
             user=current.consumer,
-            estimated_cost=charge(price_per_hour(current.price_per_hour, current.markup_percent), hours),
+            estimated_cost=estimate(current.price_per_hour, hours, current.markup_percent),
             now=now,
             what=f"this {hours.normalize():f} h extension",
         )

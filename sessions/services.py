@@ -307,11 +307,11 @@ def rental_create(
             )
         # Budgets, in this transaction and under the same lock (raises BudgetExceeded, 403).
         # Imported here, not at module level: imports point costs -> sessions (DESIGN.md).
-        from costs.pricing import charge, price_per_hour
+        from costs.pricing import estimate
         from costs.services import budget_reserve
 
-        estimate = charge(price_per_hour(price), hours)  # what the rent page showed (costs.pricing)
-        budget_reserve(user=user, estimated_cost=estimate, now=now)
+        # The figure the rent page showed (costs.pricing: one formula).
+        budget_reserve(user=user, estimated_cost=estimate(price, hours), now=now)
         # The provider account must be able to pay too (409 insufficient_balance, sessions/balances.py).
         balance_check_rental(provider=offer.provider, estimate=offer.price_per_hour * hours, now=now)
         rental = Rental.objects.create(

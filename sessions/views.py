@@ -56,13 +56,13 @@ def _fragment(request: HtmxHttpRequest) -> bool:
 def _estimate(price: Decimal, hours) -> Decimal | None:
     """What the reservation costs if used in full, to the cent: the amount the budget reserves
     (costs.pricing, the one formula)."""
-    from costs.pricing import charge, price_per_hour
+    from costs.pricing import estimate
 
     try:
         hours = hours_check(hours, maximum=settings.SHOPPER_HARD_MAX_HOURS)
     except ValidationError:
         return None
-    return charge(price_per_hour(price), hours)
+    return estimate(price, hours)
 
 
 def _disk(value) -> int | None:

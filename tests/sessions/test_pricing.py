@@ -12,7 +12,7 @@ from django.urls import reverse
 
 import costs.services
 from costs.models import Budget
-from costs.pricing import charge, charge_seconds, offer_price_at, price_per_hour
+from costs.pricing import charge, charge_seconds, estimate, offer_price_at, price_per_hour
 from costs.services import BudgetExceeded, rental_cost
 from sessions import services
 from sessions.hours import MAX_EXTENSION_HOURS
@@ -61,6 +61,7 @@ def test_price_per_hour_and_charge_by_hand(settings, base, markup, hours, charge
     settings.SHOPPER_PRICE_MARKUP_PERCENT = Decimal(markup)
     assert price_per_hour(Decimal(base)) == Decimal(charged)  # None: the team's current markup
     assert charge(Decimal(charged), Decimal(hours)) == Decimal(amount)
+    assert estimate(Decimal(base), Decimal(hours), Decimal(markup)) == Decimal(amount)
 
 
 def test_charge_seconds_multiplies_before_it_divides():
