@@ -10,8 +10,9 @@ GPU time from their own "running" state, which precedes our SSH verification by 
 rental that never becomes active (failed boot, failed SSH check) costs the provider a few seconds
 or minutes we do not charge on. The price is the instance's own hourly rate, read back from the
 provider before the rental becomes active (sessions.services._instance_readback; until then the
-price at the disk asked for, ``offer_price_at``): ``price_per_hour`` is the provider cost,
-``charged_price_per_hour`` adds the chargeback markup fixed at rent time (SHOPPER_PRICE_MARKUP_PERCENT).
+price at the disk asked for, ``costs.pricing.offer_price_at``): ``price_per_hour`` is the provider
+cost, ``charged_price_per_hour`` adds the chargeback markup fixed at rent time
+(SHOPPER_PRICE_MARKUP_PERCENT). Every money formula is in ``costs/pricing.py``.
 
 The ledger
 ----------
@@ -63,6 +64,7 @@ from django.db.models import Exists, F, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from costs.models import Budget, BudgetAlert, LedgerEntry
+from costs.pricing import CENT, SECONDS_PER_HOUR, cents, charge_seconds
 from sessions.alerts import alert_raise
 from sessions.models import AlertKind, EventKind, Rental, Status
 from sessions.services import AlreadyEnded, RentalError, rental_event, rental_request_stop
@@ -70,9 +72,6 @@ from sessions.services import AlreadyEnded, RentalError, rental_event, rental_re
 log = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
-CENT = Decimal("0.01")
-MICRO = Decimal("0.000001")
-SECONDS_PER_HOUR = Decimal(3600)
 THRESHOLDS = (80, 100)
 GROUPS = ("day", "month", "consumer", "gpu_type", "provider", "rental")
 POLICY_REFUSE, POLICY_STOP = "refuse", "stop"
@@ -87,15 +86,6 @@ class BudgetExceeded(RentalError):
 # --------------------------------------------------------------------------------------------
 # Money and time helpers
 # --------------------------------------------------------------------------------------------
-def cents(value: Decimal) -> Decimal:
-    """Round to the cent, half up: only when a figure is shown or compared with a limit."""
-    return value.quantize(CENT, rounding=ROUND_HALF_UP)
-
-
-def _micro(value: Decimal) -> Decimal:
-    return value.quantize(MICRO, rounding=ROUND_HALF_UP)
-
-
 def _utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
 
@@ -133,31 +123,6 @@ def _whole_seconds(start: datetime, end: datetime) -> int:
     """Whole seconds from start to end (floored; 0 when end is not after start)."""
     delta = end - start
     return max(0, delta.days * 86400 + delta.seconds)
-
-
-def charged_price(price_per_hour: Decimal, markup_percent: Decimal | None = None) -> Decimal:
-    """The price the user is charged per hour (the formula of ``Rental.charged_price_per_hour``)."""
-    markup = settings.SHOPPER_PRICE_MARKUP_PERCENT if markup_percent is None else markup_percent
-    return (Decimal(price_per_hour) * (1 + Decimal(markup) / 100)).quantize(Decimal("0.0001"))
-
-
-def offer_price_at(offer: Any, disk_gb: int | None, *, base: Decimal | None = None) -> Decimal:
-    """The provider's hourly price of the machine that will be created from ``offer`` with
-    ``disk_gb`` of disk: the menu price (``base``, default the offer's, includes
-    ``disk_gb_default`` GB) plus storage for every GB more (less) at the offer's storage rate.
-    The rent page shows it, the budget reserves it, the rental stores it: one function."""
-    price = Decimal(offer.price_per_hour if base is None else base)
-    rate, default = offer.storage_price_per_gb_hour, offer.disk_gb_default
-    if disk_gb is None or rate is None or default is None or disk_gb == default:
-        return price
-    return (price + Decimal(rate) * (disk_gb - default)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
-
-
-def rental_estimate(
-    *, price_per_hour: Decimal, hours: Decimal, markup_percent: Decimal | None = None
-) -> Decimal:
-    """The estimated cost reserved at rent time: charged price × reservation hours."""
-    return _micro(charged_price(price_per_hour, markup_percent) * Decimal(hours))
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,8 +189,8 @@ def _periods(rental: Rental, *, since: datetime | None, now: datetime) -> Iterab
             end=period_end,
             seconds=s1 - s0,
             price_per_hour=price,
-            provider_cost=_micro(price * s1 / SECONDS_PER_HOUR) - _micro(price * s0 / SECONDS_PER_HOUR),
-            amount=_micro(charged * s1 / SECONDS_PER_HOUR) - _micro(charged * s0 / SECONDS_PER_HOUR),
+            provider_cost=charge_seconds(price, s1) - charge_seconds(price, s0),
+            amount=charge_seconds(charged, s1) - charge_seconds(charged, s0),
             closed=period_end == hour_end or ended,
         )
         cursor = period_end
@@ -293,7 +258,7 @@ def rental_cost(rental: Rental, *, now: datetime | None = None) -> Decimal:
     written, last = ledger["seconds"] or 0, ledger["last"] or rental.active_since
     unwritten = _whole_seconds(rental.active_since, end) - _whole_seconds(rental.active_since, last)
     seconds = written + max(0, unwritten)
-    return cents(rental.charged_price_per_hour * seconds / SECONDS_PER_HOUR)
+    return charge_seconds(rental.charged_price_per_hour, seconds, to=CENT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,7 +427,7 @@ def _reserved_by_consumer(now: datetime, user=None) -> dict[int, Decimal]:
     for rental in live.only("consumer_id", "price_per_hour", "markup_percent", "reservation_ends_at"):
         delta = rental.reservation_ends_at - now
         left = Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / 1_000_000
-        reserved[rental.consumer_id] += _micro(rental.charged_price_per_hour * left / SECONDS_PER_HOUR)
+        reserved[rental.consumer_id] += charge_seconds(rental.charged_price_per_hour, left)
     return reserved
 
 

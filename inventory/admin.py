@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from inventory.models import Offer, ProviderFeed
+from inventory.models import MachineBenchmark, Offer, ProviderFeed
 
 
 @admin.register(Offer)
@@ -43,3 +43,16 @@ class ProviderFeedAdmin(admin.ModelAdmin):
         "consecutive_failures",
         "offer_count",
     )
+
+
+@admin.register(MachineBenchmark)
+class MachineBenchmarkAdmin(admin.ModelAdmin):
+    """What node agents measured (issue 18); a wrong row may be deleted, none are added by hand."""
+
+    list_display = ("provider", "machine", "gpu_type", "dtype", "tflops", "gbps", "measured_at")
+    list_filter = ("provider", "dtype")
+    search_fields = ("machine", "gpu_type", "gpu_name")
+    readonly_fields = [f.name for f in MachineBenchmark._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from inventory.filters import SORTS, OfferFilterSet, PageSizeForm, filter_form
+from inventory.measured import measured_for
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
@@ -95,4 +96,6 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
         rows = offer_rows(offer_tuples(Offer.objects.filter(pk=int(pk))))
         if not rows:
             raise exceptions.NotFound("No offer with that id.")
-        return Response(rows[0])
+        row = rows[0]
+        row["measured"] = measured_for(row["provider"], row["provider_offer_id"], row["gpu_type"])
+        return Response(row)

@@ -44,6 +44,7 @@ import numpy as np
 from django.db import close_old_connections, connection
 
 from inventory.filters import SORTS
+from inventory.measured import measured_index, with_measured
 from inventory.models import Offer
 from inventory.serializers import OFFER_FIELDS, offer_rows
 from inventory.services import menu_version
@@ -140,7 +141,7 @@ class Selection(Sequence):
             return self[index : index + 1][0] if index >= 0 else self[len(self) + index]
         tuples = [self.menu.tuples[p] for p in self.positions[index].tolist()]
         if self.as_dicts:
-            return offer_rows(tuples)
+            return with_measured(offer_rows(tuples), self.menu.measured)
         return [OfferRow(*t, html_cache=self.menu.row_html) for t in tuples]
 
 
@@ -169,6 +170,7 @@ class Menu:
         self._sorted: dict[str, dict[str, np.ndarray]] = {}
         self._matches: dict[tuple[str, str], frozenset[str]] = {}
         self.row_html: dict = {}  # the offers page's rendered rows, filled on demand
+        self.measured: dict = {}  # inventory.measured.measured_index(), set by build_menu
         self.set_hidden(hidden)
 
     def _order(self, keys: tuple[str, ...]) -> np.ndarray:
@@ -299,6 +301,7 @@ def build_menu(version: str) -> Menu:
         for r in rows.iterator(chunk_size=5000)
     ]
     menu = Menu(version, tuples, _hidden_now())
+    menu.measured = measured_index()  # benchmarks of the machines (issue 18), once per version
     # Millions of long-lived objects (the rows) would make every full cyclic collection scan
     # them again, a latency spike under load: collect once, then exclude what is alive now from
     # future collections (refcounting still frees an old menu when it is dropped).

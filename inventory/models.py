@@ -75,6 +75,13 @@ class Offer(models.Model):
         """The API's offer id: stable while the offer exists, opaque to scripts."""
         return str(self.pk)
 
+    @property
+    def measured(self) -> dict | None:
+        """What a node agent measured on this offer's machine (inventory/measured.py), or None."""
+        from inventory.measured import measured_for  # it imports this module
+
+        return measured_for(self.provider, self.provider_offer_id, self.gpu_type)
+
     @staticmethod
     def per_gpu(price: Decimal, gpu_count: int) -> Decimal:
         return (price / max(gpu_count, 1)).quantize(Decimal("0.0001"))
@@ -116,3 +123,37 @@ class ProviderRateLimit(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class BenchmarkDtype(models.TextChoices):
+    BF16 = "bf16", "BF16"
+    FP32 = "fp32", "FP32"
+
+
+class MachineBenchmark(models.Model):
+    """What one rental's node agent measured on its machine (issue 18, "measured value"): dense
+    matmul TFLOPS and memory GB/s of one GPU, as ``shopper/agent.py`` reports them after the handoff.
+
+    Kept per provider machine (``machine``: ``inventory.measured.machine_key`` of the offer), so
+    every offer of that machine shows it, and outlives the offer and the rental. One row per
+    rental (``rental_id`` is unique; a plain UUID, not a foreign key, so inventory does not
+    depend on sessions).
+    """
+
+    provider = models.CharField(max_length=32)
+    machine = models.CharField(max_length=128)
+    provider_offer_id = models.CharField(max_length=128)
+    gpu_type = models.CharField(max_length=64, help_text="Canonical, from the offer")
+    gpu_count = models.PositiveSmallIntegerField()
+    gpu_name = models.CharField(max_length=64, blank=True, help_text="As the machine reported it")
+    dtype = models.CharField(max_length=8, choices=BenchmarkDtype.choices)
+    tflops = models.DecimalField(max_digits=7, decimal_places=1, help_text="Dense, per GPU, in dtype")
+    gbps = models.DecimalField(max_digits=8, decimal_places=1, help_text="Memory bandwidth, per GPU")
+    measured_at = models.DateTimeField(default=timezone.now)
+    rental_id = models.UUIDField(unique=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["provider", "machine", "measured_at"], name="bench_machine")]
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.machine} {self.tflops} TFLOPS {self.dtype}, {self.gbps} GB/s"

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from inventory.measured import machine_key, measured_index
 from inventory.models import Offer
 
 OFFER_FIELDS = (
@@ -25,14 +27,34 @@ OFFER_FIELDS = (
 )
 
 
+class MeasuredSerializer(serializers.Serializer):
+    """What a node agent measured on this offer's machine (inventory/measured.py), per GPU."""
+
+    tflops = serializers.DecimalField(max_digits=7, decimal_places=1, help_text="Dense matmul TFLOPS")
+    gbps = serializers.DecimalField(max_digits=8, decimal_places=1, help_text="Memory bandwidth, GB/s")
+    dtype = serializers.ChoiceField(choices=["bf16", "fp32"])
+    measured_at = serializers.DateTimeField(help_text="The latest run")
+    runs = serializers.IntegerField(help_text="Rentals of this machine that reported")
+
+
 class OfferSerializer(serializers.ModelSerializer):
     """Documents the offer shape; lists are rendered by ``offer_rows`` for speed (same output)."""
 
     id = serializers.CharField(read_only=True)
+    measured = serializers.SerializerMethodField()
 
     class Meta:
         model = Offer
-        fields = OFFER_FIELDS
+        fields = (*OFFER_FIELDS, "measured")
+
+    @extend_schema_field(MeasuredSerializer(allow_null=True))
+    def get_measured(self, offer: Offer) -> dict | None:
+        # One query per list (the context is shared by a list's rows), not one per offer.
+        index = self.context.get("measured_index")
+        if index is None:
+            index = self.context["measured_index"] = measured_index()
+        machine = machine_key(offer.provider, offer.provider_offer_id)
+        return index.get((offer.provider, machine, offer.gpu_type))
 
 
 def offer_tuples(queryset):

@@ -1,4 +1,5 @@
-"""The node agent's side of the API: ``POST /api/v1/agent/heartbeat`` and ``GET /agent.py``.
+"""The node agent's side of the API: ``POST /api/v1/agent/heartbeat``, ``POST /api/v1/agent/benchmark``
+and ``GET /agent.py``.
 
 The agent authenticates with its per-rental token (``Authorization: Bearer <token>``), stored as
 ``Rental.agent_token_hash`` and revoked when the rental is destroyed. It holds no provider key.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
@@ -18,8 +20,10 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from inventory.measured import benchmark_record
+from inventory.models import BenchmarkDtype, MachineBenchmark
 from sessions import idle, services
-from sessions.models import LIVE_STATUSES, Rental, token_hash
+from sessions.models import LIVE_STATUSES, Rental, Status, token_hash
 from shopper.api import documented_error, error_response
 from shopper.parsers import JSONParser, json_loads
 from shopper.throttling import counter_hit
@@ -28,6 +32,12 @@ AGENT_FILE = Path(__file__).resolve().parent.parent / "shopper" / "agent.py"
 MAX_GPUS = 16
 GPU_FIELDS = ("util", "mem_used_mb", "mem_total_mb")
 MAX_INT = 2**31 - 1
+
+
+# Bounds of a believable per-GPU benchmark (the fastest GPU of the spec table does 2,250 dense
+# BF16 TFLOPS and 8 TB/s): beyond them the report is refused, not stored.
+MAX_TFLOPS = 10_000
+MAX_GBPS = 100_000
 
 
 class BadHeartbeat(ValueError):
@@ -69,6 +79,41 @@ def _clean_heartbeat(body: object) -> dict:
                 raise BadHeartbeat(f"{name} must be a short string.")
             data[name] = value
     return data
+
+
+def _number(body: dict, name: str, low: float, high: float) -> Decimal:
+    """``body[name]`` as a Decimal with one decimal place, low < value <= high; else BadHeartbeat."""
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low < value <= high:
+        raise BadHeartbeat(f"{name} must be a number above {low:g} and at most {high:g}.")
+    return Decimal(str(round(float(value), 1)))
+
+
+def _clean_benchmark(body: object) -> dict:
+    """The stored benchmark figures, checked; raises BadHeartbeat with a clear message."""
+    if not isinstance(body, dict):
+        raise BadHeartbeat("The body must be a JSON object.")
+    if body.get("dtype") not in BenchmarkDtype.values:
+        raise BadHeartbeat(f"dtype must be one of {', '.join(BenchmarkDtype.values)}.")
+    figures = {
+        "dtype": body["dtype"],
+        "tflops": _number(body, "tflops", 0, MAX_TFLOPS),
+        "gbps": _number(body, "gbps", 0, MAX_GBPS),
+    }
+    name = body.get("gpu_name", "")
+    if not isinstance(name, str) or len(name) > 64:
+        raise BadHeartbeat("gpu_name must be a short string.")
+    figures["gpu_name"] = name
+    return figures
+
+
+def benchmark_wanted(rental: Rental) -> bool:
+    """Ask the agent for a benchmark: the rental was handed off (active) and has not reported."""
+    return (
+        settings.SHOPPER_AGENT_BENCHMARK
+        and rental.status == Status.ACTIVE
+        and not MachineBenchmark.objects.filter(rental_id=rental.pk).exists()
+    )
 
 
 def heartbeat_limit() -> int:
@@ -128,8 +173,28 @@ HEARTBEAT_RESPONSE = inline_serializer(
         "action": serializers.ChoiceField(choices=["continue", "shutdown"]),
         "hard_max_at": serializers.DateTimeField(),
         "reservation_ends_at": serializers.DateTimeField(),
+        "benchmark": serializers.BooleanField(
+            help_text="Run the GPU benchmark once and POST it to /api/v1/agent/benchmark"
+        ),
     },
 )
+
+
+def _agent_rental(request) -> tuple[Rental | None, Response | None]:
+    """The live rental whose agent token the request carries, or the 401 answer."""
+    token = _bearer_token(request)
+    rental = (
+        Rental.objects.filter(agent_token_hash=token_hash(token), status__in=LIVE_STATUSES).first()
+        if token
+        else None
+    )
+    if rental is not None:
+        return rental, None
+    response = error_response(
+        "A valid agent token is required (Authorization: Bearer <token>).", "invalid_agent_token", 401
+    )
+    response["WWW-Authenticate"] = 'Bearer realm="agent"'
+    return None, response
 
 
 class AgentHeartbeatView(APIView):
@@ -146,7 +211,8 @@ class AgentHeartbeatView(APIView):
             "Authenticate with `Authorization: Bearer <agent token>`: the per-rental token the "
             "machine received in `SHOPPER_AGENT_TOKEN`, valid while the rental is live and revoked "
             "at teardown. `action` is `shutdown` when the rental is stopping or past its hard max "
-            "(the agent then powers the machine off), else `continue`."
+            "(the agent then powers the machine off), else `continue`. `benchmark` asks the agent "
+            "to measure the GPU once (the rental is active and has not reported yet)."
         ),
         auth=[],
         request=HEARTBEAT_REQUEST,
@@ -161,18 +227,9 @@ class AgentHeartbeatView(APIView):
         tags=["agent"],
     )
     def post(self, request):
-        token = _bearer_token(request)
-        rental = (
-            Rental.objects.filter(agent_token_hash=token_hash(token), status__in=LIVE_STATUSES).first()
-            if token
-            else None
-        )
-        if rental is None:
-            response = error_response(
-                "A valid agent token is required (Authorization: Bearer <token>).", "invalid_agent_token", 401
-            )
-            response["WWW-Authenticate"] = 'Bearer realm="agent"'
-            return response
+        rental, refused = _agent_rental(request)
+        if refused is not None:
+            return refused
         throttled = _throttled(rental)
         if throttled is not None:
             return throttled  # nothing is recorded
@@ -191,8 +248,69 @@ class AgentHeartbeatView(APIView):
                 "action": action,
                 "hard_max_at": rental.hard_max_at.isoformat(),
                 "reservation_ends_at": rental.reservation_ends_at.isoformat(),
+                "benchmark": action == "continue" and benchmark_wanted(rental),
             }
         )
+
+
+BENCHMARK_REQUEST = inline_serializer(
+    "AgentBenchmarkRequest",
+    fields={
+        "rental_id": serializers.CharField(required=False),
+        "dtype": serializers.ChoiceField(choices=BenchmarkDtype.values),
+        "tflops": serializers.FloatField(help_text=f"Dense matmul TFLOPS of one GPU, (0, {MAX_TFLOPS}]"),
+        "gbps": serializers.FloatField(help_text=f"Memory bandwidth of one GPU in GB/s, (0, {MAX_GBPS}]"),
+        "gpu_name": serializers.CharField(required=False, max_length=64),
+        "gpu_count": serializers.IntegerField(required=False),
+        "seconds": serializers.FloatField(required=False),
+    },
+)
+
+
+class AgentBenchmarkView(APIView):
+    """The node agent's one GPU benchmark of its rental (issue 18); agent token, like heartbeats."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        summary="Node agent GPU benchmark",
+        description=(
+            "Sent once per rental by the node agent after the handoff, when the heartbeat answer "
+            "said `benchmark: true`: achieved dense TFLOPS (`dtype` bf16, or fp32 on GPUs "
+            "without BF16) and memory bandwidth of one GPU. Stored for the provider machine and "
+            "shown as `measured` on its offers."
+        ),
+        auth=[],
+        request=BENCHMARK_REQUEST,
+        responses={
+            201: inline_serializer("AgentBenchmarkResponse", fields={"recorded": serializers.BooleanField()}),
+            400: documented_error("Malformed body or implausible figures; nothing is recorded"),
+            401: documented_error("`invalid_agent_token`: missing, unknown or revoked"),
+            409: documented_error("`not_active` before the handoff; `already_reported`: one per rental"),
+            429: documented_error("`throttled`: shares the heartbeats' budget per token"),
+        },
+        tags=["agent"],
+    )
+    def post(self, request):
+        rental, refused = _agent_rental(request)
+        if refused is not None:
+            return refused
+        throttled = _throttled(rental)
+        if throttled is not None:
+            return throttled
+        try:
+            figures = _clean_benchmark(json_loads(request.body or b"null"))
+        except BadHeartbeat as exc:
+            return error_response(str(exc), "invalid", 400)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError, TooDeep
+            return error_response("The body must be a JSON object (this is not valid JSON).", "invalid", 400)
+        if rental.status != Status.ACTIVE:
+            return error_response("A benchmark is taken once the machine was handed off.", "not_active", 409)
+        if benchmark_record(rental=rental, figures=figures) is None:
+            return error_response("This rental already reported its benchmark.", "already_reported", 409)
+        return Response({"recorded": True}, status=201)
 
 
 @require_GET

@@ -151,7 +151,8 @@ def rental_extend(*, rental: Rental, hours, reason: str = "", actor) -> Rental:
     if len(reason) > 500:
         raise ValidationError({"reason": "Keep the reason under 500 characters."})
     # Imported here, not at module level: imports point costs -> sessions (DESIGN.md).
-    from costs.services import budget_reserve, rental_estimate
+    from costs.pricing import estimate
+    from costs.services import budget_reserve
 
     with transaction.atomic():
         _lock_rentals()
@@ -175,9 +176,7 @@ def rental_extend(*, rental: Rental, hours, reason: str = "", actor) -> Rental:
             fields["hard_max_at"] = new_end
         budget_reserve(
             user=current.consumer,
-            estimated_cost=rental_estimate(
-                price_per_hour=current.price_per_hour, hours=hours, markup_percent=current.markup_percent
-            ),
+            estimated_cost=estimate(current.price_per_hour, hours, current.markup_percent),
             now=now,
             what=f"this {hours.normalize():f} h extension",
         )

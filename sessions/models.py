@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.checks import Error, register
@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
 
+from costs import pricing
 from sessions.deployment import (
     LABEL_PREFIX,
     InvalidDeploymentId,
@@ -215,8 +216,8 @@ class Rental(models.Model):
     @property
     def charged_price_per_hour(self) -> Decimal:
         """What the user is charged per hour: the provider price plus the chargeback markup
-        fixed at rent time."""
-        return (self.price_per_hour * (1 + self.markup_percent / 100)).quantize(Decimal("0.0001"))
+        fixed at rent time (costs.pricing, the one formula)."""
+        return pricing.price_per_hour(self.price_per_hour, self.markup_percent)
 
     @property
     def port_links(self) -> list[dict]:
@@ -250,8 +251,7 @@ class Rental(models.Model):
 
     def cost_so_far(self, now: datetime | None = None) -> Decimal:
         """Charged price × billed time, to the cent (Decimal throughout)."""
-        cost = self.charged_price_per_hour * Decimal(self.billed_seconds(now)) / Decimal(3600)
-        return cost.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+        return pricing.charge_seconds(self.charged_price_per_hour, self.billed_seconds(now), to=pricing.CENT)
 
 
 class EventKind(models.TextChoices):

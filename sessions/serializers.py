@@ -6,6 +6,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from costs import pricing
 from sessions.hours import MAX_EXTENSION_HOURS, MIN_HOURS, STEP_HOURS, hours_check
 from sessions.models import Rental, RentalEvent
 
@@ -136,9 +137,7 @@ class SessionSerializer(serializers.ModelSerializer):
     def get_price_shown_per_hour(self, rental: Rental) -> str | None:
         if rental.shown_price_per_hour is None:
             return None
-        from costs.services import charged_price
-
-        return str(charged_price(rental.shown_price_per_hour, rental.markup_percent))
+        return str(pricing.price_per_hour(rental.shown_price_per_hour, rental.markup_percent))
 
     def get_offer_id(self, rental: Rental) -> str | None:
         return str(rental.offer_id) if rental.offer_id else None

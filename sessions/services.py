@@ -258,7 +258,7 @@ def rental_create(
     user was shown for the machine at the disk asked for; if the provider now asks another price
     the rental is refused with PriceChanged so the user can decide again.
     """
-    from costs.services import offer_price_at  # costs imports sessions (DESIGN.md)
+    from costs.pricing import offer_price_at  # costs imports sessions (DESIGN.md)
 
     hours = _hours(reservation_hours)
     public_keys, generate = _ssh_keys_for(user, ssh_public_key, generate_key)
@@ -308,10 +308,11 @@ def rental_create(
             )
         # Budgets, in this transaction and under the same lock (raises BudgetExceeded, 403).
         # Imported here, not at module level: imports point costs -> sessions (DESIGN.md).
-        from costs.services import budget_reserve, rental_estimate
+        from costs.pricing import estimate
+        from costs.services import budget_reserve
 
-        estimate = rental_estimate(price_per_hour=price, hours=hours)
-        budget_reserve(user=user, estimated_cost=estimate, now=now)
+        # The figure the rent page showed (costs.pricing: one formula).
+        budget_reserve(user=user, estimated_cost=estimate(price, hours), now=now)
         # The provider account must be able to pay too (409 insufficient_balance, sessions/balances.py).
         balance_check_rental(provider=offer.provider, estimate=offer.price_per_hour * hours, now=now)
         rental = Rental.objects.create(

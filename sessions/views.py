@@ -55,14 +55,14 @@ def _fragment(request: HtmxHttpRequest) -> bool:
 
 def _estimate(price: Decimal, hours) -> Decimal | None:
     """What the reservation costs if used in full, to the cent: the amount the budget reserves
-    (costs.services.rental_estimate, the one formula), rounded for display."""
-    from costs.services import cents, rental_estimate
+    (costs.pricing, the one formula)."""
+    from costs.pricing import estimate
 
     try:
         hours = hours_check(hours, maximum=settings.SHOPPER_HARD_MAX_HOURS)
     except ValidationError:
         return None
-    return cents(rental_estimate(price_per_hour=price, hours=hours))
+    return estimate(price, hours)
 
 
 def _disk(value) -> int | None:
@@ -71,8 +71,8 @@ def _disk(value) -> int | None:
 
 
 def _price_at(offer: Offer, disk, base: Decimal | None = None) -> Decimal:
-    """The hourly price of the machine at the disk asked for (costs.services.offer_price_at)."""
-    from costs.services import offer_price_at
+    """The hourly price of the machine at the disk asked for (costs.pricing.offer_price_at)."""
+    from costs.pricing import offer_price_at
 
     return offer_price_at(offer, _disk(disk), base=base)
 
@@ -84,6 +84,7 @@ def budget_warning(user, price: Decimal, estimate: Decimal | None) -> str:
     Said before submit, with the hours that would still fit. The refusal itself stays with
     ``costs.services.budget_reserve`` in the renting transaction.
     """
+    from costs.pricing import price_per_hour
     from costs.services import budget_status  # costs imports sessions; import at call time
 
     if estimate is None:
@@ -94,7 +95,7 @@ def budget_warning(user, price: Decimal, estimate: Decimal | None) -> str:
         if not budget or estimate <= budget["remaining"]:
             continue
         remaining = budget["remaining"]
-        charged = price * (1 + settings.SHOPPER_PRICE_MARKUP_PERCENT / 100)
+        charged = price_per_hour(price)
         fit = (remaining / charged // STEP_HOURS) * STEP_HOURS if charged > 0 else Decimal(0)
         advice = f"at most {fit.normalize():f} h fit" if fit >= MIN_HOURS else "not even 15 minutes fit"
         return (

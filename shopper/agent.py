@@ -21,6 +21,16 @@ Environment (set by the provider start-up script):
                                signalled inside the sandbox cloud, i.e. when SANDBOX_INSTANCE is set)
   SHOPPER_AGENT_PORT           local status endpoint on 127.0.0.1 (default 8799, 0 = any free port)
   SHOPPER_AGENT_STATE          optional file where the status JSON is written at every event
+  SHOPPER_AGENT_BENCH_CMD      the GPU benchmark command (default: this Python with BENCH_SNIPPET,
+                               PyTorch matmuls); "off" runs none
+  SHOPPER_AGENT_BENCH_TIMEOUT  seconds before the benchmark is killed (default 120)
+
+GPU benchmark (measured value, issue 18): once per agent run, when a heartbeat answer says
+``"benchmark": true`` (the shopper asks once the rental is active, i.e. after the handoff, until it
+has a report), a background thread runs the benchmark command at low priority with a hard timeout
+and posts its JSON line (achieved dense TFLOPS and memory GB/s of GPU 0) to
+``/api/v1/agent/benchmark``. Heartbeats never wait for it. Without PyTorch or CUDA the snippet
+prints ``{"skipped": ...}`` and nothing is reported.
 """
 
 from __future__ import annotations
@@ -49,6 +59,55 @@ NVIDIA_SMI = [
     "--query-gpu=utilization.gpu,memory.used,memory.total",
     "--format=csv,noheader,nounits",
 ]
+DEFAULT_BENCH_TIMEOUT = 120.0
+# The default benchmark: a few seconds of dense matmuls (BF16 where the GPU has it, else FP32)
+# and device-to-device copies on GPU 0; prints one JSON line. ~1.5 GB of GPU memory at most.
+BENCH_SNIPPET = r"""
+import json, sys, time
+try:
+    import torch
+except Exception:
+    print(json.dumps({"skipped": "no torch"}))
+    sys.exit(0)
+if not torch.cuda.is_available():
+    print(json.dumps({"skipped": "no CUDA device"}))
+    sys.exit(0)
+dev = torch.device("cuda:0")
+props = torch.cuda.get_device_properties(dev)
+bf16 = props.major >= 8
+dtype = torch.bfloat16 if bf16 else torch.float32
+n = 8192
+a = torch.randn(n, n, device=dev, dtype=dtype)
+b = torch.randn(n, n, device=dev, dtype=dtype)
+torch.matmul(a, b)
+torch.cuda.synchronize()
+runs, start = 0, time.perf_counter()
+while runs < 500 and time.perf_counter() - start < 3.0:
+    for _ in range(5):
+        torch.matmul(a, b)
+    torch.cuda.synchronize()
+    runs += 5
+matmul_s = time.perf_counter() - start
+del a, b
+x = torch.empty(256 * 1024 * 1024, device=dev, dtype=torch.float32)  # 1 GiB
+y = torch.empty_like(x)
+y.copy_(x)
+torch.cuda.synchronize()
+copies, start = 0, time.perf_counter()
+while copies < 500 and time.perf_counter() - start < 1.5:
+    y.copy_(x)
+    copies += 1
+torch.cuda.synchronize()
+copy_s = time.perf_counter() - start
+print(json.dumps({
+    "dtype": "bf16" if bf16 else "fp32",
+    "tflops": round(2 * n ** 3 * runs / matmul_s / 1e12, 1),
+    "gbps": round(2 * x.numel() * 4 * copies / copy_s / 1e9, 1),
+    "gpu_name": props.name[:64],
+    "gpu_count": torch.cuda.device_count(),
+    "seconds": round(matmul_s + copy_s, 1),
+}))
+"""
 log = logging.getLogger("shopper-agent")
 
 
@@ -84,6 +143,11 @@ class Agent:
         if missing:
             raise ValueError("missing environment: " + ", ".join(missing))
         self.url = env["SHOPPER_URL"].rstrip("/") + "/api/v1/agent/heartbeat"
+        self.bench_url = env["SHOPPER_URL"].rstrip("/") + "/api/v1/agent/benchmark"
+        self.bench_command = env.get("SHOPPER_AGENT_BENCH_CMD") or ""
+        self.bench_timeout = max(1.0, float(env.get("SHOPPER_AGENT_BENCH_TIMEOUT") or DEFAULT_BENCH_TIMEOUT))
+        self.bench_wanted = False  # the shopper's last answer asked for a benchmark
+        self.bench_state = "off" if self.bench_command.strip().lower() == "off" else "not run"
         self.rental_id = env["SHOPPER_RENTAL_ID"]
         self._token = env["SHOPPER_AGENT_TOKEN"]
         try:
@@ -118,6 +182,7 @@ class Agent:
             "powering_off": self.powering_off,
             "status_port": self.status_port,
             "pid": os.getpid(),
+            "benchmark": self.bench_state,
         }
 
     def save_state(self) -> None:
@@ -163,6 +228,7 @@ class Agent:
         action = answer.get("action") if isinstance(answer, dict) else None
         if action not in ("continue", "shutdown"):  # not the shopper (a proxy page, a wrong URL)
             return self._record("error", ok=False, why="unexpected answer (no action)")
+        self.bench_wanted = answer.get("benchmark") is True
         if answer.get("hard_max_at"):
             with contextlib.suppress(ValueError):  # the shopper's word wins (staff may extend)
                 self.deadline = parse_time(str(answer["hard_max_at"])).timestamp()
@@ -200,6 +266,77 @@ class Agent:
 
     def unreachable_for(self) -> float:
         return time.monotonic() - (self.last_ok_mono if self.last_ok_mono is not None else self.started)
+
+    # -- GPU benchmark ----------------------------------------------------------------------------
+    def maybe_benchmark(self) -> bool:
+        """Start the benchmark thread if the shopper asked and it never ran in this agent."""
+        with self._lock:
+            if not self.bench_wanted or self.bench_state != "not run" or self.powering_off:
+                return False
+            self.bench_state = "running"
+        threading.Thread(target=self.benchmark, name="benchmark", daemon=True).start()
+        return True
+
+    def benchmark(self) -> None:
+        """Run the benchmark command (bounded) and post its figures; never raises."""
+        result = self.run_benchmark()
+        if "skipped" in result or "error" in result:
+            self.bench_state = "skipped: " + str(result.get("skipped") or result.get("error"))[:200]
+            log.info("GPU benchmark %s", self.bench_state)
+        else:
+            self.bench_state = self.post_benchmark(result)
+            log.info("GPU benchmark: %s TFLOPS %s, %s GB/s: %s", result.get("tflops"), result.get("dtype"),
+                     result.get("gbps"), self.bench_state)  # fmt: skip
+        self.save_state()
+
+    def run_benchmark(self) -> dict:
+        """The benchmark's JSON (its last line of output), or {"error": why}. Low priority (nice),
+        killed after SHOPPER_AGENT_BENCH_TIMEOUT; the token is not in its environment."""
+        default = [sys.executable, "-c", BENCH_SNIPPET]
+        command = shlex.split(self.bench_command) if self.bench_command else default
+        env = {k: v for k, v in os.environ.items() if k != "SHOPPER_AGENT_TOKEN"}
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=self.bench_timeout, env=env,
+                stdin=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10),
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {self.bench_timeout:.0f}s"}
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        try:
+            result = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            result = None
+        if not isinstance(result, dict):
+            return {"error": f"exit {done.returncode}, no JSON: {(done.stderr or done.stdout)[-200:]!r}"}
+        return result
+
+    def post_benchmark(self, result: dict) -> str:
+        """POST the figures (three tries); "reported", "refused: HTTP n" or "not reported: why"."""
+        fields = ("dtype", "tflops", "gbps", "gpu_name", "gpu_count", "seconds")
+        body = {"rental_id": self.rental_id, **{k: result[k] for k in fields if k in result}}
+        why = ""
+        for attempt in range(3):
+            request = urllib.request.Request(
+                self.bench_url,
+                data=json.dumps(body).encode(),
+                method="POST",
+                headers={"Authorization": "Bearer " + self._token, "Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10):
+                    return "reported"
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 and exc.code != 429:
+                    return f"refused: HTTP {exc.code}"
+                why = f"HTTP {exc.code}"
+            except OSError as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            if self.stop.wait(5 * (attempt + 1)):
+                break
+        return "not reported: " + why
 
     # -- power-off ------------------------------------------------------------------------------
     def power_off(self, reason: str) -> None:
@@ -285,6 +422,7 @@ class Agent:
             outcome = ""
             if not self.powering_off:
                 outcome = self.heartbeat()
+                self.maybe_benchmark()
                 if outcome == "shutdown":
                     self.power_off("the shopper asked for a shutdown")
                 elif outcome == "revoked":

@@ -301,6 +301,8 @@ SHOPPER_AGENT_UNREACHABLE_SECONDS = env.int("SHOPPER_AGENT_UNREACHABLE_SECONDS",
 # Heartbeats per agent token per minute (429 past it; 0: off). Never below twice the agent's own
 # rate (sessions/agent_api.py), so a healthy agent is never throttled.
 SHOPPER_AGENT_HEARTBEATS_PER_MINUTE = env.int("SHOPPER_AGENT_HEARTBEATS_PER_MINUTE", default=10)
+# The node agent benchmarks the GPU once per rental after the handoff (issue 18, measured value).
+SHOPPER_AGENT_BENCHMARK = env.bool("SHOPPER_AGENT_BENCHMARK", default=True)
 # Fernet keys (comma-separated, newest first) that encrypt generated private keys at rest.
 SHOPPER_FERNET_KEYS = env.list("SHOPPER_FERNET_KEYS", default=[])
 SHOPPER_PUBLIC_URL = env.str("SHOPPER_PUBLIC_URL", default="http://127.0.0.1:8000")

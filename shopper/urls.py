@@ -7,7 +7,7 @@ from rest_framework.routers import SimpleRouter
 from costs import api as costs_api
 from inventory import views as inventory_views
 from inventory.api import InventoryViewSet
-from sessions.agent_api import AgentHeartbeatView, agent_script
+from sessions.agent_api import AgentBenchmarkView, AgentHeartbeatView, agent_script
 from sessions.api import SessionViewSet
 from sessions.consumers import RentalConsumer
 from shopper import views
@@ -21,6 +21,7 @@ router.register("sessions", SessionViewSet, basename="sessions")
 api_urlpatterns = [
     path("health", views.health, name="api-health"),
     path("agent/heartbeat", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agent/benchmark", AgentBenchmarkView.as_view(), name="agent-benchmark"),
     path("costs", costs_api.costs, name="api-costs"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its script as a file and the template has no inline style: CSP.

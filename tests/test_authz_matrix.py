@@ -10,7 +10,7 @@ login, API routes with each role's own API token.
 Access classes (DESIGN.md, Security):
 
 * ``PUBLIC``: health, ``/agent.py``, the login pages, logout. Anyone; never a 5xx.
-* ``AGENT``: the agent heartbeat. 401 for everyone without a per-rental Bearer agent token:
+* ``AGENT``: the agent heartbeat and benchmark. 401 for everyone without a per-rental Bearer agent token:
   neither a session nor an API token will do.
 * ``METRICS``: its own rules (a Bearer METRICS_TOKEN when set, else loopback only): with a token
   set, every role without it gets 401.
@@ -105,6 +105,7 @@ ROUTES: dict[str, Route] = {
     # API
     "api/v1/health": Route(PUBLIC, API),
     "api/v1/agent/heartbeat": Route(AGENT, API, methods=("post",)),
+    "api/v1/agent/benchmark": Route(AGENT, API, methods=("post",)),
     "api/v1/^inventory$": Route(LOGIN, API),
     "api/v1/^inventory/(?P<pk>[^/]+)$": Route(LOGIN, API, pk="offer"),
     "api/v1/costs": Route(LOGIN, API),
@@ -341,10 +342,12 @@ def test_staff_reach_the_admin_and_others_do_not(world, role):
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_the_agent_heartbeat_wants_the_agent_token_whoever_asks(world, role):
+@pytest.mark.parametrize("url", ["/api/v1/agent/heartbeat", "/api/v1/agent/benchmark"])
+def test_the_agent_endpoints_want_the_agent_token_whoever_asks(world, role, url):
     """Neither a session, an API token, nor a wrong bearer token is an agent token."""
-    url = "/api/v1/agent/heartbeat"
-    body_ = json.dumps({"rental_id": str(world.rental.pk), "gpus": []})
+    body_ = json.dumps(
+        {"rental_id": str(world.rental.pk), "gpus": [], "dtype": "bf16", "tflops": 1, "gbps": 1}
+    )
     attempts = [{}, {"HTTP_AUTHORIZATION": "Bearer wrong"}]
     if role != "anonymous":
         attempts.append({"HTTP_AUTHORIZATION": f"Token {world.api_keys[role]}"})

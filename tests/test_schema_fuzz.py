@@ -92,6 +92,8 @@ MAX_EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "25"))
 # make fuzz: new random inputs on every run instead of the same derandomized ones.
 RANDOM = os.environ.get("SCHEMA_FUZZ_RANDOM") == "1"
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat"
+BENCHMARK_PATH = "/api/v1/agent/benchmark"
+AGENT_PATHS = (HEARTBEAT_PATH, BENCHMARK_PATH)  # authenticated with the agent token
 AGENT_TOKEN = "fuzz-agent-token-0123456789"
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq7vQ7N4fK8m0s6p7D0J8u1g9xk8aZq6JQnq1m6tq1a me@laptop"
 
@@ -334,7 +336,7 @@ def world(db, settings, monkeypatch, user, other_user):
     ],
 )
 def test_api_answers_as_documented(case, world):
-    agent = case.operation.path == HEARTBEAT_PATH
+    agent = case.operation.path in AGENT_PATHS
     authorization = f"Bearer {AGENT_TOKEN}" if agent else f"Token {world}"
     case.call_and_validate(headers={"Authorization": authorization}, checks=CHECKS)
 
@@ -353,7 +355,7 @@ def test_every_json_operation_refuses_absurd_nesting(world, client, path, method
     """Any operation that takes JSON, today's and tomorrow's: a body nested ``depth`` levels is a
     documented 400, never a RecursionError 500. (Sent raw: the harness's own json.dumps would
     hit the recursion limit first, so this is not left to Schemathesis' generation.)"""
-    agent = path == HEARTBEAT_PATH
+    agent = path in AGENT_PATHS
     response = client.generic(
         method,
         path.replace("{id}", str(RENTAL_IDS["active"])),
@@ -372,6 +374,7 @@ def test_the_nesting_test_covers_every_json_operation():
         ("/api/v1/sessions", "POST"),
         ("/api/v1/sessions/{id}/extend", "POST"),
         (HEARTBEAT_PATH, "POST"),
+        (BENCHMARK_PATH, "POST"),
     }
 
 

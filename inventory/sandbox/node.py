@@ -3,7 +3,8 @@
 Each instance gets a directory under the state dir::
 
     instances/<dialect>-<id>/
-        bin/        nvidia-smi, shutdown, poweroff, halt, sudo, chown, whoami (first in PATH)
+        bin/        nvidia-smi, shutdown, poweroff, halt, sudo, chown, whoami (first in PATH),
+                    shopper-gpu-bench (the node agent's GPU benchmark here, see bench.py)
         fs/         the machine's "/" for well-known paths: fs/root, fs/home/user, fs/workspace
         gpu.json    what the fake nvidia-smi reports (edit util/mem_used to simulate load)
         startup.log output of the Vast onstart script / TensorDock cloud-init runcmd
@@ -35,6 +36,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from .bench import gpu_bench_script
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _REWRITE_RE = re.compile(r"""(?<![\w.~/$-])(/root|/home|/workspace)(?=[/\s'";&|)`]|$)""")
@@ -333,6 +336,7 @@ class Node:
             "sudo": SUDO,
             "chown": CHOWN,
             "whoami": WHOAMI,
+            "shopper-gpu-bench": gpu_bench_script(py),
         }
         poweroff = POWEROFF.format(
             python=py,
@@ -396,6 +400,8 @@ class Node:
             "SANDBOX_INSTANCE": self.marker,
             "SANDBOX_FS_ROOT": str(self.fs),
             "SANDBOX_PYTHON": sys.executable,
+            # No GPU here: the node agent's benchmark runs the fake one (bench.py), not PyTorch.
+            "SHOPPER_AGENT_BENCH_CMD": str(self.bin / "shopper-gpu-bench"),
         }
         if term:
             env["TERM"] = term

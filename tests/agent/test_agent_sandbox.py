@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from inventory.providers.gpus import vast_gpu_type
 from inventory.providers.tensordock import TensorDock
+from inventory.sandbox.bench import SPEC
 from inventory.sandbox.testing import running_sandbox
+from sessions.models import Status
 from sessions.services import agent_onstart
 from tests.agent.conftest import TOKEN, iso_in, wait_for
+from tests.factories import RentalFactory
 from tests.sandbox._util import (
     AUTH,
     cheapest_asks,
@@ -25,6 +29,7 @@ from tests.sandbox._util import (
     td_pick,
     vast_create,
     vast_get,
+    vast_search,
 )
 
 pytestmark = pytest.mark.e2e
@@ -107,3 +112,44 @@ def test_tensordock_runcmd_starts_the_agent_which_powers_the_node_off(sandbox, s
         "shopper-agent.*"
     )
     assert "POWERING OFF" in (agent_dir / "agent.log").read_text()
+
+
+@pytest.mark.django_db
+def test_a_sandbox_machine_benchmarks_after_the_handoff_and_its_offer_shows_it(
+    sandbox, stub, tmp_path, client, api_client, make_offer
+):
+    """End to end (issue 18, measured value): the real agent on a sandbox machine runs the node's
+    fake benchmark when the shopper asks, reports figures at 60-90 % of its GPU's spec, and the
+    shopper's API stores that very report for the offer's machine and shows it on the offer."""
+    base = sandbox.vastai_url
+    [ask] = vast_search(base, {"order": [["dph_total", "asc"]], "limit": 1, "num_gpus": {"eq": 1}})
+    stub.answer = {"action": "continue", "benchmark": True}  # active, not measured yet
+    r = vast_create(
+        base, ask["id"], env=node_env(stub, tmp_path), onstart=agent_onstart(), label="shopper-bench"
+    )
+    assert r.status_code == 200 and r.json()["success"] is True, r.text
+    iid = r.json()["new_contract"]
+    try:
+        [report] = wait_for(lambda: [q for q in stub.requests if q["path"] == "/api/v1/agent/benchmark"], 30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs(sandbox.workdir / 'instances', tmp_path)}") from None
+    body = report["body"]
+    assert report["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    dtype, spec_tflops, spec_gbps = SPEC[body["gpu_name"]]
+    assert body["dtype"] == dtype and body["gpu_count"] == 1
+    assert 0.6 * spec_tflops <= body["tflops"] <= 0.9 * spec_tflops
+    assert 0.75 * spec_gbps <= body["gbps"] <= 0.92 * spec_gbps
+
+    # The shopper's side of the same report: stored for the machine, shown on its offer.
+    gpu_type, vram = vast_gpu_type(ask["gpu_name"], ask["gpu_ram"])
+    offer = make_offer(provider="vastai", provider_offer_id=str(ask["id"]), gpu_type=gpu_type, vram_gb=vram)
+    RentalFactory(offer=offer, status=Status.ACTIVE, agent_token=TOKEN, running=True)
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
+    stored = client.post("/api/v1/agent/benchmark", json.dumps(body), content_type="application/json", **auth)
+    assert stored.status_code == 201, stored.content
+    measured = api_client.get(f"/api/v1/inventory/{offer.pk}").json()["measured"]
+    assert measured["tflops"] == f"{body['tflops']:.1f}" and measured["dtype"] == dtype
+
+    stub.answer = {"action": "shutdown"}
+    wait_for(lambda: vast_get(base, iid)["actual_status"] == "exited", timeout=15)
+    assert len([q for q in stub.requests if q["path"] == "/api/v1/agent/benchmark"]) == 1

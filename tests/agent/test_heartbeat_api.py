@@ -57,6 +57,7 @@ def test_a_valid_token_gets_continue_and_the_heartbeat_is_stored(client, make_re
         "action": "continue",
         "hard_max_at": rental.hard_max_at.isoformat(),
         "reservation_ends_at": rental.reservation_ends_at.isoformat(),
+        "benchmark": True,  # active and never measured: the agent benchmarks the GPU once
     }
     rental.refresh_from_db()
     assert rental.last_heartbeat_at >= before

@@ -151,9 +151,10 @@ def test_it_returns_one_offer_and_404s_unknown_ids(api_client, menu):
 
 
 def test_the_fast_rows_match_the_documented_serializer(menu):
+    from inventory.measured import measured_index, with_measured
     from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
 
-    fast = offer_rows(offer_tuples(Offer.objects.order_by("pk")))
+    fast = with_measured(offer_rows(offer_tuples(Offer.objects.order_by("pk"))), measured_index())
     slow = OfferSerializer(Offer.objects.order_by("pk"), many=True).data
     assert [set(r) for r in fast] == [set(r) for r in slow]
     for f, s in zip(fast, slow, strict=True):

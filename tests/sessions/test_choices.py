@@ -15,7 +15,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from costs.services import cents, rental_estimate
+from costs.pricing import charge, price_per_hour
 from inventory.models import Offer
 from sessions import presets, services
 from sessions.models import Rental, Status
@@ -73,10 +73,10 @@ def test_the_price_shown_reserved_and_stored_is_the_machines_at_the_disk_asked(
     # 0.5000 + 90 GB × 0.000278 = 0.52502 -> 0.5250 per hour; the old code stored 0.5000.
     rental = created.rental
     assert rental.price_per_hour == rental.shown_price_per_hour == Decimal("0.5250")
-    assert reserved == [rental_estimate(price_per_hour=Decimal("0.5250"), hours=Decimal(2))]
+    assert reserved == [charge(price_per_hour(Decimal("0.5250")), Decimal(2))]
     # The page's estimate is the reserved amount, to the cent, and names the traffic prices.
     html = page.content.decode()
-    assert f"${cents(reserved[0])}" in html and "$1.05" in html
+    assert f"${reserved[0]}" in html and "$1.05" in html
     assert "with 100 GB disk" in html
     assert "$0.0050/GB down" in html
     assert '<span id="rent-price" hx-swap-oob="true">$0.5250/h</span>' in html  # the button's price
