@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django.db import models
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 
 class OfferQuerySet(models.QuerySet):
@@ -77,6 +78,34 @@ class Offer(models.Model):
     def public_id(self) -> str:
         """The API's offer id: stable while the offer exists, opaque to scripts."""
         return str(self.pk)
+
+    # Confidence (inventory/confidence.py) of a model instance, read from the outcomes on first
+    # use; the menu's rows (inventory.menu.OfferRow) carry the same names, computed per build.
+    @cached_property
+    def confidence_detail(self):
+        from inventory.confidence import offer_confidence_detail
+
+        return offer_confidence_detail(self)
+
+    @property
+    def confidence(self) -> Decimal:
+        return self.confidence_detail.value
+
+    @property
+    def confidence_label(self) -> str:
+        return self.confidence_detail.label
+
+    @property
+    def confidence_basis(self) -> str:
+        return self.confidence_detail.basis
+
+    @property
+    def confidence_successes(self) -> Decimal:
+        return self.confidence_detail.successes
+
+    @property
+    def confidence_failures(self) -> Decimal:
+        return self.confidence_detail.failures
 
     @staticmethod
     def per_gpu(price: Decimal, gpu_count: int) -> Decimal:
