@@ -307,3 +307,19 @@ def test_the_offers_page_shows_the_label_with_the_numbers_on_hover(three, client
     assert 'name="min_confidence"' in page and 'value="best_bet"' in page
     partial = client_logged_in.get("/offers/", {"min_confidence": "0.75"}, HTTP_HX_REQUEST="true")
     assert "usually works" in partial.content.decode() and ">new<" not in partial.content.decode()
+
+
+def test_a_refresh_stores_the_host_of_each_offer(db):
+    from inventory.providers.base import OfferData
+    from inventory.services import offers_upsert
+
+    data = OfferData("vastai", "77", "RTX 4090 24GB", 1, 24, Decimal("0.5"), location="Texas, US", host="m7")
+    offers_upsert(provider="vastai", offers=[data], fetched_at=timezone.now())
+    assert Offer.objects.get(provider_offer_id="77").host == "m7"
+
+
+def test_the_admin_lists_outcomes_read_only(make_offer, admin_client):
+    outcome(make_offer(), K.NO_IP)
+    page = admin_client.get("/admin/inventory/provisionoutcome/")
+    assert page.status_code == 200 and "no public IP on the host" in page.content.decode()
+    assert admin_client.get("/admin/inventory/provisionoutcome/add/").status_code == 403
