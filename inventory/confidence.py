@@ -49,6 +49,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
 
 from django.db.models import Q
 from django.utils import timezone
@@ -76,6 +77,7 @@ HIDE_HOST_AT_ONCE = frozenset({K.NO_IP, K.NO_GPU, K.CUDA_LOW})
 HIDE_OFFER_AT_ONCE = frozenset({K.OFFER_GONE})
 WEAK_FAILURES_TO_HIDE = 2
 
+EVIDENCE_FIELDS = ("provider", "provider_offer_id", "host", "location", "gpu_type", "kind", "at")
 BASES = ("offer", "host", "location", "gpu", "prior")
 THOUSANDTH = Decimal("0.001")
 TENTH = Decimal("0.1")
@@ -93,6 +95,11 @@ class Confidence:
     @property
     def label(self) -> str:
         return confidence_label(self.value, self.basis)
+
+    @cached_property
+    def fields(self) -> tuple:
+        """The values of ``serializers.CONFIDENCE_FIELDS``, in order (built once per level)."""
+        return (self.value, self.label, self.basis, self.successes, self.failures)
 
 
 def confidence_label(value: Decimal, basis: str) -> str:
@@ -120,7 +127,7 @@ class Evidence:
     def __init__(self, rows, now: datetime) -> None:
         self.now = now
         self.counts: dict[tuple, list[float]] = {}
-        self._fallback: dict[tuple, Confidence] = {}
+        self._cache: dict[tuple, Confidence] = {}  # per level key: thousands of offers share one
         for provider, offer_id, host, location, gpu, kind, at in rows:
             w = _weight(now - at)
             success = kind == K.SUCCESS
@@ -132,28 +139,28 @@ class Evidence:
     @classmethod
     def load(cls, now: datetime | None = None) -> Evidence:
         now = now or timezone.now()
-        rows = ProvisionOutcome.objects.filter(at__gte=now - HORIZON, at__lte=now).values_list(
-            "provider", "provider_offer_id", "host", "location", "gpu_type", "kind", "at"
-        )
-        return cls(rows.iterator(chunk_size=2000), now)
+        rows = ProvisionOutcome.objects.filter(at__gte=now - HORIZON, at__lte=now)
+        return cls(rows.values_list(*EVIDENCE_FIELDS).iterator(chunk_size=2000), now)
 
     def confidence(self, provider: str, offer_id: str, host: str, location: str, gpu: str) -> Confidence:
-        found = self.counts.get(("offer", provider, offer_id))
-        if found is not None and sum(found) >= MIN_EVIDENCE:
-            return _confidence(provider, "offer", found)
-        key = (provider, host, location, gpu)
-        cached = self._fallback.get(key)  # many offers share a host, place and model
+        """The offer's confidence at the first level with evidence (offer, host, location, GPU
+        model), else the provider's prior. A few dict lookups: the menu asks it for every offer."""
+        counts = self.counts
+        for key in (
+            ("offer", provider, offer_id),
+            ("host", provider, host),
+            ("location", provider, location),
+            ("gpu", provider, gpu),
+        ):
+            found = counts.get(key)
+            if found is not None and found[0] + found[1] >= MIN_EVIDENCE:
+                break
+        else:
+            key, found = ("prior", provider, ""), [0.0, 0.0]
+        cached = self._cache.get(key)
         if cached is None:
-            cached = self._level_confidence(provider, host, location, gpu)
-            self._fallback[key] = cached
+            cached = self._cache[key] = _confidence(provider, key[0], found)
         return cached
-
-    def _level_confidence(self, provider: str, host: str, location: str, gpu: str) -> Confidence:
-        for level, value in (("host", host), ("location", location), ("gpu", gpu)):
-            found = self.counts.get((level, provider, value)) if value else None
-            if found is not None and sum(found) >= MIN_EVIDENCE:
-                return _confidence(provider, level, found)
-        return _confidence(provider, "prior", [0.0, 0.0])
 
 
 def _keys(provider: str, offer_id: str, host: str, location: str, gpu: str) -> list[tuple]:
@@ -187,9 +194,7 @@ def offer_confidence_detail(offer: Offer, now: datetime | None = None) -> Confid
     if offer.location:
         q |= Q(location=offer.location)
     rows = ProvisionOutcome.objects.filter(q, provider=offer.provider, at__gte=now - HORIZON, at__lte=now)
-    evidence = Evidence(
-        rows.values_list("provider", "provider_offer_id", "host", "location", "gpu_type", "kind", "at"), now
-    )
+    evidence = Evidence(rows.values_list(*EVIDENCE_FIELDS), now)
     return evidence.confidence(
         offer.provider, offer.provider_offer_id, offer.host, offer.location, offer.gpu_type
     )

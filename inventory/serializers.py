@@ -100,10 +100,11 @@ def with_confidence(rows, evidence=None):
     from inventory.confidence import Evidence
 
     evidence = evidence or Evidence.load()
+    confidence = evidence.confidence
     provider, poid, location, gpu = _KEYS
-    for *fields, host in rows:
-        c = evidence.confidence(fields[provider], fields[poid], host, fields[location], fields[gpu])
-        yield (*fields, c.value, c.label, c.basis, c.successes, c.failures)
+    for row in rows:
+        c = confidence(row[provider], row[poid], row[-1], row[location], row[gpu])
+        yield row[:-1] + c.fields
 
 
 def offer_tuples(queryset) -> list[tuple]:
