@@ -30,7 +30,7 @@ SORT_LABELS = {
     "vram_gb": "VRAM (least first)",
     "-reliability": "Reliability (best first)",
     "reliability": "Reliability (worst first)",
-    "best_bet": "Best bet (price ÷ confidence)",
+    "best_bet": "Best bet (cheap & works)",  # price ÷ confidence; the longest label fits the box
 }
 
 
