@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from inventory.models import MachineBenchmark, Offer, ProviderFeed
+from inventory.models import MachineBenchmark, Offer, ProviderFeed, ProvisionOutcome
 
 
 @admin.register(Offer)
@@ -53,6 +53,17 @@ class MachineBenchmarkAdmin(admin.ModelAdmin):
     list_filter = ("provider", "dtype")
     search_fields = ("machine", "gpu_type", "gpu_name")
     readonly_fields = [f.name for f in MachineBenchmark._meta.fields]
+
+
+@admin.register(ProvisionOutcome)
+class ProvisionOutcomeAdmin(admin.ModelAdmin):
+    """What each rental attempt's offer did (issue 15): read-only, the product writes it."""
+
+    list_display = ("at", "provider", "provider_offer_id", "host", "location", "gpu_type", "kind", "detail")
+    list_filter = ("provider", "kind")
+    search_fields = ("provider_offer_id", "host", "location", "gpu_type")
+    readonly_fields = [f.name for f in ProvisionOutcome._meta.fields]
+    show_full_result_count = False
 
     def has_add_permission(self, request):
         return False

@@ -71,7 +71,17 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter("provider", str, enum=["vastai", "tensordock"]),
             OpenApiParameter("location", str),
             OpenApiParameter("min_reliability", float, description="0 to 1"),
-            OpenApiParameter("sort", str, enum=list(SORTS)),
+            OpenApiParameter(
+                "min_confidence",
+                float,
+                description="0 to 1: at least this chance a rental becomes active (field `confidence`)",
+            ),
+            OpenApiParameter(
+                "sort",
+                str,
+                enum=list(SORTS),
+                description="`best_bet`: price_per_hour ÷ confidence (at least 0.05), lowest first",
+            ),
             OpenApiParameter("page", int),
             OpenApiParameter("page_size", int, description="1 to 500, default 50"),
         ],

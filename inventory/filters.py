@@ -6,6 +6,7 @@ import functools
 
 import django_filters as filters
 from django import forms
+from django.db.models import Case, IntegerField, Value, When
 from django.http import QueryDict
 
 from inventory.models import Offer
@@ -18,6 +19,8 @@ SORTS = {
     "-vram_gb": ("-vram_gb", "price_per_hour", "id"),
     "reliability": ("reliability", "price_per_hour", "id"),
     "-reliability": ("-reliability", "price_per_hour", "id"),
+    # price / confidence (inventory/confidence.py best_bet_price): computed, not a column.
+    "best_bet": ("best_bet", "price_per_hour", "id"),
 }
 SORT_LABELS = {
     "price": "Price (low to high)",
@@ -27,6 +30,7 @@ SORT_LABELS = {
     "vram_gb": "VRAM (least first)",
     "-reliability": "Reliability (best first)",
     "reliability": "Reliability (worst first)",
+    "best_bet": "Best bet (cheap & works)",  # price ÷ confidence; the longest label fits the box
 }
 
 
@@ -67,6 +71,9 @@ class OfferFilterSet(filters.FilterSet):
     min_reliability = filters.NumberFilter(
         field_name="reliability", lookup_expr="gte", min_value=0, max_value=1, label="Min reliability (0–1)"
     )
+    min_confidence = filters.NumberFilter(
+        method="confidence_at_least", min_value=0, max_value=1, label="Min confidence (0–1)"
+    )
     sort = filters.ChoiceFilter(
         choices=list(SORT_LABELS.items()), method="sort_by", label="Sort", empty_label="Price (low to high)"
     )
@@ -75,7 +82,32 @@ class OfferFilterSet(filters.FilterSet):
         model = Offer
         fields = []
 
+    # Confidence is computed in Python (inventory/confidence.py), never a column: these two are
+    # the reference the in-memory menu is held equal to (tests/inventory/test_menu.py); every
+    # answer the product gives comes from the menu, which computes it once per build.
+    def confidence_at_least(self, queryset, name, value):
+        from inventory.confidence import confidence_map
+
+        table = confidence_map(queryset)
+        return queryset.filter(pk__in=[pk for pk, c in table.items() if c.value >= value])
+
     def sort_by(self, queryset, name, value):
+        if value == "best_bet":
+            from inventory.confidence import best_bet_price, confidence_map
+
+            table = confidence_map(queryset)
+            if not table:
+                return queryset.order_by(*SORTS["price"])
+            prices = dict(queryset.values_list("pk", "price_per_hour"))
+            key = Case(
+                *[
+                    When(pk=pk, then=Value(int(best_bet_price(prices[pk], c.value) * 10_000)))
+                    for pk, c in table.items()
+                ],
+                default=Value(0),
+                output_field=IntegerField(),
+            )
+            return queryset.order_by(key, "price_per_hour", "id")
         return queryset.order_by(*SORTS[value])
 
     @property

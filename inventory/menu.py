@@ -26,6 +26,12 @@ very first request of a process waits, for that one build.
 
 To add a column (a later issue adds cuda, value figures, confidence): add it to
 ``serializers.OFFER_FIELDS`` (rows) and, if it is filtered or sorted on, to ``NUMERIC`` below.
+
+Confidence (issue 15, ``inventory/confidence.py``) is computed for every offer here, once per
+menu build from one read of the recent provisioning outcomes (``serializers.CONFIDENCE_FIELDS``
+follow the database columns in each tuple); the ``best_bet`` sort key is derived from it and the
+price (``COMPUTED``). It is as fresh as the menu: a new outcome shows at the next rebuild (the
+next refresh), while the hiding it causes shows within ``CHECK_SECONDS`` (``hidden_until``).
 """
 
 from __future__ import annotations
@@ -43,10 +49,11 @@ from decimal import Decimal
 import numpy as np
 from django.db import close_old_connections, connection
 
+from inventory.confidence import best_bet_price
 from inventory.filters import SORTS
 from inventory.measured import measured_index, with_measured
 from inventory.models import Offer
-from inventory.serializers import OFFER_FIELDS, offer_rows
+from inventory.serializers import MENU_FIELDS, OFFER_FIELDS, offer_rows, with_confidence
 from inventory.services import menu_version
 
 log = logging.getLogger(__name__)
@@ -65,7 +72,12 @@ NUMERIC = {
     "price_per_hour": 10_000,
     "price_per_gpu_hour": 10_000,
     "reliability": 10_000,
+    "confidence": 1000,  # Decimal with 3 places (inventory/confidence.py)
+    "best_bet": 10_000,
 }
+# NUMERIC columns computed from others rather than read from the tuples: name -> function of a tuple.
+_PRICE, _CONFIDENCE = MENU_FIELDS.index("price_per_hour"), MENU_FIELDS.index("confidence")
+COMPUTED = {"best_bet": lambda t: best_bet_price(t[_PRICE], t[_CONFIDENCE])}
 # Text columns matched with icontains: held as codes into their distinct values.
 TEXT = ("gpu_type", "location", "provider")
 # Stands for NULL in an int64 column; the sort places it per backend.
@@ -76,6 +88,7 @@ RANGE_FILTERS = {
     "min_vram_gb": ("vram_gb", "gte"),
     "max_price": ("price_per_hour", "lte"),
     "min_reliability": ("reliability", "gte"),
+    "min_confidence": ("confidence", "gte"),
 }
 TEXT_FILTERS = {"gpu": "gpu_type", "location": "location"}
 # Columns whose values repeat across offers (kept once in memory, see build_menu).
@@ -87,6 +100,11 @@ SHARED_VALUES = {
     "driver_version",
     "fetched_at",
     "reliability",
+    "confidence",
+    "confidence_label",
+    "confidence_basis",
+    "confidence_successes",
+    "confidence_failures",
 }
 FILTERED_COLUMNS = (*(c for c, _ in RANGE_FILTERS.values()), *TEXT_FILTERS.values(), "provider")
 
@@ -120,6 +138,11 @@ class OfferRow:
     driver_version: str
     available: bool
     fetched_at: datetime
+    confidence: Decimal
+    confidence_label: str
+    confidence_basis: str
+    confidence_successes: Decimal
+    confidence_failures: Decimal
     # Its menu's rendered table rows (inventory/templatetags/offer_rows.py).
     html_cache: dict | None = field(default=None, repr=False, compare=False)
 
@@ -150,13 +173,16 @@ class Menu:
 
     def __init__(self, version: str, tuples: list[tuple], hidden: dict[int, datetime]) -> None:
         self.version = version
-        self.tuples = tuples  # OFFER_FIELDS order; the rows of answers are built from these
+        self.tuples = tuples  # MENU_FIELDS order; the rows of answers are built from these
         n = len(tuples)
-        index = {name: OFFER_FIELDS.index(name) for name in (*NUMERIC, *TEXT)}
+        index = {name: MENU_FIELDS.index(name) for name in (*NUMERIC, *TEXT) if name not in COMPUTED}
         self.columns: dict[str, np.ndarray] = {}
         for name, scale in NUMERIC.items():
-            i = index[name]
-            values = [NULL if t[i] is None else int(t[i] * scale) for t in tuples]
+            if name in COMPUTED:
+                values = [int(COMPUTED[name](t) * scale) for t in tuples]
+            else:
+                i = index[name]
+                values = [NULL if t[i] is None else int(t[i] * scale) for t in tuples]
             self.columns[name] = np.array(values, dtype=np.int64).reshape(n)
         self.names: dict[str, list[str]] = {}
         for name in TEXT:
@@ -292,13 +318,13 @@ class Menu:
 def build_menu(version: str) -> Menu:
     """Read every available offer once (one query) and build the columns."""
     started = time.perf_counter()
-    rows = Offer.objects.filter(available=True).order_by().values_list(*OFFER_FIELDS)
+    rows = Offer.objects.filter(available=True).order_by().values_list(*OFFER_FIELDS, "host")
     # Names, places and refresh times repeat across thousands of offers: one object each instead
     # of one per row (a third of the menu's memory at 100k offers).
-    shared = [{} if name in SHARED_VALUES else None for name in OFFER_FIELDS]
+    shared = [{} if name in SHARED_VALUES else None for name in MENU_FIELDS]
     tuples = [
         tuple(v if same is None else same.setdefault(v, v) for v, same in zip(r, shared, strict=True))
-        for r in rows.iterator(chunk_size=5000)
+        for r in with_confidence(rows.iterator(chunk_size=5000))
     ]
     menu = Menu(version, tuples, _hidden_now())
     menu.measured = measured_index()  # benchmarks of the machines (issue 18), once per version

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django.db import models
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 
 class OfferQuerySet(models.QuerySet):
@@ -32,6 +33,9 @@ class Offer(models.Model):
     price_per_hour = models.DecimalField(max_digits=10, decimal_places=4)
     price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4)
     location = models.CharField(max_length=128, blank=True)
+    # The machine behind the offer where the provider names one (Vast ``machine_id``, TensorDock
+    # location id): confidence falls back to it when the offer itself has no history.
+    host = models.CharField(max_length=128, blank=True, default="")
     reliability = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
     cpu_cores = models.PositiveIntegerField(null=True, blank=True)
     ram_gb = models.PositiveIntegerField(null=True, blank=True)
@@ -41,7 +45,7 @@ class Offer(models.Model):
     available = models.BooleanField(default=True)
     fetched_at = models.DateTimeField()
     first_seen_at = models.DateTimeField(default=timezone.now)
-    # Set by offer failure suppression (3 failed provisions in 30 min -> hidden 30 min).
+    # Set by the hiding policy after failed provisions (inventory/confidence.py offer_hide).
     hidden_until = models.DateTimeField(null=True, blank=True)
     # Honest prices (issue 14): price_per_hour includes disk_gb_default GB of storage; each GB
     # more or less costs storage_price_per_gb_hour; traffic is per GB on top (Vast only).
@@ -81,6 +85,34 @@ class Offer(models.Model):
         from inventory.measured import measured_for  # it imports this module
 
         return measured_for(self.provider, self.provider_offer_id, self.gpu_type)
+
+    # Confidence (inventory/confidence.py) of a model instance, read from the outcomes on first
+    # use; the menu's rows (inventory.menu.OfferRow) carry the same names, computed per build.
+    @cached_property
+    def confidence_detail(self):
+        from inventory.confidence import offer_confidence_detail
+
+        return offer_confidence_detail(self)
+
+    @property
+    def confidence(self) -> Decimal:
+        return self.confidence_detail.value
+
+    @property
+    def confidence_label(self) -> str:
+        return self.confidence_detail.label
+
+    @property
+    def confidence_basis(self) -> str:
+        return self.confidence_detail.basis
+
+    @property
+    def confidence_successes(self) -> Decimal:
+        return self.confidence_detail.successes
+
+    @property
+    def confidence_failures(self) -> Decimal:
+        return self.confidence_detail.failures
 
     @staticmethod
     def per_gpu(price: Decimal, gpu_count: int) -> Decimal:
@@ -157,3 +189,43 @@ class MachineBenchmark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.machine} {self.tflops} TFLOPS {self.dtype}, {self.gbps} GB/s"
+
+
+class OutcomeKind(models.TextChoices):
+    """How one provisioning attempt of an offer ended (issue 15, FIELD_NOTES failure modes)."""
+
+    SUCCESS = "success", "became active"
+    OFFER_GONE = "offer_gone", "offer gone at create"  # VA-NOSUCHASK, TD-STALE-NONODES
+    NO_IP = "no_ip", "no public IP on the host"  # TD-NOPUBLICIP
+    NO_GPU = "no_gpu", "no working GPU or driver"  # TD-NODRIVER, VA-GPU-UNUSABLE, wrong GPU
+    SSH_NEVER_UP = "ssh_never_up", "SSH never came up"  # VA-SSH, TD-PORTFWD, boot timeouts
+    DIED_EARLY = "died_early", "died soon after start"  # TD-STOPS, VA-DIES
+    CUDA_LOW = "cuda_low", "CUDA lower than advertised"  # VA-CUDA-LIE
+    OTHER = "other", "other provider error"
+
+
+class ProvisionOutcome(models.Model):
+    """One provisioning attempt's result, kept to learn which offers can really be rented.
+
+    Snapshotted (provider, offer, host, location, GPU model) so the history outlives the offer
+    row; ``inventory.confidence`` turns recent rows into each offer's confidence and hides offers
+    the evidence says will fail. At most one row per (rental, offer): a later, more telling kind
+    (died soon after a success) replaces the earlier one.
+    """
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    rental = models.ForeignKey("rentals.Rental", null=True, blank=True, on_delete=models.SET_NULL)
+    offer = models.ForeignKey(Offer, null=True, blank=True, on_delete=models.SET_NULL)
+    provider = models.CharField(max_length=32)
+    provider_offer_id = models.CharField(max_length=128)
+    host = models.CharField(max_length=128, blank=True, default="")
+    location = models.CharField(max_length=128, blank=True, default="")
+    gpu_type = models.CharField(max_length=64, blank=True, default="")
+    kind = models.CharField(max_length=16, choices=OutcomeKind.choices)
+    detail = models.CharField(max_length=300, blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["provider", "provider_offer_id"], name="outcome_offer")]
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.provider_offer_id} {self.kind} at {self.at:%Y-%m-%d %H:%M}"

@@ -24,6 +24,7 @@ OFFER_UPDATE_FIELDS = [
     "price_per_hour",
     "price_per_gpu_hour",
     "location",
+    "host",
     "reliability",
     "cpu_cores",
     "ram_gb",

@@ -30,7 +30,9 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
+from inventory import confidence
 from inventory import providers as registry
+from inventory.models import OutcomeKind
 from inventory.providers.base import InstanceData, NotFound, ProviderError
 from sessions.alerts import alert_raise
 from sessions.deployment import ParsedLabel, deployment_id, parse_label
@@ -186,6 +188,7 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
             f"at {provider_name}, and {provider_name} says it does not exist",
             rental=rental,
         )
+        confidence.outcome_record(rental, OutcomeKind.DIED_EARLY, "gone at the provider")  # if soon
         with contextlib.suppress(Exception):
             rental_stop(
                 rental=rental,

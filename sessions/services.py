@@ -29,8 +29,9 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from inventory import confidence
 from inventory import providers as registry
-from inventory.models import Offer
+from inventory.models import Offer, OutcomeKind
 from inventory.providers.base import (
     FEATURE_ATTACH_SSH_KEY,
     STATE_FAILED,
@@ -773,6 +774,7 @@ def _instance_after_create_error(rental: Rental, provider: Provider, exc: Provid
             return instance.instance_id
         confirmed_empty = True
     rental.refresh_from_db()
+    confidence.outcome_record(rental, confidence.create_error_kind(exc), exc.message)
     if isinstance(exc, OfferUnavailable):
         _offer_failed(rental)
     if not confirmed_empty:
@@ -784,7 +786,7 @@ def _instance_after_create_error(rental: Rental, provider: Provider, exc: Provid
         rental, S.FAILED, reason=f"Could not create the instance: {exc.message}"[:500],
         data={PROVISION_FAILED: True}, ended_at=timezone.now(),
     ):  # fmt: skip
-        _offer_failure_check(rental)
+        _failure_record(rental, exc.message)
     return ""
 
 
@@ -808,6 +810,7 @@ def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData |
             missing += 1
             instance = None
             if missing >= 3:
+                confidence.outcome_record(rental, OutcomeKind.DIED_EARLY, "disappeared while booting")
                 _stop_after_failure(rental, "The instance disappeared while booting")
                 return None
         except ProviderError as exc:
@@ -815,6 +818,9 @@ def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData |
                 raise
             instance = None
         if instance and instance.state == STATE_FAILED:
+            confidence.outcome_record(
+                rental, confidence.start_failure_kind(instance.status_message), instance.status_message
+            )
             _stop_after_failure(
                 rental,
                 f"The instance failed to start: {instance.raw_status} {instance.status_message}",
@@ -827,6 +833,9 @@ def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData |
         if instance and instance.state == STATE_RUNNING and instance.ssh_host and instance.ssh_port:
             return instance
         if timezone.now() >= deadline:
+            confidence.outcome_record(
+                rental, OutcomeKind.SSH_NEVER_UP, "did not start within the boot timeout"
+            )
             _stop_after_failure(
                 rental,
                 "The instance did not start within the boot timeout",
@@ -940,6 +949,7 @@ def _ssh_verify(
             why = f"had no working NVIDIA driver after {_minutes(gpu_timeout)} ({gpu_error})"
             if not gpu_error:  # logged in once, then never again
                 why = f"could not be checked within {_minutes(gpu_timeout)}: {last_error}"
+            confidence.outcome_record(rental, OutcomeKind.NO_GPU, why)
             _stop_after_gpu_failure(
                 rental,
                 f"The machine {why}",
@@ -985,6 +995,7 @@ def _ssh_verify(
                 cuda=offer_cuda,
             )
             if mismatch:
+                confidence.outcome_record(rental, confidence.gpu_mismatch_kind(mismatch), mismatch)
                 _stop_after_gpu_failure(
                     rental,
                     f"The machine is not what was rented: {mismatch}",
@@ -1012,12 +1023,14 @@ def _ssh_verify(
             stopped = _instance_stopped(rental, provider)
             if stopped:
                 rental.refresh_from_db()
+                confidence.outcome_record(rental, OutcomeKind.DIED_EARLY, stopped)
                 _stop_after_failure(
                     rental,
                     f"{stopped}. It was destroyed and you pay nothing."[:500],
                     data={"cause": EventCause.MACHINE_STOPPED},
                 )
                 return
+    confidence.outcome_record(rental, OutcomeKind.SSH_NEVER_UP, last_error)
     _stop_after_failure(
         rental,
         f"Could not log in over SSH within the timeout: {last_error}"[:500],
@@ -1035,21 +1048,20 @@ def _active(
         active_since=timezone.now(), ssh_host=host, ssh_port=port,
         gpu_verified=gpu_verified, verify_private_key_encrypted="",
     )  # fmt: skip
+    if rental.status == S.ACTIVE:
+        confidence.outcome_record(rental, OutcomeKind.SUCCESS)
 
 
 def _stop_after_gpu_failure(
     rental: Rental, reason: str, report: GpuReport | None = None, *, cause: str
 ) -> None:
     """The machine is not what was sold, or its GPUs never worked: torn down like any failed
-    provisioning, and the offer is hidden at once (it lied, or its location hands over broken
-    drivers: FIELD_NOTES TD-NODRIVER, VA-CUDA-LIE), not after three failures."""
+    provisioning; the caller records the outcome, which hides its host at once (it lied, or it
+    hands over broken drivers: FIELD_NOTES TD-NODRIVER, VA-CUDA-LIE; inventory/confidence.py)."""
     rental.refresh_from_db()
     data = {"cause": cause, **({"gpu_found": report.as_json()} if report else {})}
-    moved = rental.status == S.VERIFYING and _stop_after_failure(
-        rental, f"{reason}. It was destroyed and you pay nothing."[:500], data=data
-    )
-    if moved and rental.offer_id:
-        Offer.objects.filter(pk=rental.offer_id).update(hidden_until=timezone.now() + OFFER_FAILURE_WINDOW)
+    if rental.status == S.VERIFYING:
+        _stop_after_failure(rental, f"{reason}. It was destroyed and you pay nothing."[:500], data=data)
 
 
 def _stop_after_failure(rental: Rental, reason: str, data: dict | None = None) -> bool:
@@ -1067,29 +1079,20 @@ def _stop_after_failure(rental: Rental, reason: str, data: dict | None = None) -
         )
     ):
         transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
-        _offer_failure_check(rental)
+        _failure_record(rental, reason)
         return True
     return False
 
 
-# Offer failure suppression: an offer that failed to provision this often in the window is
-# hidden from the menu for the window (stale inventory is common, TensorDock's above all).
+# Marks the timeline events of failed provisioning.
 PROVISION_FAILED = "provision_failed"
-OFFER_FAILURE_LIMIT = 3
-OFFER_FAILURE_WINDOW = timedelta(minutes=30)
 
 
-def _offer_failure_check(rental: Rental) -> None:
-    if not rental.offer_id:
-        return
-    now = timezone.now()
-    failures = RentalEvent.objects.filter(
-        rental__offer_id=rental.offer_id,
-        at__gte=now - OFFER_FAILURE_WINDOW,
-        **{f"data__{PROVISION_FAILED}": True},
-    ).count()
-    if failures >= OFFER_FAILURE_LIMIT:
-        Offer.objects.filter(pk=rental.offer_id).update(hidden_until=now + OFFER_FAILURE_WINDOW)
+def _failure_record(rental: Rental, reason: str) -> None:
+    """Every provisioning failure is an outcome of its offer: ``other`` unless the call site
+    already recorded the specific reason (the first one stands). Recording it applies the hiding
+    policy of inventory/confidence.py (it replaced "3 failures in 30 min hide an offer")."""
+    confidence.outcome_record(rental, OutcomeKind.OTHER, reason)
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import requests
 TIMEOUT_SECONDS = 10
 ENV_URL = "GPU_SHOPPER_URL"
 ENV_TOKEN = "GPU_SHOPPER_TOKEN"
-SORTS = ("price", "-price", "price_per_gpu", "vram_gb", "-vram_gb", "reliability", "-reliability")
+SORTS = ("price", "-price", "price_per_gpu", "vram_gb", "-vram_gb", "reliability", "-reliability", "best_bet")
 STATUSES = ("pending", "provisioning", "booting", "verifying", "active", "stopping", "destroyed", "failed")
 # A rental in one of these can never become active (sessions/models.py TRANSITIONS).
 NEVER_ACTIVE = ("stopping", "destroyed", "failed")
@@ -337,6 +337,13 @@ def percent(value: Any) -> str:
         return str(value)
 
 
+def confidence_text(offer: dict) -> str:
+    """An offer's confidence as the offers page says it, with the number: "usually works 82%"."""
+    if offer.get("confidence") is None:
+        return "?"
+    return f"{offer.get('confidence_label') or ''} {percent(offer['confidence'])}".strip()
+
+
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -437,6 +444,7 @@ def cmd_inventory(args) -> int:
         "provider": args.provider,
         "location": args.location,
         "min_reliability": args.min_reliability,
+        "min_confidence": args.min_confidence,
         "sort": args.sort,
         "page": args.page,
         "page_size": args.page_size,
@@ -459,11 +467,13 @@ def cmd_inventory(args) -> int:
             o.get("price_per_gpu_hour"),
             o.get("location"),
             percent(o.get("reliability")),
+            confidence_text(o),
             o.get("provider"),
         ]
         for o in offers
     ]
-    headers = ["ID", "GPU", "COUNT", "VRAM", "$/H", "$/GPU·H", "LOCATION", "RELIABILITY", "PROVIDER"]
+    headers = ["ID", "GPU", "COUNT", "VRAM", "$/H", "$/GPU·H", "LOCATION", "RELIABILITY", "CONFIDENCE"]
+    headers.append("PROVIDER")
     out(table(headers, rows, right={0, 2, 3, 4, 5, 7}))
     out(page_footer(page, len(offers), "offers", int(args.page or 1)))
     return EXIT_OK
@@ -1294,7 +1304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", help="one provider, e.g. vastai or tensordock")
     p.add_argument("--location", help="location or part of it, e.g. US")
     p.add_argument("--min-reliability", metavar="R", help="at least R (0 to 1)")
-    p.add_argument("--sort", choices=SORTS, help="sort order (default price)")
+    p.add_argument("--min-confidence", metavar="C", help="at least C (0 to 1) chance a rental becomes active")
+    p.add_argument("--sort", choices=SORTS, help="sort order (default price; best_bet = price ÷ confidence)")
     p.add_argument("--page", type=int, metavar="N", help="page number (default 1)")
     p.add_argument("--page-size", type=int, metavar="N", help="offers per page, 1 to 500 (default 50)")
     p.add_argument("--json", action="store_true", help="print the API answer as JSON")

@@ -103,6 +103,8 @@ class OfferData:
     price_per_hour: Decimal
     location: str = ""
     reliability: Decimal | None = None
+    # The machine behind the offer where the provider names one (confidence falls back to it).
+    host: str = ""
     cpu_cores: int | None = None
     ram_gb: int | None = None
     disk_gb: int | None = None

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from inventory.providers.gpus import vast_gpu_type
 from inventory.providers.tensordock import TensorDock
+from inventory.providers.vastai.names import vast_gpu_type
 from inventory.sandbox.bench import SPEC
 from inventory.sandbox.testing import running_sandbox
 from sessions.models import Status

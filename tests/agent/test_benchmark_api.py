@@ -14,7 +14,8 @@ from django.urls import reverse
 from inventory.measured import machine_key
 from inventory.menu import build_menu
 from inventory.models import MachineBenchmark
-from inventory.providers.gpus import tensordock_gpu_type, vast_gpu_type
+from inventory.providers.tensordock.names import tensordock_gpu_type
+from inventory.providers.vastai.names import vast_gpu_type
 from inventory.sandbox.bench import SPEC
 from inventory.sandbox.catalog import TD_GPUS, VAST_GPUS
 from sessions.models import Status

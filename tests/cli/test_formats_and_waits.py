@@ -49,6 +49,26 @@ def test_inventory_shows_reliability_as_a_percent(shopper, run, make_offer):
     assert "n/a" in lines[3]
 
 
+def test_inventory_shows_confidence_and_filters_and_sorts_on_it(shopper, run, make_offer):
+    """Issue 15: the CONFIDENCE column ("usually works 82%"), --min-confidence and best_bet."""
+    from inventory.models import OutcomeKind, ProvisionOutcome
+
+    flaky = make_offer(provider="tensordock", gpu_type="A40 48GB", price_per_hour="0.2000")
+    solid = make_offer(gpu_type="A40 48GB", price_per_hour="0.3000")
+    for _ in range(4):
+        ProvisionOutcome.objects.create(
+            provider="vastai", provider_offer_id=solid.provider_offer_id, kind=OutcomeKind.SUCCESS
+        )
+    lines = run("inventory", "--sort", "best_bet")[1].splitlines()
+    # (4 × 0.7 + 4) / (4 + 4) = 0.85: 0.30 / 0.85 = 0.353 beats 0.20 / 0.3 = 0.667
+    assert lines[2].split()[0] == str(solid.pk) and "usually works 85%" in lines[2]
+    assert lines[3].split()[0] == str(flaky.pk) and "new 30%" in lines[3]
+    lines = run("inventory", "--min-confidence", "0.5")[1].splitlines()
+    assert [line.split()[0] for line in lines[2:-1]] == [str(solid.pk)]
+    code, _, err = run("inventory", "--min-confidence", "2")
+    assert code != 0 and "min_confidence" in err
+
+
 def test_formats_match_the_web_filters():
     assert [cli.money(v) for v in ("0", "0.004", "0.01", "12.345", None)] == [
         "$0.00", "< $0.01", "$0.01", "$12.35", "",

@@ -33,7 +33,9 @@ def test_inventory_prints_an_aligned_table(shopper, run, make_offer):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "GPU", "COUNT", "VRAM", "$/H", "$/GPU·H", "LOCATION", "RELIABILITY",
-                                "PROVIDER"]  # fmt: skip
+                                "CONFIDENCE", "PROVIDER"]  # fmt: skip
+    # No history yet: the provider's prior, labelled "new" (inventory/confidence.py PRIORS).
+    assert "new 70%" in lines[2] and "new 30%" in lines[3]
     assert set(lines[1]) <= {"-", " "}
     assert lines[2].split()[0] == str(cheap.pk) and "RTX 3090 24GB" in lines[2] and "0.3000" in lines[2]
     assert lines[3].split()[0] == str(big.pk) and "1.5000" in lines[3] and "tensordock" in lines[3]

@@ -66,6 +66,30 @@ def offers(make_offer):
             available=rng.random() > 0.1,
             hidden_until=hidden,
         )
+    outcomes_add(random.Random(8), now)
+
+
+def outcomes_add(rng: random.Random, now) -> None:
+    """Recent provisioning outcomes (issue 15) at every confidence level: the offer, its host,
+    its location, its GPU model (also of offers gone since), so confidences differ and ties remain."""
+    from inventory.models import OutcomeKind, ProvisionOutcome
+
+    offers = list(Offer.objects.all())
+    hosts = ["", "m1", "m2", "m3"]
+    for o in offers:
+        o.host = rng.choice(hosts)
+    Offer.objects.bulk_update(offers, ["host"])
+    for _ in range(60):
+        o = rng.choice(offers)
+        ProvisionOutcome.objects.create(
+            at=now - timedelta(hours=rng.uniform(0, 30)),
+            provider=o.provider,
+            provider_offer_id=rng.choice([o.provider_offer_id, "gone-1"]),
+            host=rng.choice([o.host, ""]),
+            location=rng.choice([o.location, ""]),
+            gpu_type=o.gpu_type,
+            kind=rng.choice([k for k, _ in OutcomeKind.choices] + ["success"] * 3),
+        )
 
 
 def random_query(rng: random.Random) -> dict:
@@ -86,7 +110,9 @@ def random_query(rng: random.Random) -> dict:
         q["provider"] = rng.choice(["vastai", "tensordock", "nope"])
     if rng.random() < 0.7:
         q["sort"] = rng.choice(["", "price", "-price", "price_per_gpu", "vram_gb", "-vram_gb"])
-        q["sort"] = rng.choice([q["sort"], "reliability", "-reliability", "bogus"])
+        q["sort"] = rng.choice([q["sort"], "reliability", "-reliability", "bogus", "best_bet", "best_bet"])
+    if rng.random() < 0.3:
+        q["min_confidence"] = rng.choice(["0.3", "0.5", "0.7", "0.123", "0.3005", "0", "1", "-0.1", "x"])
     if rng.random() < 0.5:
         q["page"] = rng.choice(["1", "2", "3", "9", "0"])
     if rng.random() < 0.4:

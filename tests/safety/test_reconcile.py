@@ -258,6 +258,21 @@ def test_missing_once_only_counts(fake, c, two_live, mailoutbox):
     assert fake.count("destroy") == 0
 
 
+def test_a_ghost_soon_after_start_counts_against_its_offer(fake, c, two_live):
+    """Issue 15, VA-DIES: an instance gone within 30 min of becoming active replaces its success
+    outcome with "died soon after start" (inventory/confidence.py)."""
+    from inventory.confidence import outcome_record
+    from inventory.models import ProvisionOutcome
+
+    ghost, _ = two_live
+    outcome_record(ghost, "success")
+    del fake.instances[ghost.provider_instance_id]
+    cycle(c)
+    fake.traveller.shift(timedelta(seconds=30))
+    assert cycle(c).ghosts == [str(ghost.pk)]
+    assert list(ProvisionOutcome.objects.values_list("rental_id", "kind")) == [(ghost.pk, "died_early")]
+
+
 def test_missing_from_two_consecutive_listings_is_a_ghost(fake, c, two_live, mailoutbox):
     ghost, witness = two_live
     del fake.instances[ghost.provider_instance_id]

@@ -240,6 +240,7 @@ class TensorDock(Provider):
                         vram_gb=vram,
                         price_per_hour=http.to_money(total) or Decimal("0"),
                         location=place,
+                        host=str(loc_id),  # v2 offers are per location; it is the host we know
                         # TensorDock publishes no reliability figure, and /locations is often
                         # stale (seed: "No available nodes found" on create); don't invent one.
                         reliability=None,

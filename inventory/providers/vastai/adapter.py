@@ -291,6 +291,7 @@ class VastAI(Provider):
             vram_gb=vram_gb,
             price_per_hour=price,
             location=_str(raw.get("geolocation")),
+            host="" if raw.get("machine_id") is None else str(raw["machine_id"]),
             reliability=reliability,
             cpu_cores=cpu_cores,
             ram_gb=ram_gb,

@@ -77,6 +77,7 @@ def test_offers_from_locations(rsps, td):
     assert h100.price_per_hour == Decimal("2.2990") and isinstance(h100.price_per_hour, Decimal)
     assert (h100.cpu_cores, h100.ram_gb, h100.disk_gb) == (4, 16, 100)
     assert h100.location == "Dallas, Texas, United States"
+    assert h100.host == DALLAS  # the location id: confidence falls back to it (issue 15)
     assert h100.reliability is None and h100.cuda_version == "" and h100.driver_version == ""
     # 8 GPUs: 2.25*8 + 0.003*32 + 0.002*128 + 0.00005*100 = 18.357 (whole machine).
     assert offers[f"{DALLAS}:h100-sxm5-80gb:8"].price_per_hour == Decimal("18.3570")

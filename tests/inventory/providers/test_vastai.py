@@ -85,6 +85,7 @@ def test_search_request_and_normalization(rsps, vast):
     # dph_total (0.293778) includes storage at allocated_storage=10: dph_base 0.291 + 0.2*10/720.
     assert rtx.price_per_hour == Decimal("0.2938") and isinstance(rtx.price_per_hour, Decimal)
     assert rtx.location == "Bavaria, DE" and rtx.reliability == Decimal("0.9956")
+    assert rtx.host == "9656"  # machine_id: confidence falls back to the machine (issue 15)
     # cpu_ram is MB for the whole machine: 132083 * 16 effective / 128 cores / 1000 -> 16 GB.
     assert (rtx.cpu_cores, rtx.ram_gb, rtx.disk_gb) == (16, 16, 122)
     assert (rtx.cuda_version, rtx.driver_version) == ("12.8", "570.133.07")
