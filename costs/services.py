@@ -64,8 +64,9 @@ from django.utils import timezone
 
 from costs.models import Budget, BudgetAlert, LedgerEntry
 from sessions.alerts import alert_raise
+from sessions.errors import AlreadyEnded, RentalError
 from sessions.models import AlertKind, EventKind, Rental, Status
-from sessions.services import AlreadyEnded, RentalError, rental_event, rental_request_stop
+from sessions.services import rental_event, rental_request_stop
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.api import documented_error, error_response
+from common.tokens import token_hash
 from sessions import idle, services
-from sessions.models import LIVE_STATUSES, Rental, token_hash
-from shopper.api import documented_error, error_response
+from sessions.models import LIVE_STATUSES, Rental
 from shopper.parsers import JSONParser, json_loads
 from shopper.throttling import counter_hit
 

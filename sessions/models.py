@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -15,6 +14,7 @@ from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
 
+from common.tokens import token_hash  # noqa: F401  (re-exported: sessions code imports it from here)
 from sessions.deployment import (
     LABEL_PREFIX,
     InvalidDeploymentId,
@@ -343,11 +343,6 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.message[:60]}"
-
-
-def token_hash(raw: str) -> str:
-    """Tokens (API and agent) are stored as SHA-256: high-entropy secrets need no slow hash."""
-    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 class QueueProbe(models.Model):

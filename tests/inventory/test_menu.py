@@ -33,7 +33,7 @@ from inventory.models import Offer, ProviderFeed
 from inventory.serializers import OfferSerializer
 from inventory.services import offers_freshness
 from inventory.views import SESSION_CACHE_SECONDS, SHELL_SECONDS
-from shopper.api import Pagination
+from common.api import Pagination
 from shopper.models import ApiToken
 
 pytestmark = pytest.mark.django_db(transaction=True)
