@@ -42,13 +42,5 @@ class Forbidden(DomainError):
     code, status = "forbidden", 403
 
 
-class NotFound(DomainError):
-    code, status = "not_found", 404
-
-
-class Conflict(DomainError):
-    code, status = "conflict", 409
-
-
 class Gone(DomainError):
     code, status = "gone", 410
