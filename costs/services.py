@@ -417,7 +417,7 @@ def spend_total(records: Iterable[SpendRecord]) -> tuple[Decimal, Decimal]:
 # Budgets
 # --------------------------------------------------------------------------------------------
 def budget_policy() -> str:
-    policy = str(getattr(settings, "SHOPPER_BUDGET_POLICY", POLICY_REFUSE)).lower()
+    policy = str(settings.SHOPPER_BUDGET_POLICY).lower()
     return POLICY_STOP if policy == POLICY_STOP else POLICY_REFUSE
 
 

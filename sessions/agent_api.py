@@ -75,10 +75,10 @@ def _clean_heartbeat(body: object) -> dict:
 def heartbeat_limit() -> int:
     """Heartbeats allowed per agent token per minute: the setting, but at least twice what the
     agents we start send (SHOPPER_AGENT_HEARTBEAT_SECONDS), so a healthy agent is never refused."""
-    limit = int(getattr(settings, "SHOPPER_AGENT_HEARTBEATS_PER_MINUTE", 10))
+    limit = int(settings.SHOPPER_AGENT_HEARTBEATS_PER_MINUTE)
     if limit <= 0:
         return 0
-    interval = max(1, int(getattr(settings, "SHOPPER_AGENT_HEARTBEAT_SECONDS", 30)))
+    interval = max(1, int(settings.SHOPPER_AGENT_HEARTBEAT_SECONDS))
     return max(limit, 2 * math.ceil(60 / interval))
 
 

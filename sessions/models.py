@@ -439,7 +439,7 @@ class ForeignInstance(models.Model):
 @register()
 def deployment_id_check(app_configs, **kwargs) -> list[Error]:
     """A bad SHOPPER_DEPLOYMENT_ID stops the start (migrate, web, safety loop), not a reconcile."""
-    configured = getattr(settings, "SHOPPER_DEPLOYMENT_ID", "") or ""
+    configured = settings.SHOPPER_DEPLOYMENT_ID or ""
     if not configured:
         return []
     try:

@@ -38,9 +38,6 @@ from shopper.models import RateCounter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOGIN_ATTEMPTS = 10
-DEFAULT_LOGIN_WINDOW_SECONDS = 15 * 60
-
 
 # ------------------------------------------------------------------------------ counters
 PRUNE_CHANCE = 0.005  # expired rows are harmless (the upsert restarts them); prune now and then
@@ -112,7 +109,7 @@ class AnonThrottle(SharedCounterMixin, AnonRateThrottle):
     """
 
     def get_rate(self):
-        return getattr(settings, "API_THROTTLE_ANON", None) or None
+        return settings.API_THROTTLE_ANON or None
 
     def allow_request(self, request, view):
         if getattr(view, "authentication_classes", None) == []:
@@ -124,14 +121,12 @@ class UserThrottle(SharedCounterMixin, UserRateThrottle):
     """Authenticated API calls (session or API token), per user."""
 
     def get_rate(self):
-        return getattr(settings, "API_THROTTLE_USER", None) or None
+        return settings.API_THROTTLE_USER or None
 
 
 # --------------------------------------------------------------------------------------- login
 def _login_limits() -> tuple[int, int]:
-    attempts = int(getattr(settings, "LOGIN_THROTTLE_ATTEMPTS", DEFAULT_LOGIN_ATTEMPTS))
-    window = int(getattr(settings, "LOGIN_THROTTLE_WINDOW_SECONDS", DEFAULT_LOGIN_WINDOW_SECONDS))
-    return attempts, window
+    return int(settings.LOGIN_THROTTLE_ATTEMPTS), int(settings.LOGIN_THROTTLE_WINDOW_SECONDS)
 
 
 def normalize_username(username: str) -> str:
