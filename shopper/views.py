@@ -19,9 +19,10 @@ from rest_framework import exceptions
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.response import Response
 
+from common.cache import local_cache
 from common.htmx import HtmxHttpRequest, is_fragment
 from inventory.services import offers_freshness
-from shopper.auth import TOKEN_CACHE_PREFIX, ApiTokenAuthentication, local_cache
+from shopper.auth import TOKEN_CACHE_PREFIX, ApiTokenAuthentication
 from shopper.forms import ApiTokenForm, TimeZoneForm
 from shopper.middleware import PROFILE_ZONE_SESSION_KEY, TZ_COOKIE, zone_named
 from shopper.models import ApiToken, Profile
