@@ -9,6 +9,7 @@ import pytest
 
 import costs.services
 import sessions.errors
+import shopper.urls  # noqa: F401  (every view module, imported before a test patches a service)
 from common import errors as common_errors
 from common.errors import DomainError
 from sessions import lifecycle, services
