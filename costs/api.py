@@ -16,9 +16,10 @@ from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from common.api import documented_error
+from common.errors import Forbidden
 from costs import services
 from costs.serializers import CostsQuerySerializer, CostsSerializer
-from shopper.api import ShopperError, documented_error
 
 
 def _series(records, period: str) -> list[dict]:
@@ -77,9 +78,7 @@ def costs(request: Request) -> Response:
     username = params.get("consumer")
     if username and username != user.get_username():
         if not user.is_staff:
-            raise ShopperError(
-                "consumer= is for staff only; you see your own spend.", code="forbidden", status_code=403
-            )
+            raise Forbidden("consumer= is for staff only; you see your own spend.")
         target = services.consumer_lookup(username)
         if target is None:
             raise exceptions.ValidationError({"consumer": [f"No user named {username!r}."]})

@@ -40,14 +40,15 @@ Monthly (UTC calendar month), per person and team-wide (``Budget.user`` empty). 
 month's charged spend; ``reserved`` is the estimated remaining cost of live rentals (charged price
 × time left until ``reservation_ends_at``, counted whole even when it runs into next month).
 :func:`budget_reserve` runs inside ``rental_create``'s transaction after its rental lock, so two
-concurrent rentals cannot both squeeze under a limit. :func:`budgets_check` (every minute) alerts
-once per budget, month and threshold (80 %, 100 %) and, with SHOPPER_BUDGET_POLICY = "stop",
-stops the scope's live rentals at 100 %.
+concurrent rentals cannot both squeeze under a limit. ``costs.budget_alerts.budgets_check``
+(every minute) alerts once per budget, month and threshold (80 %, 100 %) and, with
+SHOPPER_BUDGET_POLICY = "stop", stops the scope's live rentals at 100 %. It lives apart because it
+acts on rentals through ``sessions.services``, which imports this module: this one never imports
+``sessions.services`` back (tests/test_import_graph.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -58,16 +59,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
-from costs.models import Budget, BudgetAlert, LedgerEntry
+from costs.models import Budget, LedgerEntry
 from costs.pricing import CENT, SECONDS_PER_HOUR, cents, charge_seconds
-from sessions.alerts import alert_raise
-from sessions.models import AlertKind, EventKind, Rental, Status
-from sessions.services import AlreadyEnded, RentalError, rental_event, rental_request_stop
+from sessions.errors import RentalError
+from sessions.models import Rental
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +382,7 @@ def spend_total(records: Iterable[SpendRecord]) -> tuple[Decimal, Decimal]:
 # Budgets
 # --------------------------------------------------------------------------------------------
 def budget_policy() -> str:
-    policy = str(getattr(settings, "SHOPPER_BUDGET_POLICY", POLICY_REFUSE)).lower()
+    policy = str(settings.SHOPPER_BUDGET_POLICY).lower()
     return POLICY_STOP if policy == POLICY_STOP else POLICY_REFUSE
 
 
@@ -523,89 +521,6 @@ def budget_reserve(
                 remaining=str(remaining),
                 estimate=str(cents(estimate)),
             )
-
-
-def _scope_live_rentals(budget: Budget):
-    live = Rental.objects.live()
-    return live.filter(consumer_id=budget.user_id) if budget.user_id else live
-
-
-def _alert_notify(budget: Budget, alert: BudgetAlert, scope: dict) -> None:
-    name = _budget_name(budget)
-    message = (
-        f"{name[0].upper()}{name[1:]} has reached {alert.threshold}% in {alert.month:%B %Y}: "
-        f"${scope['spent']} of ${scope['limit']} spent."
-    )
-    if alert.threshold >= 100:
-        if budget_policy() == POLICY_STOP:
-            message += " New sessions are refused and live sessions are being stopped."
-        else:
-            message += " New sessions are refused."
-    who = budget.user.get_username() if budget.user_id else "team"
-    alert_raise(
-        AlertKind.BUDGET,
-        message,
-        provider="budget",
-        provider_instance_id=f"{who} {alert.month:%Y-%m} {alert.threshold}%",
-    )
-    if budget.user_id and budget.user.email:
-        send_mail(
-            f"[GPU Shopper] Budget at {alert.threshold}%",
-            message,
-            settings.DEFAULT_FROM_EMAIL,
-            [budget.user.email],
-            fail_silently=True,
-        )
-    for rental in _scope_live_rentals(budget):
-        rental_event(
-            rental,
-            EventKind.WARNING,
-            message,
-            data={"budget": budget.pk, "threshold": alert.threshold, "month": alert.month.isoformat()},
-        )
-
-
-def _stop_scope(budget: Budget, scope: dict) -> int:
-    reason = (
-        f"Budget exhausted: {_budget_name(budget)} (${scope['limit']}) is used up "
-        f"(${scope['spent']} spent this month)"
-    )
-    stopped = 0
-    for rental in _scope_live_rentals(budget).exclude(status=Status.STOPPING):
-        with contextlib.suppress(AlreadyEnded):
-            stopped += rental_request_stop(rental=rental, reason=reason)
-    return stopped
-
-
-def budgets_check(*, now: datetime | None = None) -> list[BudgetAlert]:
-    """Alert once per budget, month and threshold (80 %, 100 %): a BudgetAlert row, an admin
-    alert (emailed), an email to the user, and a warning event on each live rental of the scope.
-    With SHOPPER_BUDGET_POLICY = "stop", live rentals of a scope at 100 % are stopped (every run,
-    so a rental that slipped in is stopped too). Returns the alerts created by this run."""
-    now = now or timezone.now()
-    budgets = list(Budget.objects.select_related("user"))
-    if not budgets:
-        return []
-    month: date = month_start(now).date()
-    spent, reserved = _spent_by_consumer(now), _reserved_by_consumer(now)
-    created: list[BudgetAlert] = []
-    for budget in budgets:
-        scope = _scope(budget, spent, reserved)
-        for threshold in THRESHOLDS:
-            if scope["percent"] < threshold:
-                continue
-            try:
-                with transaction.atomic():
-                    alert = BudgetAlert.objects.create(
-                        budget=budget, month=month, threshold=threshold, spent=scope["spent"]
-                    )
-            except IntegrityError:
-                continue  # fired already this month
-            created.append(alert)
-            _alert_notify(budget, alert, scope)
-        if scope["percent"] >= 100 and budget_policy() == POLICY_STOP:
-            _stop_scope(budget, scope)
-    return created
 
 
 def budget_banner(user, *, now: datetime | None = None) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from costs import services
+from costs import budget_alerts, services
 
 
 def accrue() -> int:
@@ -12,4 +12,4 @@ def accrue() -> int:
 
 def check_budgets() -> int:
     """Fire budget alerts at 80 % / 100 % (once per budget, month and threshold); apply the policy."""
-    return len(services.budgets_check())
+    return len(budget_alerts.budgets_check())

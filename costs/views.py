@@ -21,8 +21,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
-from django_htmx.middleware import HtmxDetails
 
+from common.htmx import HtmxHttpRequest, is_fragment
 from costs import services
 from sessions.models import Rental
 from shopper.templatetags.shopper_format import hm
@@ -34,14 +34,6 @@ MAX_DAILY_BARS = 92
 # The rentals table shows at most this many rows; the CSV always has all of them.
 TABLE_LIMIT = 200
 NOT_YOURS = "You can only see your own spend."
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-def _fragment(request: HtmxHttpRequest) -> bool:
-    return bool(request.htmx) and not request.htmx.boosted and not request.htmx.history_restore_request
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +373,7 @@ def spend(request: HtmxHttpRequest) -> HttpResponse:
             team_budget=budget_meter(status.get("team")),
         )
     template = "costs/spend.html"
-    if _fragment(request):
+    if is_fragment(request):
         template += "#spend-summary"
     return render(request, template, context, status=403 if scope.forbidden else 200)
 

@@ -10,12 +10,12 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from common.api import Pagination, documented_error
 from inventory.filters import SORTS, OfferFilterSet, PageSizeForm, filter_form
 from inventory.measured import measured_for
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
-from shopper.api import Pagination, documented_error
 
 
 def _bad_params(errors) -> exceptions.ValidationError:

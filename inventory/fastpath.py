@@ -41,6 +41,8 @@ from rest_framework.exceptions import APIException, NotFound
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
+from common.api import exception_handler as api_exception_handler
+from common.cache import local_cache
 from inventory.api import render_page
 from inventory.menu import holder
 from inventory.views import (
@@ -53,8 +55,7 @@ from inventory.views import (
     session_cache_key,
     wants_partial,
 )
-from shopper.api import exception_handler as api_exception_handler
-from shopper.auth import local_cache, token_user_id_cached
+from shopper.auth import token_user_id_cached
 from shopper.csp import ContentSecurityPolicyMiddleware
 from shopper.logconfig import request_id_var
 from shopper.middleware import REQUEST_ID_HEADER, request_id_for

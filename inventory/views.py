@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from collections.abc import Sequence
@@ -18,11 +17,13 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET
 
+from common.cache import local_cache
+from common.htmx import is_fragment
+from common.tokens import token_hash
 from inventory.filters import OfferFilterSet, filter_form
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
 from inventory.services import offers_freshness
-from shopper.auth import local_cache
 
 PAGE_SIZE = 25
 
@@ -53,11 +54,11 @@ CSRF_MARK = "csrf" + secrets.token_hex(16)
 
 
 def session_cache_key(session_key: str) -> str:
-    return SESSION_CACHE_PREFIX + hashlib.sha256(session_key.encode()).hexdigest()
+    return SESSION_CACHE_PREFIX + token_hash(session_key)
 
 
 def shell_cache_key(session_key: str) -> str:
-    return SHELL_CACHE_PREFIX + hashlib.sha256(session_key.encode()).hexdigest()
+    return SHELL_CACHE_PREFIX + token_hash(session_key)
 
 
 def cached_shell(session_key: str) -> tuple[str, str] | None:
@@ -69,7 +70,7 @@ def cached_shell(session_key: str) -> tuple[str, str] | None:
     head, tail, rendered_at = found
     if 0 <= time.time() - rendered_at < SHELL_SECONDS:
         return head, tail
-    refresh_key = SHELL_REFRESH_PREFIX + hashlib.sha256(session_key.encode()).hexdigest()
+    refresh_key = SHELL_REFRESH_PREFIX + token_hash(session_key)
     if local_cache.add(refresh_key, True, SHELL_SECONDS):  # the first request since it was due
         return None
     return head, tail
@@ -77,7 +78,7 @@ def cached_shell(session_key: str) -> tuple[str, str] | None:
 
 def keep_shell(session_key: str, shell: tuple[str, str]) -> None:
     local_cache.set(shell_cache_key(session_key), (*shell, time.time()), SESSION_CACHE_SECONDS)
-    local_cache.delete(SHELL_REFRESH_PREFIX + hashlib.sha256(session_key.encode()).hexdigest())
+    local_cache.delete(SHELL_REFRESH_PREFIX + token_hash(session_key))
 
 
 def render_shell(request: HttpRequest) -> tuple[str, str]:
@@ -131,8 +132,7 @@ class ValidatedFilters:
         return self.form.errors
 
 
-def wants_partial(request: HttpRequest) -> bool:
-    return bool(request.htmx and not request.htmx.boosted and not request.htmx.history_restore_request)
+wants_partial = is_fragment  # the name the fast path (inventory/fastpath.py) imports
 
 
 @require_GET

@@ -20,11 +20,12 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.api import documented_error, error_response
+from common.tokens import token_hash
 from inventory.measured import benchmark_record
 from inventory.models import BenchmarkDtype, MachineBenchmark
 from sessions import idle, services
-from sessions.models import LIVE_STATUSES, Rental, Status, token_hash
-from shopper.api import documented_error, error_response
+from sessions.models import LIVE_STATUSES, Rental, Status
 from shopper.parsers import JSONParser, json_loads
 from shopper.throttling import counter_hit
 
@@ -119,10 +120,10 @@ def benchmark_wanted(rental: Rental) -> bool:
 def heartbeat_limit() -> int:
     """Heartbeats allowed per agent token per minute: the setting, but at least twice what the
     agents we start send (SHOPPER_AGENT_HEARTBEAT_SECONDS), so a healthy agent is never refused."""
-    limit = int(getattr(settings, "SHOPPER_AGENT_HEARTBEATS_PER_MINUTE", 10))
+    limit = int(settings.SHOPPER_AGENT_HEARTBEATS_PER_MINUTE)
     if limit <= 0:
         return 0
-    interval = max(1, int(getattr(settings, "SHOPPER_AGENT_HEARTBEAT_SECONDS", 30)))
+    interval = max(1, int(settings.SHOPPER_AGENT_HEARTBEAT_SECONDS))
     return max(limit, 2 * math.ceil(60 / interval))
 
 

@@ -14,6 +14,8 @@ from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from common.api import documented_error
+from common.errors import Gone, Invalid
 from sessions import idempotency, idle, keys, services
 from sessions.lifecycle import rental_extend
 from sessions.models import EventKind, Rental, Status
@@ -25,7 +27,6 @@ from sessions.serializers import (
     SessionCreateSerializer,
     SessionSerializer,
 )
-from shopper.api import ShopperError, documented_error
 
 ERRORS = {
     400: documented_error("Bad input, naming the parameter or field"),
@@ -63,14 +64,6 @@ class SessionFilter(filters.FilterSet):
 
 def _valid_key(key: str) -> bool:
     return 1 <= len(key) <= idempotency.MAX_KEY_LENGTH and all(" " <= c <= "~" for c in key)
-
-
-def as_api_error(exc: services.RentalError) -> ShopperError:
-    code = exc.code
-    http_status = exc.data.get("http_status", exc.status)
-    if http_status == 404:
-        code = "not_found"
-    return ShopperError(exc.message, code=code, status_code=http_status)
 
 
 @extend_schema_view(
@@ -127,11 +120,7 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def create(self, request):
         key = request.headers.get("Idempotency-Key")
         if key is not None and not _valid_key(key):
-            raise ShopperError(
-                "Idempotency-Key must be 1 to 255 printable ASCII characters.",
-                code="invalid",
-                status_code=400,
-            )
+            raise Invalid("Idempotency-Key must be 1 to 255 printable ASCII characters.")
         data = SessionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
@@ -149,19 +138,16 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         }
         if "idle_stop_minutes" in v:  # absent: the team default (sessions/idle.py)
             kwargs["idle_stop_minutes"] = v["idle_stop_minutes"]
-        try:
-            if key is None:
-                created = services.rental_create(user=request.user, **kwargs)
-                rental, private_key, new = created.rental, created.ssh_private_key, True
-            else:
-                rental, private_key, new = idempotency.rent_once(
-                    user=request.user,
-                    request_key=key,
-                    request_fingerprint=idempotency.fingerprint(kwargs),
-                    **kwargs,
-                )
-        except services.RentalError as exc:
-            raise as_api_error(exc) from exc
+        if key is None:
+            created = services.rental_create(user=request.user, **kwargs)
+            rental, private_key, new = created.rental, created.ssh_private_key, True
+        else:
+            rental, private_key, new = idempotency.rent_once(
+                user=request.user,
+                request_key=key,
+                request_fingerprint=idempotency.fingerprint(kwargs),
+                **kwargs,
+            )
         if not new and rental.is_live and rental.ssh_private_key_encrypted:
             # The same body as the first answer, to the same user, who may download this key from
             # /ssh-key anyway while the rental is live; recorded on the timeline like a download.
@@ -198,9 +184,7 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             raise exceptions.NotFound("No such session.")
         if not rental.is_live or not rental.ssh_private_key_encrypted:
             if rental.ssh_public_key and not rental.is_live:
-                raise ShopperError(
-                    "The key was deleted when the machine was torn down.", code="gone", status_code=410
-                )
+                raise Gone("The key was deleted when the machine was torn down.")
             raise exceptions.NotFound("This session has no generated key (you installed your own).")
         with transaction.atomic():
             services.rental_event(
@@ -220,10 +204,7 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @action(detail=True, methods=["post"])
     def done(self, request, pk=None):
         rental = self.get_object()
-        try:
-            services.rental_stop(rental=rental, reason="Done: the work is finished", actor=request.user)
-        except services.RentalError as exc:
-            raise as_api_error(exc) from exc
+        services.rental_stop(rental=rental, reason="Done: the work is finished", actor=request.user)
         rental.refresh_from_db()
         return Response(SessionSerializer(rental).data, status=status.HTTP_202_ACCEPTED)
 
@@ -240,15 +221,12 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         rental = self.get_object()
         data = ExtendSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            rental = rental_extend(
-                rental=rental,
-                hours=data.validated_data["hours"],
-                reason=data.validated_data.get("reason", ""),
-                actor=request.user,
-            )
-        except services.RentalError as exc:
-            raise as_api_error(exc) from exc
+        rental = rental_extend(
+            rental=rental,
+            hours=data.validated_data["hours"],
+            reason=data.validated_data.get("reason", ""),
+            actor=request.user,
+        )
         return Response(SessionSerializer(rental).data)
 
     @extend_schema(
@@ -260,12 +238,9 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         rental = self.get_object()
         data = IdleStopSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            rental = idle.idle_set(
-                rental=rental, minutes=data.validated_data["idle_stop_minutes"], actor=request.user
-            )
-        except services.RentalError as exc:
-            raise as_api_error(exc) from exc
+        rental = idle.idle_set(
+            rental=rental, minutes=data.validated_data["idle_stop_minutes"], actor=request.user
+        )
         return Response(SessionSerializer(rental).data)
 
     @extend_schema(summary="Force shutdown", responses={202: SessionSerializer, 404: ERRORS[404]})

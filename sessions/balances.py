@@ -23,15 +23,11 @@ from django.utils import timezone
 from inventory import providers as registry
 from inventory.providers.base import ProviderError
 from sessions.alerts import alert_raise
+from sessions.errors import InsufficientBalance
 from sessions.models import LIVE_STATUSES, Alert, AlertKind, ProviderBalance, Rental
-from sessions.services import RentalError
 
 log = logging.getLogger(__name__)
 CENT = Decimal("0.01")
-
-
-class InsufficientBalance(RentalError):
-    code, status = "insufficient_balance", 409
 
 
 def burn_per_hour(provider: str) -> Decimal:

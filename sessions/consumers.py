@@ -39,7 +39,7 @@ def _secure(scope, headers: dict[bytes, str]) -> bool:
     """As Django's ``request.is_secure()``: wss, or the TLS proxy's header (SECURE_PROXY_SSL_HEADER)."""
     if scope.get("scheme") == "wss":
         return True
-    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    proxy = settings.SECURE_PROXY_SSL_HEADER
     if not proxy:
         return False
     name, value = proxy

@@ -92,7 +92,7 @@ def deployment_id() -> str:
     from django.conf import settings
     from django.db import IntegrityError, connection, transaction
 
-    configured = getattr(settings, "SHOPPER_DEPLOYMENT_ID", "") or ""
+    configured = settings.SHOPPER_DEPLOYMENT_ID or ""
     if configured:
         _cached = validate_deployment_id(configured)
         return _cached

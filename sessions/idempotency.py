@@ -16,17 +16,10 @@ from typing import Any
 from django.db import IntegrityError
 
 from sessions import services
+from sessions.errors import KeyReused
 from sessions.models import Rental
 
 MAX_KEY_LENGTH = 255
-
-
-class KeyReused(services.RentalError):
-    """The key was used before for a different request: answering with that other rental would
-    hide the mistake, renting again would break the key's promise (IETF idempotency-key draft: 422)."""
-
-    code = "idempotency_key_reused"
-    status = 422
 
 
 def fingerprint(request: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from sessions.alerts import alert_raise
+from sessions.errors import HardMaxExceeded, RentalError
 from sessions.hours import MAX_EXTENSION_HOURS, hours_check
 from sessions.models import (
     DEADLINE_AGENT_SILENT,
@@ -27,16 +28,12 @@ from sessions.models import (
     Rental,
     Status,
 )
-from sessions.services import RentalError, _lock_rentals, rental_event, rental_request_stop
+from sessions.services import _lock_rentals, rental_event, rental_request_stop
 from sessions.uptime import SAFETY, up_stretch_start, uptime_touch
 
 S = Status
 # Statuses in which deadlines are enforced (stopping is already on its way out).
 ENFORCED = (S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING, S.ACTIVE)
-
-
-class HardMaxExceeded(RentalError):
-    code, status = "hard_max_exceeded", 403
 
 
 @dataclass

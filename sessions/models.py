@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -15,6 +14,7 @@ from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
 
+from common.tokens import token_hash  # noqa: F401  (re-exported: sessions code imports it from here)
 from costs import pricing
 from sessions.deployment import (
     LABEL_PREFIX,
@@ -376,11 +376,6 @@ class Alert(models.Model):
         return f"{self.get_kind_display()}: {self.message[:60]}"
 
 
-def token_hash(raw: str) -> str:
-    """Tokens (API and agent) are stored as SHA-256: high-entropy secrets need no slow hash."""
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
 class QueueProbe(models.Model):
     """A tiny task handed to the task queue by ``manage.py worker_health``: when one enqueued a
     while ago has still not started, the queue has stopped moving (sessions/stalled.py)."""
@@ -475,7 +470,7 @@ class ForeignInstance(models.Model):
 @register()
 def deployment_id_check(app_configs, **kwargs) -> list[Error]:
     """A bad SHOPPER_DEPLOYMENT_ID stops the start (migrate, web, safety loop), not a reconcile."""
-    configured = getattr(settings, "SHOPPER_DEPLOYMENT_ID", "") or ""
+    configured = settings.SHOPPER_DEPLOYMENT_ID or ""
     if not configured:
         return []
     try:

@@ -75,34 +75,16 @@ S = Status
 
 
 # --------------------------------------------------------------------------------------------
-# Errors the API and pages turn into 4xx answers
+# Errors the API and pages turn into 4xx answers: sessions/errors.py (all derive from DomainError)
 # --------------------------------------------------------------------------------------------
-class RentalError(Exception):
-    """A refusal with a stable code (API.md) and an HTTP status."""
-
-    code = "invalid"
-    status = 400
-
-    def __init__(self, message: str, **data: Any):
-        super().__init__(message)
-        self.message = message
-        self.data = data
-
-
-class OfferGone(RentalError):
-    code, status = "offer_unavailable", 409
-
-
-class PriceChanged(RentalError):
-    code, status = "price_changed", 409
-
-
-class CapacityReached(RentalError):
-    code, status = "capacity_reached", 409
-
-
-class AlreadyEnded(RentalError):
-    code, status = "already_ended", 409
+from sessions.errors import (  # noqa: E402, F401  (re-exported: callers import them from here)
+    AlreadyEnded,
+    CapacityReached,
+    OfferGone,
+    OfferNotFound,
+    PriceChanged,
+    RentalError,
+)
 
 
 class IllegalTransition(Exception):

@@ -19,8 +19,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
-from django_htmx.middleware import HtmxDetails
 
+from common.htmx import HtmxHttpRequest, is_fragment
+from common.pages import refusals
 from inventory.models import Offer
 from inventory.providers.base import ProviderError
 from sessions import idempotency, keys, lifecycle, services
@@ -43,14 +44,6 @@ from shopper.templatetags.shopper_format import offset_label
 
 log = logging.getLogger(__name__)
 LIST_PAGE_SIZE = 50
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-def _fragment(request: HtmxHttpRequest) -> bool:
-    return bool(request.htmx) and not request.htmx.boosted and not request.htmx.history_restore_request
 
 
 def _estimate(price: Decimal, hours) -> Decimal | None:
@@ -110,6 +103,7 @@ def budget_warning(user, price: Decimal, estimate: Decimal | None) -> str:
 # --------------------------------------------------------------------------------------------
 @require_http_methods(["GET", "POST"])
 @login_required
+@refusals()
 def rental_rent(request: HtmxHttpRequest, offer_id: int, again: Rental | None = None) -> HttpResponse:
     offer = get_object_or_404(Offer, pk=offer_id)
     available = Offer.objects.visible().filter(pk=offer.pk).exists()
@@ -153,8 +147,6 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int, again: Rental | None = 
                 notice = exc.message
             except services.OfferGone as exc:
                 available, notice = False, exc.message
-            except services.RentalError as exc:
-                form.add_error(None, exc.message)
             except ValidationError as exc:
                 for field, errors in exc.message_dict.items():
                     form.add_error(field if field in form.fields else None, errors)
@@ -191,7 +183,7 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int, again: Rental | None = 
         "keys": request.user.ssh_keys.all(),
     }
     template = "sessions/rental_rent.html"
-    if request.method == "POST" and _fragment(request):
+    if request.method == "POST" and is_fragment(request):
         template += "#rent-form"
     return render(request, template, context)
 
@@ -263,7 +255,7 @@ def rental_list(request: HtmxHttpRequest) -> HttpResponse:
         "show_consumer": request.user.is_staff,
     }
     template = "sessions/rental_list.html"
-    if _fragment(request):
+    if is_fragment(request):
         template += "#rental-table"
     return render(request, template, context)
 
@@ -346,7 +338,7 @@ def _version(rental: Rental, last_event_id: int) -> str:
 @login_required
 def rental_detail(request: HtmxHttpRequest, rental_id) -> HttpResponse:
     rental = _rental_for(request, rental_id)
-    if _fragment(request):
+    if is_fragment(request):
         last = rental.events.order_by("-id").values_list("pk", flat=True).first() or 0
         if rental.is_live and request.GET.get("v") == _version(rental, last):
             # Nothing changed: 204 leaves the DOM alone, so a selection in the SSH command survives.
@@ -376,6 +368,7 @@ def _stop(request: HtmxHttpRequest, rental_id, reason: str) -> HttpResponse:
 
 @require_POST
 @login_required
+@refusals(back="sessions:detail")
 def rental_extend(request: HttpRequest, rental_id) -> HttpResponse:
     """Extend the reservation; staff may go past the hard maximum with a reason (audited)."""
     rental = _rental_for(request, rental_id)
@@ -388,8 +381,6 @@ def rental_extend(request: HttpRequest, rental_id) -> HttpResponse:
         )  # fmt: skip
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
-    except services.RentalError as exc:
-        messages.error(request, exc.message)
     else:
         ends = local_time(rental.reservation_ends_at)  # the user's zone (TimeZoneMiddleware)
         messages.success(
@@ -400,6 +391,7 @@ def rental_extend(request: HttpRequest, rental_id) -> HttpResponse:
 
 @require_POST
 @login_required
+@refusals(back="sessions:detail")
 def rental_idle_stop(request: HttpRequest, rental_id) -> HttpResponse:
     """Set or clear the idle stop (sessions/idle.py); bad input is a message and changes nothing."""
     rental = _rental_for(request, rental_id)
@@ -412,8 +404,6 @@ def rental_idle_stop(request: HttpRequest, rental_id) -> HttpResponse:
         rental = idle_set(rental=rental, minutes=minutes, actor=request.user)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
-    except services.RentalError as exc:
-        messages.error(request, exc.message)
     else:
         messages.success(
             request,

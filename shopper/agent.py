@@ -9,7 +9,12 @@ It powers the node off when
     (the shopper's own 429 "throttled" answer is not unreachable: the agent waits Retry-After),
   * the hard deadline passes, by this machine's own clock (a watchdog thread, heartbeats or not).
 
-Environment (set by the provider start-up script):
+Environment. The shopper sends the first six with the create request (``agent_env`` in the
+sessions app: its URL, the rental, the token, the hard maximum, and the settings
+SHOPPER_AGENT_HEARTBEAT_SECONDS / SHOPPER_AGENT_UNREACHABLE_SECONDS); the adapter puts them in
+the machine's environment (Vast: the instance's env; TensorDock: exports before the start-up
+script). The start-up script (``agent_onstart``) downloads this file from
+$SHOPPER_URL/agent.py, sets SHOPPER_AGENT_STATE and starts it; the rest are for other uses:
   SHOPPER_URL                  base URL of the shopper, e.g. https://shopper.example.com   (required)
   SHOPPER_RENTAL_ID            the rental (session) id                                      (required)
   SHOPPER_AGENT_TOKEN          per-rental bearer token; never logged, never on a command line (required)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from django.core.cache import caches
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from sessions.models import token_hash
+from common.cache import local_cache
+from common.tokens import token_hash
 from shopper.models import ApiToken
 
 TOKEN_CACHE_PREFIX = "apitoken:"
 # The inventory fast path trusts a token this long after the database last confirmed it; a
 # revoked token stops working there at most this much later (everywhere else at once).
 TOKEN_CACHE_SECONDS = 5
-# This process's memory (settings: CACHES["local"]), read by the inventory fast path.
-local_cache = caches["local"]
 
 
 def token_user_id_cached(header: str) -> int | None:

@@ -74,8 +74,8 @@ def configured_secrets() -> list[str]:
 
         if not settings.configured:
             return []
-        values = [str(getattr(settings, name, "") or "") for name in _SECRET_SETTINGS]
-        values += [str(k) for k in getattr(settings, "SHOPPER_FERNET_KEYS", []) or []]
+        values = [str(getattr(settings, name) or "") for name in _SECRET_SETTINGS]
+        values += [str(k) for k in settings.SHOPPER_FERNET_KEYS or []]
     except Exception:
         return []
     return sorted({v for v in values if len(v) >= MIN_SECRET_CHARS}, key=len, reverse=True)

@@ -220,7 +220,7 @@ def _denied(detail: str, code: str, status: int) -> JsonResponse:
 
 
 def _check_access(request: HttpRequest) -> JsonResponse | None:
-    token = getattr(settings, "METRICS_TOKEN", "") or ""
+    token = settings.METRICS_TOKEN or ""
     if token:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, given = header.partition(" ")

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from sessions.models import token_hash
+from common.tokens import token_hash
 
 
 class ApiTokenQuerySet(models.QuerySet):

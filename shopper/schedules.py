@@ -1,8 +1,11 @@
-"""Every periodic job, in one table. ``manage.py sync_schedules`` upserts them by name.
+"""The periodic jobs of the django-q2 worker, in one table. ``manage.py sync_schedules`` upserts
+them by name and removes the managed ones (``MANAGED_PREFIXES``) no longer listed.
 
-Intervals are in seconds (django-q2 schedules have minute resolution, so sub-minute jobs use
-the "seconds" field of a MINUTES schedule rounded up to one minute; the lifecycle loop that must
-beat a 60 s deadline runs in the worker itself — see DESIGN.md Background work).
+Each job runs every ``minutes`` minutes: django-q2 schedules have one-minute resolution. Safety
+work that must be quicker than that (deadlines every few seconds, reconciliation, start-up
+recovery, idle stop, provider balances, taking over a stalled queue) is not here: ``manage.py
+safety_loop`` runs it beside the worker, one loop acting at a time (sessions/leader.py; DESIGN.md
+Background work).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ process grant the whole allowance. Windows are fixed (they start at the first hi
 
 API rates come from ``settings.API_THROTTLE_ANON`` / ``API_THROTTLE_USER`` and are read per request
 (DRF's own classes freeze ``DEFAULT_THROTTLE_RATES`` at import time). A 429 goes through
-``shopper.api.exception_handler``: ``{"detail": ..., "code": "throttled"}`` plus ``Retry-After``.
+``common.api.exception_handler``: ``{"detail": ..., "code": "throttled"}`` plus ``Retry-After``.
 The inventory fast path (``inventory/fastpath.py``) answers cached menu pages without counting
 them: it must not do I/O in the event loop.
 
@@ -21,7 +21,6 @@ checked, so a correct one is refused too until the window ends.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -34,12 +33,10 @@ from django.contrib.auth.views import LoginView
 from django.db import DatabaseError, connection
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
+from common.tokens import token_hash
 from shopper.models import RateCounter
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LOGIN_ATTEMPTS = 10
-DEFAULT_LOGIN_WINDOW_SECONDS = 15 * 60
 
 
 # ------------------------------------------------------------------------------ counters
@@ -112,7 +109,7 @@ class AnonThrottle(SharedCounterMixin, AnonRateThrottle):
     """
 
     def get_rate(self):
-        return getattr(settings, "API_THROTTLE_ANON", None) or None
+        return settings.API_THROTTLE_ANON or None
 
     def allow_request(self, request, view):
         if getattr(view, "authentication_classes", None) == []:
@@ -124,14 +121,12 @@ class UserThrottle(SharedCounterMixin, UserRateThrottle):
     """Authenticated API calls (session or API token), per user."""
 
     def get_rate(self):
-        return getattr(settings, "API_THROTTLE_USER", None) or None
+        return settings.API_THROTTLE_USER or None
 
 
 # --------------------------------------------------------------------------------------- login
 def _login_limits() -> tuple[int, int]:
-    attempts = int(getattr(settings, "LOGIN_THROTTLE_ATTEMPTS", DEFAULT_LOGIN_ATTEMPTS))
-    window = int(getattr(settings, "LOGIN_THROTTLE_WINDOW_SECONDS", DEFAULT_LOGIN_WINDOW_SECONDS))
-    return attempts, window
+    return int(settings.LOGIN_THROTTLE_ATTEMPTS), int(settings.LOGIN_THROTTLE_WINDOW_SECONDS)
 
 
 def normalize_username(username: str) -> str:
@@ -142,7 +137,7 @@ def normalize_username(username: str) -> str:
 
 def login_throttle_key(username: str, address: str) -> str:
     ident = f"{normalize_username(username)}|{address}".encode()
-    return "login:" + hashlib.sha256(ident).hexdigest()
+    return "login:" + token_hash(ident)
 
 
 class ThrottledLoginView(LoginView):

@@ -13,15 +13,16 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.middleware import HtmxDetails
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.response import Response
 
+from common.cache import local_cache
+from common.htmx import HtmxHttpRequest, is_fragment
 from inventory.services import offers_freshness
-from shopper.auth import TOKEN_CACHE_PREFIX, ApiTokenAuthentication, local_cache
+from shopper.auth import TOKEN_CACHE_PREFIX, ApiTokenAuthentication
 from shopper.forms import ApiTokenForm, TimeZoneForm
 from shopper.middleware import PROFILE_ZONE_SESSION_KEY, TZ_COOKIE, zone_named
 from shopper.models import ApiToken, Profile
@@ -32,14 +33,6 @@ LIVE_LIMIT = 20
 RECENT_LIMIT = 10
 TEAM_LIVE_LIMIT = 100
 CENT = Decimal("0.01")
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-def _fragment(request: HtmxHttpRequest) -> bool:
-    return bool(request.htmx) and not request.htmx.boosted and not request.htmx.history_restore_request
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +66,7 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
         "now": now,
         "live_rentals": list(mine.live().order_by("-created_at")[:LIVE_LIMIT]),
     }
-    if _fragment(request):
+    if is_fragment(request):
         return render(request, "home.html#live-sessions", context)
 
     start = costs.month_start(now)
@@ -158,7 +151,7 @@ def token_revoke(request: HtmxHttpRequest, token_id: int) -> HttpResponse:
         message = f"Revoked the token “{token.name}” ({token.prefix}…). Scripts using it now get 401."
     else:
         message = f"The token “{token.name}” was already revoked."
-    if _fragment(request):
+    if is_fragment(request):
         context = _tokens_context(request, message=message)
         return render(request, "shopper/tokens.html#token-table", context)
     messages.success(request, message)

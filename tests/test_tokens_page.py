@@ -10,7 +10,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from shopper.auth import TOKEN_CACHE_PREFIX, local_cache
+from common.cache import local_cache
+from shopper.auth import TOKEN_CACHE_PREFIX
 from shopper.models import ApiToken
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,7 @@ from tests.test_containers import dockerignored
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("bench", "bench_live", "bench_provision", "chaos", "devserver")
-PRODUCT = ("shopper", "inventory", "sessions", "costs")
+PRODUCT = ("shopper", "inventory", "sessions", "costs", "common")
 
 
 def test_the_package_is_the_product_only():

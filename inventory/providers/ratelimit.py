@@ -216,7 +216,7 @@ def shared_limiter(provider_name: str, base_url: str, api_key: str, min_interval
     database. Both are reachable from the web server, the worker and the safety loop."""
     from django.conf import settings
 
-    url = getattr(settings, "REDIS_URL", "") or ""
+    url = settings.REDIS_URL or ""
     store: Store = DatabaseStore()
     if url:
         if url not in _REDIS_STORES:  # one connection pool per process, not per adapter

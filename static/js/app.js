@@ -43,6 +43,16 @@
     for (var key of Object.keys(params)) if (!params[key]) delete params[key];
   });
 
+  // A refused action (common/pages.py) answers htmx with its 4xx status and a message placed
+  // before the element it would have updated (HX-Reswap). htmx ignores 4xx bodies by default;
+  // the X-Refusal header marks this one as meant to be shown.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail.xhr && e.detail.xhr.getResponseHeader("X-Refusal")) {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
+
   // The browser's time zone, for the server to render times in (shopper/middleware.py,
   // TimeZoneMiddleware). IANA names are plain cookie characters. The login page sets it, so
   // every page after it is in local time.

@@ -11,13 +11,13 @@ import time_machine
 from django.core import mail
 from django.db import OperationalError, connection
 
+from costs.budget_alerts import budgets_check
 from costs.models import Budget, BudgetAlert
 from costs.services import (
     BudgetExceeded,
     budget_banner,
     budget_reserve,
     budget_status,
-    budgets_check,
     ledger_accrue,
 )
 from sessions import services

@@ -27,13 +27,13 @@ from rest_framework.exceptions import NotFound
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
+from common.api import Pagination
 from inventory import fastpath, menu
 from inventory.filters import OfferFilterSet, PageSizeForm
 from inventory.models import Offer, ProviderFeed
 from inventory.serializers import OfferSerializer
 from inventory.services import offers_freshness
 from inventory.views import SESSION_CACHE_SECONDS, SHELL_SECONDS
-from shopper.api import Pagination
 from shopper.models import ApiToken
 
 pytestmark = pytest.mark.django_db(transaction=True)

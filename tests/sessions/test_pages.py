@@ -481,8 +481,23 @@ def test_an_unknown_offer_is_a_404(client_logged_in):
 
 def test_the_capacity_limit_is_a_message(client_logged_in, offer, settings):
     settings.SHOPPER_MAX_LIVE_RENTALS = 0
-    response = client_logged_in.post(f"/offers/{offer.pk}/rent/", rent_form(client_logged_in, offer))
+    response = client_logged_in.post(
+        f"/offers/{offer.pk}/rent/", rent_form(client_logged_in, offer), follow=True
+    )
+    # Refusals go through common/pages.py: the message on the rent page it was posted from.
+    assert response.redirect_chain == [(f"/offers/{offer.pk}/rent/", 302)]
     assert response.status_code == 200
+    assert "limit of 0 live machines" in response.content.decode()
+    assert not Rental.objects.exists()
+
+
+def test_the_capacity_limit_through_htmx_is_a_409_fragment_before_the_form(client_logged_in, offer, settings):
+    settings.SHOPPER_MAX_LIVE_RENTALS = 0
+    response = client_logged_in.post(
+        f"/offers/{offer.pk}/rent/", rent_form(client_logged_in, offer), headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 409
+    assert response["HX-Reswap"] == "beforebegin" and response["X-Refusal"] == "capacity_reached"
     assert "limit of 0 live machines" in response.content.decode()
     assert not Rental.objects.exists()
 

@@ -87,8 +87,8 @@ def test_it_rejects_bad_disk_and_image(fake, offer, rent, field, kw):
 def test_it_answers_404_for_an_unknown_offer(fake, offer, rent, offer_id):
     with pytest.raises(RentalError) as err:
         rent(offer_id=offer_id)
-    assert type(err.value) is RentalError
-    assert err.value.data == {"http_status": 404}
+    # The class carries the answer (404 not_found); no status travels in data.
+    assert (err.value.status, err.value.code, err.value.data) == (404, "not_found", {})
     assert err.value.message == "No offer with that id."
     assert_nothing_rented(fake, provider_calls=[])
 
