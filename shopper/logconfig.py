@@ -60,6 +60,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 _SECRET_SETTINGS = (
     "VASTAI_API_KEY",
     "TENSORDOCK_API_TOKEN",
+    "RUNPOD_API_KEY",
+    "LAMBDA_API_KEY",
     "SECRET_KEY",
     "METRICS_TOKEN",
     "EMAIL_HOST_PASSWORD",

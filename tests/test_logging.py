@@ -161,9 +161,13 @@ def test_redaction_of_configured_values(settings):
     settings.TENSORDOCK_API_TOKEN = "td-token-b1c2d3"
     settings.METRICS_TOKEN = "scrape-me-please"
     settings.EMAIL_HOST_PASSWORD = "smtp-pass-42x"
+    settings.RUNPOD_API_KEY = "rpa_4KX9QZ2"
+    settings.LAMBDA_API_KEY = "secret_lambda_8c1d"
     for secret in [
         "vast-key-7f3e9a",
         "td-token-b1c2d3",
+        "rpa_4KX9QZ2",
+        "secret_lambda_8c1d",
         "scrape-me-please",
         "smtp-pass-42x",
         settings.SECRET_KEY,
