@@ -2,6 +2,8 @@
 
 ``/vastai/...``               the Vast.ai dialect (``vastai.py``)
 ``/tensordock/api/v2/...``    the TensorDock v2 dialect (``tensordock.py``)
+``/runpod/v2/...``            the RunPod REST v2 dialect (``runpod.py``)
+``/lambda/api/v1/...``        the Lambda Cloud API v1 dialect (``lambdacloud.py``)
 ``/_sandbox/...``             admin API for tests (no auth, never faulted):
 
 * ``GET /_sandbox/health``                               ``{"ok": true}``
@@ -25,7 +27,7 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from . import catalog, tensordock, vastai
+from . import catalog, lambdacloud, runpod, tensordock, vastai
 from .cloud import Cloud
 from .faults import FaultConfigError
 from .web import BadJSON, Request, Response, ok
@@ -36,6 +38,8 @@ DIALECTS = {
     # prefix: (dialect name, module)
     "/vastai": ("vastai", vastai),
     "/tensordock/api/v2": ("tensordock", tensordock),
+    "/runpod/v2": ("runpod", runpod),
+    "/lambda/api/v1": ("lambda", lambdacloud),
 }
 COMPILED = {
     prefix: [
@@ -81,6 +85,8 @@ def dialect_call(cloud: Cloud, dialect: str, mod, routes, req: Request) -> Respo
         try:
             return handler(cloud, req, m)
         except BadJSON as exc:
+            if hasattr(mod, "bad_json"):
+                return mod.bad_json(str(exc))
             if dialect == "vastai":
                 return vastai.error(400, "invalid_args", f"invalid JSON body: {exc}")
             return ok([{"code": "invalid_json", "message": str(exc), "path": []}], 400)
@@ -89,7 +95,7 @@ def dialect_call(cloud: Cloud, dialect: str, mod, routes, req: Request) -> Respo
     return ok({"error": "not_found", "msg": f"no route for {req.path}"}, 404)
 
 
-_INSTANCE_ADMIN = re.compile(r"/instances/(vastai|tensordock)/([^/]+)/(poweroff|poweron)/?")
+_INSTANCE_ADMIN = re.compile(r"/instances/(vastai|tensordock|runpod|lambda)/([^/]+)/(poweroff|poweron)/?")
 
 
 def admin(cloud: Cloud, req: Request) -> Response:
@@ -130,6 +136,8 @@ def admin(cloud: Cloud, req: Request) -> Response:
                 "vastai_offers": len(cloud.vast_offers),
                 "tensordock_locations": len(cloud.td_locations),
                 "tensordock_offers": td,
+                "runpod_gpu_types": len(runpod.gpu_catalog(cloud)),
+                "lambda_instance_types": len(catalog.LAMBDA_TYPES),
                 "total_offers": len(cloud.vast_offers) + td,
             }
         )
