@@ -106,6 +106,14 @@ FIELD_MIX: dict = {
         {"dialect": "vastai", "search_stale_s": 60},
         # VA-RATELIMIT: 4.5 requests/s per key and endpoint, as the live 429 body says.
         {"dialect": "vastai", "rate_per_s": 4.5, "rate_burst": 5},
+        # RP-NOCAPACITY: "a create can still fail for capacity" while the catalog lists stock.
+        {"dialect": "runpod", "no_capacity": 0.05, "stale_minutes": 10},
+        # RunPod image pulls, and sshd up a little after RUNNING (RPSKILL gotchas: 30-90 s).
+        {"dialect": "runpod", "loading_s": [5, 30]},
+        {"dialect": "runpod", "key_delay_s": [2, 10]},
+        # L-CAPACITY: Lambda's insufficient-capacity on launch; boots of 3-5 min, shortened.
+        {"dialect": "lambda", "no_capacity": 0.1, "stale_minutes": 10},
+        {"dialect": "lambda", "loading_s": [10, 40]},
     ],
 }
 PRESETS = {"none": {"seed": 0, "rules": []}, "field": FIELD_MIX}
@@ -122,6 +130,8 @@ PHRASES = {
     "search_stale_s": "Vast offers already taken",
     "rate_per_s": "provider rate limits",
     "node_fault": "machines without a working NVIDIA driver",
+    "no_capacity": "RunPod and Lambda offers already taken",
+    "key_delay_s": "SSH that comes up late",
 }
 
 
