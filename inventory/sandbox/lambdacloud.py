@@ -419,3 +419,8 @@ ROUTES = [
     ("POST", r"/ssh-keys/?", "ssh_keys", h_keys_add, True),
     ("DELETE", r"/ssh-keys/([^/]+)/?", "ssh_keys", h_keys_delete, True),
 ]
+
+
+def reset(cloud: Cloud) -> None:
+    """``POST /_sandbox/reset``: the account's keys go with its instances."""
+    cloud.store.set_meta("lambda_ssh_keys", "[]")

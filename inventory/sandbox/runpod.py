@@ -542,3 +542,8 @@ ROUTES = [
     ("GET", r"/account/ssh-keys/?", "attach_key", h_keys_get, True),
     ("PUT", r"/account/ssh-keys/?", "attach_key", h_keys_put, True),
 ]
+
+
+def reset(cloud: Cloud) -> None:
+    """``POST /_sandbox/reset``: the account's keys go with its instances."""
+    cloud.store.set_meta("runpod_account_keys", "[]")

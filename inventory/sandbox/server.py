@@ -8,7 +8,8 @@
 
 * ``GET /_sandbox/health``                               ``{"ok": true}``
 * ``GET /_sandbox/faults`` / ``PUT /_sandbox/faults``    current fault config (see ``faults.py``)
-* ``POST /_sandbox/reset``                               destroy every instance of both dialects
+* ``POST /_sandbox/reset``                               destroy every instance of every dialect and
+  forget account objects (Lambda SSH keys, RunPod account keys)
 * ``GET /_sandbox/instances``                            every instance, both dialects
 * ``POST /_sandbox/instances/listing-only``              ``{"dialect": "vastai", "labels": [...]}``:
   one listing-only instance per label (running, no SSH listener; for benchmarks of large listings)
@@ -111,7 +112,11 @@ def admin(cloud: Cloud, req: Request) -> Response:
             return ok({"error": str(exc)}, 400)
         return ok(cloud.faults.to_json())
     if path == "/reset" and method == "POST":
-        return ok({"destroyed": cloud.reset()})
+        destroyed = cloud.reset()
+        for _, mod in DIALECTS.values():
+            if hasattr(mod, "reset"):
+                mod.reset(cloud)  # account objects: Lambda's SSH keys, RunPod's account keys
+        return ok({"destroyed": destroyed})
     if path == "/instances" and method == "GET":
         return ok({"instances": [cloud.admin_view(r) for r in cloud.records()]})
     if path == "/instances/listing-only" and method == "POST":
