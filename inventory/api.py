@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from inventory.filters import SORTS, OfferFilterSet, PageSizeForm, filter_form
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
+from inventory.providers import PROVIDER_CLASSES
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
 from shopper.api import Pagination, documented_error
 
@@ -67,7 +68,7 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter("min_gpus", int),
             OpenApiParameter("min_vram_gb", int, description="Per GPU"),
             OpenApiParameter("max_price", float, description="$/h for the whole offer"),
-            OpenApiParameter("provider", str, enum=["vastai", "tensordock"]),
+            OpenApiParameter("provider", str, enum=sorted(PROVIDER_CLASSES)),
             OpenApiParameter("location", str),
             OpenApiParameter("min_reliability", float, description="0 to 1"),
             OpenApiParameter("sort", str, enum=list(SORTS)),
