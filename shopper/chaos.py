@@ -1,6 +1,7 @@
-"""Chaos run: many rentals against the sandbox cloud with every fault injected (the field-notes
+"""Chaos run: many rentals against the sandbox cloud on all four providers (Vast.ai, TensorDock,
+RunPod, Lambda; offers taken from each in turn) with every fault injected (the field-notes
 ones included: hosts without public IPs, stale offers, 401s on create, slow, stuck and failed
-loads, a shared rate limit, changing list shapes), while the worker
+loads, a shared rate limit, changing list shapes, RunPod/Lambda capacity errors), while the worker
 and the safety loop are killed (SIGKILL) and restarted, and the web server restarted.
 
     python -m shopper.chaos --rentals 50           (the test suite runs a small one)
@@ -62,8 +63,18 @@ FAULTS = {
         {"dialect": "tensordock", "node_fault": "no_driver", "repair_s": [2, 10], "p": 0.2},  # TD-NODRIVER
         {"dialect": "tensordock", "node_fault": "no_driver", "repair_fails": True, "p": 0.05},
         {"dialect": "vastai", "cuda_lie": True, "p": 0.05},  # VA-CUDA-LIE
+        # RunPod and Lambda (RUNPOD_LAMBDA.md; inventory/sandbox/faults.py): capacity refused while
+        # listed, slow image pulls and boots, sshd late after RUNNING, pods in ERROR, instances
+        # whose health checks never pass, and Lambda's launch limit (scaled to the run).
+        {"dialect": "runpod", "no_capacity": 0.1, "stale_minutes": 2},  # RP-NOCAPACITY
+        {"dialect": "runpod", "loading_s": [1, 6], "oci_fail": 0.03},
+        {"dialect": "runpod", "key_delay_s": [1, 4], "p": 0.3},
+        {"dialect": "lambda", "no_capacity": 0.1, "stale_minutes": 2},  # L-CAPACITY
+        {"dialect": "lambda", "loading_s": [2, 8], "stuck_loading": 0.03},
+        {"dialect": "lambda", "op": "create", "rate_per_s": 2, "rate_burst": 2},
     ],
 }
+PROVIDERS = ("vastai", "tensordock", "runpod", "lambda")
 
 
 # Rentals whose timeline shows each field-notes failure (the provider's own words).
@@ -76,6 +87,8 @@ FIELD_WORDS = {
     "boot_timeout": "did not start within the boot timeout",
     "no_driver": "no working NVIDIA driver",
     "gpu_refused": "you pay nothing",
+    "runpod_capacity": "no longer any instances available",
+    "lambda_capacity": "insufficient-capacity",
 }
 
 
@@ -546,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         env.update(
             VASTAI_API_URL=sandbox.vastai_url, VASTAI_API_KEY="chaos",
             TENSORDOCK_API_URL=sandbox.tensordock_url, TENSORDOCK_API_TOKEN="chaos", SHOPPER_SANDBOX="True",
+            RUNPOD_API_URL=sandbox.runpod_url, RUNPOD_API_KEY="chaos",
+            LAMBDA_API_URL=sandbox.lambda_url, LAMBDA_API_KEY="chaos",
         )  # fmt: skip
         os.environ.update(env)
         os.environ["DJANGO_SETTINGS_MODULE"] = "shopper.settings"
@@ -556,7 +571,6 @@ def main(argv: list[str] | None = None) -> int:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        from inventory.models import Offer
         from inventory.services import offers_refresh
         from sessions.models import TERMINAL_STATUSES, Rental, RentalEvent
         from sessions.services import RentalError, rental_create, rental_stop
@@ -571,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.start(name)
         killed_leader = ""
         rng = random.Random(7)
-        offers = list(Offer.objects.visible().order_by("?").values_list("pk", flat=True)[: args.rentals * 3])
+        offers = offers_round_robin(args.rentals * 3)
         started = time.monotonic()
         created, refused = [], 0
         hours = args.reservation_minutes / 60
@@ -633,8 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         billed_unverified = Rental.objects.filter(
             active_since__isnull=False, gpu_verified__isnull=True
         ).count()
+        per_provider = {
+            p: Rental.objects.filter(pk__in=[r.pk for r in created], provider=p).count() for p in PROVIDERS
+        }
         report = {
-            "rentals": len(created), "refused_at_create": refused, "statuses": statuses,
+            "rentals": len(created), "rentals_per_provider": per_provider, "refused_at_create": refused,
+            "statuses": statuses,
             "field_faults_seen": field_seen, "billed_without_gpu_check": billed_unverified,
             "leaks": len(leaks), "not_terminal": len(not_terminal), "deadlines_enforced": len(lags),
             "worst_deadline_lag_s": round(max(lags, default=0.0), 2),
@@ -651,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             and not billed_unverified
             and report["worst_deadline_lag_s"] <= 60
             and (created or not args.rentals)
+            and (args.rentals < len(PROVIDERS) or all(per_provider.values()))  # all four rented
             and ok_leader
         )
         if args.grace_rentals:
@@ -668,6 +687,21 @@ def main(argv: list[str] | None = None) -> int:
             print("NOT TERMINAL:", not_terminal[:20])
         print("CHAOS OK" if ok else f"CHAOS FAILED (logs in {tmp})")
         return 0 if ok else 1
+
+
+def offers_round_robin(n: int) -> list:
+    """Up to ``n`` visible offer ids, taken from every provider in turn (shuffled within each),
+    so a run rents from all four even though Vast lists most of the menu."""
+    from inventory.models import Offer
+
+    pools = [
+        list(Offer.objects.visible().filter(provider=p).order_by("?").values_list("pk", flat=True)[:n])
+        for p in PROVIDERS
+    ]
+    out = []
+    for i in range(max((len(p) for p in pools), default=0)):
+        out += [pool[i] for pool in pools if i < len(pool)]
+    return out[:n]
 
 
 def acting_safety_loop(procs: Procs, timeout: float = 60) -> str:
@@ -760,6 +794,8 @@ def run_killed_idle_workers(args) -> int:
         env.update(
             VASTAI_API_URL=sandbox.vastai_url, VASTAI_API_KEY="chaos",
             TENSORDOCK_API_URL=sandbox.tensordock_url, TENSORDOCK_API_TOKEN="chaos", SHOPPER_SANDBOX="True",
+            RUNPOD_API_URL=sandbox.runpod_url, RUNPOD_API_KEY="chaos",
+            LAMBDA_API_URL=sandbox.lambda_url, LAMBDA_API_KEY="chaos",
         )  # fmt: skip
         os.environ.update(env)
         os.environ.pop("REDIS_URL", None)
