@@ -15,6 +15,7 @@ from inventory.filters import SORTS, OfferFilterSet, PageSizeForm, filter_form
 from inventory.measured import measured_for
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
+from inventory.providers import PROVIDER_CLASSES
 from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
 
 
@@ -68,7 +69,7 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter("min_gpus", int),
             OpenApiParameter("min_vram_gb", int, description="Per GPU"),
             OpenApiParameter("max_price", float, description="$/h for the whole offer"),
-            OpenApiParameter("provider", str, enum=["vastai", "tensordock"]),
+            OpenApiParameter("provider", str, enum=sorted(PROVIDER_CLASSES)),
             OpenApiParameter("location", str),
             OpenApiParameter("min_reliability", float, description="0 to 1"),
             OpenApiParameter(

@@ -22,8 +22,12 @@ from dataclasses import dataclass
 
 LABEL_PREFIX = "shopper-"
 # No hyphen: the id ends at the first hyphen after the prefix, so "prod" never reads
-# "shopper-prodeu-…" or "shopper-prod-eu-…" as its own.
-DEPLOYMENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
+# "shopper-prodeu-…" or "shopper-prod-eu-…" as its own. At most 19 characters, so the longest
+# label, shopper-<19>-<36-char uuid>, is 64: Lambda's limit for instance and SSH key names
+# (RUNPOD_LAMBDA.md 2.4); RunPod (v1 191, dstack 60 works), Vast and TensorDock take that too.
+MAX_DEPLOYMENT_ID = 19
+MAX_LABEL = 64
+DEPLOYMENT_ID_RE = re.compile(rf"^[a-z0-9][a-z0-9_]{{0,{MAX_DEPLOYMENT_ID - 1}}}$")
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 _cached: str | None = None
@@ -37,8 +41,8 @@ def validate_deployment_id(value: str) -> str:
     value = (value or "").strip()
     if not DEPLOYMENT_ID_RE.match(value):
         raise InvalidDeploymentId(
-            f"deployment id {value!r} is not valid: 1-32 characters a-z, 0-9 and _, "
-            "starting with a letter or digit"
+            f"deployment id {value!r} is not valid: 1-{MAX_DEPLOYMENT_ID} characters a-z, 0-9 and _, "
+            f"starting with a letter or digit (labels must fit Lambda's {MAX_LABEL}-character names)"
         )
     return value
 

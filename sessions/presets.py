@@ -13,6 +13,8 @@ from django.core.exceptions import ValidationError
 
 VASTAI = "vastai"
 TENSORDOCK = "tensordock"
+RUNPOD = "runpod"
+LAMBDA = "lambda"
 OTHER = "*"  # any other provider: see DEFAULT_LIMITS
 
 # Ports a user may not expose: 22 is SSH (always mapped by us), 8799 is the node agent's local
@@ -46,6 +48,22 @@ _TD_CONTAINERS = (
     "TensorDock rents virtual machines with an OS image (ubuntu2204), not container images "
     "(PROVIDERS.md 2.2): pick “CUDA base” there and install what you need over SSH."
 )
+# RunPod: SSH exists only in images that start sshd, as RunPod's own images do from /start.sh
+# (RUNPOD_LAMBDA.md 1.5, RPSKILL building-images): the presets use those; a service image
+# without it would be a pod nobody can log in to.
+_RUNPOD_CUDA = "runpod/base:0.6.2-cuda12.4.1"
+_RUNPOD_TORCH = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+_RUNPOD_NO_SSHD = (
+    "RunPod pods get SSH only from images that start sshd, as RunPod's own images do "
+    "(RUNPOD_LAMBDA.md 1.5); the vLLM image does not: pick “PyTorch” there and pip install vllm."
+)
+# Lambda: virtual machines with Lambda Stack (Ubuntu, the NVIDIA driver, CUDA, PyTorch) and no
+# choice of container image (RUNPOD_LAMBDA.md 2.4: the launch's ``image`` is an OS image).
+LAMBDA_STACK = "lambda-stack"
+_LAMBDA_VMS = (
+    "Lambda rents virtual machines with Lambda Stack (Ubuntu with CUDA and PyTorch), not container "
+    "images (RUNPOD_LAMBDA.md 2.4): pick “CUDA base” or “PyTorch” there."
+)
 _CUDA = "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04"
 _TORCH = "vastai/pytorch:2.5.1-cuda-12.4.1-py311"
 _VLLM = "vllm/vllm-openai:v0.6.6"
@@ -56,13 +74,19 @@ PRESETS: dict[str, Preset] = {
             key="cuda",
             name="CUDA base",
             contains="Ubuntu 22.04 with the NVIDIA driver and CUDA 12.4 (toolkit on Vast.ai: nvcc, cuDNN)",
-            images={VASTAI: _CUDA, TENSORDOCK: "ubuntu2204", OTHER: _CUDA},
+            images={
+                VASTAI: _CUDA,
+                TENSORDOCK: "ubuntu2204",
+                RUNPOD: _RUNPOD_CUDA,
+                LAMBDA: LAMBDA_STACK,
+                OTHER: _CUDA,
+            },
         ),
         Preset(
             key="pytorch",
             name="PyTorch",
             contains="PyTorch 2.5.1, CUDA 12.4, Python 3.11, Jupyter (Vast.ai's PyTorch image)",
-            images={VASTAI: _TORCH, OTHER: _TORCH},
+            images={VASTAI: _TORCH, RUNPOD: _RUNPOD_TORCH, LAMBDA: LAMBDA_STACK, OTHER: _TORCH},
             refusals={TENSORDOCK: _TD_CONTAINERS},
         ),
         Preset(
@@ -73,7 +97,7 @@ PRESETS: dict[str, Preset] = {
                 "port 8000; /health answers once the model is loaded"
             ),
             images={VASTAI: _VLLM, OTHER: _VLLM},
-            refusals={TENSORDOCK: _TD_CONTAINERS},
+            refusals={TENSORDOCK: _TD_CONTAINERS, RUNPOD: _RUNPOD_NO_SSHD, LAMBDA: _LAMBDA_VMS},
             ports=(8000,),
             onstart=(
                 "nohup python3 -m vllm.entrypoints.openai.api_server --host 0.0.0.0 --port 8000 "
@@ -115,6 +139,25 @@ LIMITS: dict[str, ProviderLimits] = {
             "ssh -L 8888:localhost:8888 …"
         ),
         image_hint="a TensorDock OS image name, e.g. ubuntu2204",
+    ),
+    # RunPod: the container disk the menu is priced at is 40 GB (inventory/providers/runpod.py);
+    # ports are mapped like 22 ("8888/tcp" -> a public port, RUNPOD_LAMBDA.md 1.5/1.6).
+    RUNPOD: ProviderLimits(
+        disk_min_gb=10,
+        disk_default_gb=40,
+        ports_refusal=None,
+        image_hint="a Docker image that starts sshd, e.g. runpod/base:0.6.2-cuda12.4.1",
+    ),
+    # Lambda: each instance type comes with its own fixed disk (specs.storage_gib, in the price);
+    # the default firewall lets in only SSH (RUNPOD_LAMBDA.md 2.8).
+    LAMBDA: ProviderLimits(
+        disk_min_gb=1,
+        disk_default_gb=None,
+        ports_refusal=(
+            "Lambda's firewall lets in only SSH (port 22) by default (RUNPOD_LAMBDA.md 2.8). Reach "
+            "the service through SSH instead, e.g. ssh -L 8888:localhost:8888 …"
+        ),
+        image_hint="Lambda Stack (Ubuntu with CUDA and PyTorch)",
     ),
 }
 
@@ -245,6 +288,11 @@ def choices_check(
         preset = CUSTOM
     if provider == TENSORDOCK and not image.isalnum():
         raise ValidationError({"image": _TD_CONTAINERS})
+    if provider == LAMBDA and image != LAMBDA_STACK:
+        raise ValidationError({"image": _LAMBDA_VMS})
+    if provider == LAMBDA and disk_gb not in (None, "") and str(disk_gb) != str(max_disk_gb):
+        fixed = f"{max_disk_gb} GB" if max_disk_gb else "its instance type's size"
+        raise ValidationError({"disk_gb": f"Lambda instances come with a fixed disk of {fixed}."})
 
     if disk_gb in (None, ""):
         disk = limits.disk_default_gb

@@ -35,7 +35,7 @@ from inventory import providers as registry
 from inventory.models import OutcomeKind
 from inventory.providers.base import InstanceData, NotFound, ProviderError
 from sessions.alerts import alert_raise
-from sessions.deployment import ParsedLabel, deployment_id, parse_label
+from sessions.deployment import ParsedLabel, deployment_id, parse_label, scoped_prefix
 from sessions.models import (
     IN_FLIGHT_STATUSES,
     LABEL_PREFIX,
@@ -65,6 +65,7 @@ class ReconcileResult:
     ghosts: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)  # other deployments' instances (untouched)
     unscoped: list[str] = field(default_factory=list)  # pre-scoping labels no live rental owns
+    orphan_keys_deleted: list[str] = field(default_factory=list)  # per-rental SSH keys (Lambda)
 
 
 def _foreign_record(provider_name: str, foreign: list[tuple[InstanceData, ParsedLabel]]) -> None:
@@ -171,6 +172,8 @@ def reconcile(*, provider_name: str) -> ReconcileResult:
             Alert.objects.filter(pk=alert.pk).update(resolved_at=now)
             result.orphans_destroyed.append(instance_id)
 
+    _orphan_keys(provider, {i.label for i, _ in ours if i.label}, result)
+
     # Ghosts: counted per listing, in bulk (no query per instance); too young to be listed yet
     # is not missing (the same settle time label lookups give a create).
     present = expecting.filter(provider_instance_id__in=seen_ids)
@@ -228,6 +231,38 @@ def _unscoped_alerts(provider, provider_name: str, unscoped: list[InstanceData],
     for alert in still_open.filter(provider=provider_name):
         if alert.provider_instance_id not in listed and _gone(provider, alert.provider_instance_id):
             Alert.objects.filter(pk=alert.pk).update(resolved_at=timezone.now())
+
+
+def _orphan_keys(provider, listed_labels: set[str], result: ReconcileResult) -> None:
+    """Delete per-rental SSH keys (Lambda registers one per rental, named by its label) whose
+    rental is not live and whose instance is no longer listed: the teardown's delete was refused
+    (a key still in use while the instance terminates) or never ran (a crash between registering
+    the key and launching). Only this deployment's prefix; a failure waits for the next cycle.
+    A rental's row is committed before its key is registered, so a key being used by a create
+    in flight always has a live rental."""
+    if not hasattr(provider, "ssh_key_labels"):
+        return
+    try:
+        names = provider.ssh_key_labels(scoped_prefix(deployment_id()))
+    except ProviderError as exc:
+        log.warning("%s: SSH key listing failed, orphan keys left for later: %s", result.provider, exc)
+        return
+    owners = {name: label.rental_id for name in names if (label := parse_label(name))}
+    live = {
+        str(pk)
+        for pk in Rental.objects.filter(pk__in=set(owners.values()), status__in=LIVE_STATUSES).values_list(
+            "pk", flat=True
+        )
+    }
+    for name in names:
+        if name in listed_labels or str(owners.get(name, "")) in live:
+            continue
+        try:
+            provider.delete_ssh_key(name)
+        except ProviderError as exc:
+            log.warning("%s: orphan SSH key %s not deleted yet: %s", result.provider, name, exc)
+            continue
+        result.orphan_keys_deleted.append(name)
 
 
 def _confirmed_gone(provider, rental: Rental) -> bool:

@@ -295,6 +295,20 @@ PENDING_HINTS: dict[str, dict[str, str]] = {
         "verifying": "TensorDock installs your SSH key 60–90 s after the machine boots; logins are "
         "refused until then, so this step usually takes 1–3 min.",
     },
+    # RUNPOD_LAMBDA.md 1.6: RUNNING after the image pull; sshd answers 30–90 s after RUNNING.
+    "runpod": {
+        "pending": "Next: RunPod is asked for the pod (a few seconds).",
+        "provisioning": "Next: RunPod places the pod and pulls the image.",
+        "booting": "RunPod pods usually start within a minute or two; large images take longer to pull.",
+        "verifying": "SSH on a RunPod pod usually answers 30–90 s after it starts running.",
+    },
+    # RUNPOD_LAMBDA.md 2.5: 3–5 min for one GPU, 10–15 min for multi-GPU instances.
+    "lambda": {
+        "pending": "Next: Lambda is asked for the instance (a few seconds; one launch per 12 s).",
+        "provisioning": "Next: Lambda launches the instance.",
+        "booting": "Lambda instances usually take 3–5 min to boot (10–15 min with several GPUs).",
+        "verifying": "The instance is up; logging in over SSH as ubuntu to check its GPUs.",
+    },
 }
 GENERIC_PENDING_HINT = "New machines usually take a few minutes to be ready."
 

@@ -1301,7 +1301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-gpus", metavar="N", help="at least N GPUs")
     p.add_argument("--min-vram", metavar="GB", help="at least GB of memory per GPU")
     p.add_argument("--max-price", metavar="USD", help="at most USD per hour for the whole offer")
-    p.add_argument("--provider", help="one provider, e.g. vastai or tensordock")
+    p.add_argument("--provider", help="one provider: vastai, tensordock, runpod or lambda")
     p.add_argument("--location", help="location or part of it, e.g. US")
     p.add_argument("--min-reliability", metavar="R", help="at least R (0 to 1)")
     p.add_argument("--min-confidence", metavar="C", help="at least C (0 to 1) chance a rental becomes active")
@@ -1449,7 +1449,8 @@ def build_parser() -> argparse.ArgumentParser:
         "offline kill switch: list (and destroy) every machine of a deployment at the providers",
         "For when the shopper or its database is gone. Needs only the provider keys in the "
         "environment (VASTAI_API_KEY / VASTAI_API_URL, TENSORDOCK_API_TOKEN / TENSORDOCK_API_URL, "
-        "as the server reads them); no server, no database, no API token. Lists every instance "
+        "RUNPOD_API_KEY / RUNPOD_API_URL, LAMBDA_API_KEY / LAMBDA_API_URL, as the server reads "
+        "them); no server, no database, no API token. Lists every instance "
         "labelled shopper-<ID>-... with its age and price; --destroy destroys each and waits until "
         "the provider confirms it is gone, after you type the deployment id (--yes for scripts).",
     )

@@ -2,7 +2,8 @@
 
 For when the server or its database is gone. It needs only the provider keys in the environment,
 the same variables the server reads (``VASTAI_API_KEY``/``VASTAI_API_URL``,
-``TENSORDOCK_API_TOKEN``/``TENSORDOCK_API_URL``, ``PROVIDER_TIMEOUT_SECONDS``,
+``TENSORDOCK_API_TOKEN``/``TENSORDOCK_API_URL``, ``RUNPOD_API_KEY``/``RUNPOD_API_URL``,
+``LAMBDA_API_KEY``/``LAMBDA_API_URL``, ``PROVIDER_TIMEOUT_SECONDS``,
 ``PROVIDER_MIN_INTERVAL_SECONDS``): no database, no running server, no Django settings module.
 
 How it stays off Django: the adapters (``inventory/providers/<provider>/adapter.py``) are
@@ -138,6 +139,7 @@ def _out(text: str) -> None:
 
 def run(args, *, environ: dict[str, str] | None = None, stdin=None, out=_out, err=_err) -> int:
     """The ``cleanup-orphans`` command (shopper/cli.py parses the arguments)."""
+    from inventory.providers import PROVIDER_SETTINGS
     from sessions.deployment import InvalidDeploymentId, validate_deployment_id
 
     environ = dict(os.environ if environ is None else environ)
@@ -149,7 +151,8 @@ def run(args, *, environ: dict[str, str] | None = None, stdin=None, out=_out, er
         return EXIT_USAGE
     adapters, skipped = _adapters(environ)
     if not adapters:
-        err("error: no provider key in the environment (VASTAI_API_KEY, TENSORDOCK_API_TOKEN)")
+        names = ", ".join(key_var for _, key_var, _ in PROVIDER_SETTINGS.values())
+        err(f"error: no provider key in the environment ({names})")
         return EXIT_USAGE
     for name in skipped:
         err(f"skipped {name}")

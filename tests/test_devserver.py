@@ -3,6 +3,7 @@ answers, and a shutdown that a second Ctrl-C or SIGTERM cannot cut short."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,12 @@ def test_make_run_then_manage_py_in_another_shell_then_ctrl_c_twice(checkout):
         assert (checkout / ".env").is_file() and any("Wrote" in line and ".env" in line for line in lines)
         started = children_of(proc.pid)
         assert len(started) >= 4  # sandbox, web, worker, safety loop (and their children)
+        # The sandbox speaks all four providers' dialects, and make run turns each one on.
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/v1/health", timeout=30) as resp:
+            health = json.load(resp)
+        enabled = {p["name"]: p["enabled"] for p in health["providers"]}
+        assert enabled == {"vastai": True, "tensordock": True, "runpod": True, "lambda": True}, health
+        assert all(p["offers"] for p in health["providers"]), health
 
         # another shell, nothing set: manage.py reads the .env make run wrote
         token = subprocess.run(

@@ -264,6 +264,8 @@ def test_costs_page_shows_billed_time_as_hours_and_minutes(client, user, clock):
         ("vastai", Status.VERIFYING, "often refused while it starts"),
         ("tensordock", Status.VERIFYING, "TensorDock installs your SSH key 60–90 s after the machine boots"),
         ("tensordock", Status.PENDING, "TensorDock is asked for the machine"),
+        ("runpod", Status.VERIFYING, "SSH on a RunPod pod usually answers 30–90 s after it starts running"),
+        ("lambda", Status.BOOTING, "Lambda instances usually take 3–5 min to boot"),
         ("elsewhere", Status.BOOTING, "New machines usually take a few minutes"),
     ],
 )

@@ -1,6 +1,7 @@
-"""Chaos run: many rentals against the sandbox cloud with every fault injected (the field-notes
+"""Chaos run: many rentals against the sandbox cloud on all four providers (Vast.ai, TensorDock,
+RunPod, Lambda; offers taken from each in turn) with every fault injected (the field-notes
 ones included: hosts without public IPs, stale offers, 401s on create, slow, stuck and failed
-loads, a shared rate limit, changing list shapes), while the worker
+loads, a shared rate limit, changing list shapes, RunPod/Lambda capacity errors), while the worker
 and the safety loop are killed (SIGKILL) and restarted, and the web server restarted.
 
     python -m tools.chaos --rentals 50           (the test suite runs a small one)
@@ -62,8 +63,18 @@ FAULTS = {
         {"dialect": "tensordock", "node_fault": "no_driver", "repair_s": [2, 10], "p": 0.2},  # TD-NODRIVER
         {"dialect": "tensordock", "node_fault": "no_driver", "repair_fails": True, "p": 0.05},
         {"dialect": "vastai", "cuda_lie": True, "p": 0.05},  # VA-CUDA-LIE
+        # RunPod and Lambda (RUNPOD_LAMBDA.md; inventory/sandbox/faults.py): capacity refused while
+        # listed, slow image pulls and boots, sshd late after RUNNING, pods in ERROR, instances
+        # whose health checks never pass, and Lambda's launch limit (scaled to the run).
+        {"dialect": "runpod", "no_capacity": 0.1, "stale_minutes": 2},  # RP-NOCAPACITY
+        {"dialect": "runpod", "loading_s": [1, 6], "oci_fail": 0.03},
+        {"dialect": "runpod", "key_delay_s": [1, 4], "p": 0.3},
+        {"dialect": "lambda", "no_capacity": 0.1, "stale_minutes": 2},  # L-CAPACITY
+        {"dialect": "lambda", "loading_s": [2, 8], "stuck_loading": 0.03},
+        {"dialect": "lambda", "op": "create", "rate_per_s": 2, "rate_burst": 2},
     ],
 }
+PROVIDERS = ("vastai", "tensordock", "runpod", "lambda")
 
 
 def field_faults_seen() -> dict[str, int]:
@@ -87,6 +98,8 @@ def field_faults_seen() -> dict[str, int]:
         "boot_timeout": Q(data__cause=C.BOOT_TIMEOUT),
         "no_driver": Q(data__cause=C.GPU_NO_DRIVER),  # TD-NODRIVER
         "gpu_refused": Q(data__cause__in=[C.GPU_NO_DRIVER, C.GPU_MISMATCH, C.MACHINE_STOPPED]),
+        "runpod_capacity": said("no longer any instances available"),  # RUNPOD_LAMBDA.md
+        "lambda_capacity": said("insufficient-capacity"),  # RUNPOD_LAMBDA.md
     }
     return {
         name: RentalEvent.objects.filter(match).values("rental").distinct().count()
@@ -143,6 +156,8 @@ def sandbox_django_setup(env: dict, sandbox, faults: dict) -> None:
     env.update(
         VASTAI_API_URL=sandbox.vastai_url, VASTAI_API_KEY="chaos",
         TENSORDOCK_API_URL=sandbox.tensordock_url, TENSORDOCK_API_TOKEN="chaos", SHOPPER_SANDBOX="True",
+        RUNPOD_API_URL=sandbox.runpod_url, RUNPOD_API_KEY="chaos",
+        LAMBDA_API_URL=sandbox.lambda_url, LAMBDA_API_KEY="chaos",
     )  # fmt: skip
     if "REDIS_URL" not in env:  # a phase that removed it (chaos_env) runs without it here too
         os.environ.pop("REDIS_URL", None)
@@ -610,7 +625,6 @@ def main(argv: list[str] | None = None) -> int:
         sandbox_django_setup(env, sandbox, FAULTS)
         from django.contrib.auth import get_user_model
 
-        from inventory.models import Offer
         from sessions.models import TERMINAL_STATUSES, Rental
         from sessions.services import RentalError, rental_create, rental_stop
 
@@ -621,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.start(name)
         killed_leader = ""
         rng = random.Random(7)
-        offers = list(Offer.objects.visible().order_by("?").values_list("pk", flat=True)[: args.rentals * 3])
+        offers = offers_round_robin(args.rentals * 3)
         started = time.monotonic()
         created, refused = [], 0
         hours = args.reservation_minutes / 60
@@ -680,8 +694,12 @@ def main(argv: list[str] | None = None) -> int:
         billed_unverified = Rental.objects.filter(
             active_since__isnull=False, gpu_verified__isnull=True
         ).count()
+        per_provider = {
+            p: Rental.objects.filter(pk__in=[r.pk for r in created], provider=p).count() for p in PROVIDERS
+        }
         report = {
-            "rentals": len(created), "refused_at_create": refused, "statuses": statuses,
+            "rentals": len(created), "rentals_per_provider": per_provider, "refused_at_create": refused,
+            "statuses": statuses,
             "field_faults_seen": field_seen, "billed_without_gpu_check": billed_unverified,
             "leaks": len(leaks), "not_terminal": len(not_terminal), "deadlines_enforced": len(lags),
             "worst_deadline_lag_s": round(max(lags, default=0.0), 2),
@@ -698,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             and not billed_unverified
             and report["worst_deadline_lag_s"] <= 60
             and (created or not args.rentals)
+            and (args.rentals < len(PROVIDERS) or all(per_provider.values()))  # all four rented
             and ok_leader
         )
         if args.grace_rentals:
@@ -715,6 +734,21 @@ def main(argv: list[str] | None = None) -> int:
             print("NOT TERMINAL:", not_terminal[:20])
         print("CHAOS OK" if ok else f"CHAOS FAILED (logs in {tmp})")
         return 0 if ok else 1
+
+
+def offers_round_robin(n: int) -> list:
+    """Up to ``n`` visible offer ids, taken from every provider in turn (shuffled within each),
+    so a run rents from all four even though Vast lists most of the menu."""
+    from inventory.models import Offer
+
+    pools = [
+        list(Offer.objects.visible().filter(provider=p).order_by("?").values_list("pk", flat=True)[:n])
+        for p in PROVIDERS
+    ]
+    out = []
+    for i in range(max((len(p) for p in pools), default=0)):
+        out += [pool[i] for pool in pools if i < len(pool)]
+    return out[:n]
 
 
 def acting_safety_loop(procs: Procs, timeout: float = 60) -> str:

@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# Any of these set means real providers: no sandbox cloud is started.
+REAL_PROVIDER_KEYS = ("VASTAI_API_KEY", "TENSORDOCK_API_TOKEN", "RUNPOD_API_KEY", "LAMBDA_API_KEY")
 
 
 def _manage(*args: str, env: dict) -> None:
@@ -306,7 +308,7 @@ def main() -> None:
         metrics_dir.mkdir(parents=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
-    use_sandbox = not (env.get("VASTAI_API_KEY") or env.get("TENSORDOCK_API_TOKEN"))
+    use_sandbox = not any(env.get(name) for name in REAL_PROVIDER_KEYS)
     try:
         if use_sandbox:
             env["SHOPPER_SANDBOX_FAULTS"] = sandbox_faults(env)
@@ -317,6 +319,10 @@ def main() -> None:
                 VASTAI_API_KEY="sandbox-vast-key",
                 TENSORDOCK_API_URL=f"{url}/tensordock/api/v2",
                 TENSORDOCK_API_TOKEN="sandbox-tensordock-token",
+                RUNPOD_API_URL=f"{url}/runpod/v2",
+                RUNPOD_API_KEY="sandbox-runpod-key",
+                LAMBDA_API_URL=f"{url}/lambda/api/v1",
+                LAMBDA_API_KEY="sandbox-lambda-key",
             )
         _manage("migrate", "--noinput", env=env)
         _manage("sync_schedules", env=env)

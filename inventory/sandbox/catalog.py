@@ -364,3 +364,252 @@ def generate_td_locations(seed: int = 42, count: int = TD_LOCATION_COUNT) -> lis
 def td_offer_count(locations: list[dict]) -> int:
     """How many offers an adapter makes of these locations: counts 1,2,4,8 up to max_count."""
     return sum(1 for loc in locations for g in loc["gpus"] for n in (1, 2, 4, 8) if n <= g["max_count"])
+
+
+# ---------------------------------------------------------------------------------------------
+# RunPod (REST v2 ``/catalog/gpus``; RUNPOD_LAMBDA.md 1.4)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunPodGpu:
+    id: str  # GpuType.id, sent back verbatim as gpu.id
+    name: str  # GpuType.name
+    memory: int  # GB per GPU
+    secure_price: tuple[float, float]  # $/h per GPU, low..high (one price per GPU type, not per DC)
+    community: bool
+    max_count: int
+    smi_name: str
+    mem_mib: int
+    pool: str
+
+
+RUNPOD_GPUS: tuple[RunPodGpu, ...] = (
+    RunPodGpu(
+        "NVIDIA GeForce RTX 4090",
+        "RTX 4090",
+        24,
+        (0.59, 0.69),
+        True,
+        8,
+        "NVIDIA GeForce RTX 4090",
+        24564,
+        "ADA_24",
+    ),
+    RunPodGpu(
+        "NVIDIA GeForce RTX 3090",
+        "RTX 3090",
+        24,
+        (0.43, 0.46),
+        True,
+        8,
+        "NVIDIA GeForce RTX 3090",
+        24576,
+        "AMPERE_24",
+    ),
+    RunPodGpu(
+        "NVIDIA GeForce RTX 5090",
+        "RTX 5090",
+        32,
+        (0.89, 0.99),
+        True,
+        8,
+        "NVIDIA GeForce RTX 5090",
+        32607,
+        "BLACKWELL_32",
+    ),
+    RunPodGpu(
+        "NVIDIA RTX A5000", "RTX A5000", 24, (0.27, 0.29), True, 8, "NVIDIA RTX A5000", 24564, "AMPERE_24"
+    ),
+    RunPodGpu(
+        "NVIDIA RTX A6000", "RTX A6000", 48, (0.49, 0.49), True, 8, "NVIDIA RTX A6000", 49140, "AMPERE_48"
+    ),
+    RunPodGpu(
+        "NVIDIA RTX 6000 Ada Generation",
+        "RTX 6000 Ada",
+        48,
+        (0.77, 0.79),
+        True,
+        8,
+        "NVIDIA RTX 6000 Ada Generation",
+        49140,
+        "ADA_48_PRO",
+    ),
+    RunPodGpu("NVIDIA L40S", "L40S", 48, (0.86, 0.86), True, 8, "NVIDIA L40S", 46068, "ADA_48_PRO"),
+    RunPodGpu("NVIDIA L4", "L4", 24, (0.43, 0.44), False, 8, "NVIDIA L4", 23034, "ADA_24"),
+    RunPodGpu(
+        "NVIDIA A100 80GB PCIe",
+        "A100 PCIe",
+        80,
+        (1.64, 1.64),
+        True,
+        8,
+        "NVIDIA A100 80GB PCIe",
+        81920,
+        "AMPERE_80",
+    ),
+    RunPodGpu(
+        "NVIDIA A100-SXM4-80GB",
+        "A100 SXM",
+        80,
+        (1.74, 1.74),
+        False,
+        8,
+        "NVIDIA A100-SXM4-80GB",
+        81920,
+        "AMPERE_80",
+    ),
+    RunPodGpu(
+        "NVIDIA H100 PCIe", "H100 PCIe", 80, (2.39, 2.39), True, 8, "NVIDIA H100 PCIe", 81559, "ADA_80_PRO"
+    ),
+    RunPodGpu(
+        "NVIDIA H100 80GB HBM3",
+        "H100 SXM",
+        80,
+        (2.69, 2.99),
+        False,
+        8,
+        "NVIDIA H100 80GB HBM3",
+        81559,
+        "HOPPER_141",
+    ),
+    RunPodGpu(
+        "NVIDIA H100 NVL", "H100 NVL", 94, (2.79, 2.79), False, 8, "NVIDIA H100 NVL", 95830, "HOPPER_141"
+    ),
+    RunPodGpu("NVIDIA H200", "H200 SXM", 141, (3.59, 3.99), False, 8, "NVIDIA H200", 143771, "HOPPER_141"),
+)
+RUNPOD_GPU_BY_ID = {g.id: g for g in RUNPOD_GPUS}
+
+# Secure Cloud data centres (ids and names as RunPod shows them).
+RUNPOD_DATA_CENTERS = (
+    ("EU-RO-1", "EU Romania 1"), ("EU-SE-1", "EU Sweden 1"), ("EU-NL-1", "EU Netherlands 1"),
+    ("EU-CZ-1", "EU Czechia 1"), ("EU-FR-1", "EU France 1"), ("EUR-IS-1", "EU Iceland 1"),
+    ("US-TX-3", "US Texas 3"), ("US-TX-4", "US Texas 4"), ("US-KS-2", "US Kansas 2"),
+    ("US-GA-1", "US Georgia 1"), ("US-GA-2", "US Georgia 2"), ("US-IL-1", "US Illinois 1"),
+    ("US-CA-2", "US California 2"), ("US-WA-1", "US Washington 1"), ("US-DE-1", "US Delaware 1"),
+    ("US-NC-1", "US North Carolina 1"), ("CA-MTL-1", "CA Montreal 1"), ("CA-MTL-3", "CA Montreal 3"),
+    ("AP-JP-1", "AP Japan 1"), ("OC-AU-1", "OC Australia 1"),
+)  # fmt: skip
+# (version, available) of cudaVersions; the nodes run the newest available one.
+RUNPOD_CUDA = (("12.4", True), ("12.8", True), ("12.9", True), ("13.0", False))
+
+
+def generate_runpod_catalog(seed: int = 42) -> list[dict]:
+    """The RunPod GPU types with per-data-centre stock (GPUs free), deterministic per seed.
+
+    Each entry is a ``GpuType`` without the availability fields (the dialect computes those from
+    the stock left for the requested count) plus ``_stock: {dataCenterId: GPUs}``. Most types sit
+    in a handful of data centres; some of those are sold out (stock 0), as the real catalog shows.
+    """
+    rng = random.Random(f"runpod:{seed}")
+    out = []
+    for gpu in RUNPOD_GPUS:
+        price = round(rng.uniform(*gpu.secure_price), 2)
+        centres = rng.sample(RUNPOD_DATA_CENTERS, rng.randint(3, 8))
+        stock = {
+            dc_id: _weighted(rng, (0, 2, 4, 8, 16, 32), (15, 15, 20, 25, 15, 10)) for dc_id, _ in centres
+        }
+        out.append(
+            {
+                "id": gpu.id,
+                "name": gpu.name,
+                "pool": gpu.pool,
+                "manufacturer": "NVIDIA",
+                "memory": gpu.memory,
+                "secure": True,
+                "community": gpu.community,
+                "price": {
+                    "secure": price,
+                    "community": round(price * 0.7, 2) if gpu.community else 0,
+                    "serverless": round(price * 1.9, 2),
+                },
+                "maxCount": {"secure": gpu.max_count, "community": 4 if gpu.community else 0},
+                "_stock": stock,
+            }
+        )
+    return out
+
+
+def runpod_availability(free: int, count: int) -> str:
+    """``NONE|LOW|MEDIUM|HIGH`` for ``count`` GPUs out of ``free`` in one data centre."""
+    if free < count:
+        return "NONE"
+    pods = free // count
+    return "LOW" if pods <= 1 else "MEDIUM" if pods <= 3 else "HIGH"
+
+
+# ---------------------------------------------------------------------------------------------
+# Lambda Cloud (``/instance-types``; RUNPOD_LAMBDA.md 2.3)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LambdaType:
+    name: str
+    gpu_description: str  # "A100 (40 GB SXM4)"
+    gpus: int
+    price_cents: int  # whole instance, storage included
+    vcpus: int
+    memory_gib: int
+    storage_gib: int
+    smi_name: str
+    mem_mib: int
+
+
+LAMBDA_TYPES: tuple[LambdaType, ...] = (
+    LambdaType("gpu_1x_a10", "A10 (24 GB PCIe)", 1, 75, 30, 200, 1400, "NVIDIA A10", 23028),
+    LambdaType("gpu_1x_a6000", "RTX A6000 (48 GB)", 1, 80, 14, 46, 512, "NVIDIA RTX A6000", 49140),
+    LambdaType("gpu_2x_a6000", "RTX A6000 (48 GB)", 2, 160, 28, 92, 1024, "NVIDIA RTX A6000", 49140),
+    LambdaType("gpu_4x_a6000", "RTX A6000 (48 GB)", 4, 320, 56, 184, 2048, "NVIDIA RTX A6000", 49140),
+    LambdaType("gpu_1x_a100_sxm4", "A100 (40 GB SXM4)", 1, 129, 30, 200, 512, "NVIDIA A100-SXM4-40GB", 40960),
+    LambdaType("gpu_8x_a100", "A100 (40 GB SXM4)", 8, 1032, 124, 1800, 6144, "NVIDIA A100-SXM4-40GB", 40960),
+    LambdaType(
+        "gpu_8x_a100_80gb_sxm4",
+        "A100 (80 GB SXM4)",
+        8,
+        1432,
+        240,
+        1800,
+        19560,
+        "NVIDIA A100-SXM4-80GB",
+        81920,
+    ),
+    LambdaType("gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 1, 249, 26, 200, 1024, "NVIDIA H100 PCIe", 81559),
+    LambdaType(
+        "gpu_1x_h100_sxm5", "H100 (80 GB SXM5)", 1, 329, 26, 225, 2816, "NVIDIA H100 80GB HBM3", 81559
+    ),
+    LambdaType(
+        "gpu_2x_h100_sxm5", "H100 (80 GB SXM5)", 2, 638, 52, 450, 5632, "NVIDIA H100 80GB HBM3", 81559
+    ),
+    LambdaType(
+        "gpu_4x_h100_sxm5", "H100 (80 GB SXM5)", 4, 1236, 104, 900, 11264, "NVIDIA H100 80GB HBM3", 81559
+    ),
+    LambdaType(
+        "gpu_8x_h100_sxm5", "H100 (80 GB SXM5)", 8, 2392, 208, 1800, 24780, "NVIDIA H100 80GB HBM3", 81559
+    ),
+    LambdaType("gpu_1x_gh200", "GH200 (96 GB)", 1, 149, 64, 432, 4096, "NVIDIA GH200 480GB", 97871),
+    LambdaType("gpu_8x_v100", "Tesla V100 (16 GB)", 8, 440, 92, 448, 5800, "Tesla V100-SXM2-16GB", 16384),
+    LambdaType("gpu_8x_b200_sxm6", "B200 (180 GB SXM6)", 8, 3992, 208, 2900, 22000, "NVIDIA B200", 183359),
+)
+LAMBDA_TYPE_BY_NAME = {t.name: t for t in LAMBDA_TYPES}
+
+# gpuhunt's integrity-test list of regions, with Lambda's descriptions.
+LAMBDA_REGIONS = (
+    ("us-east-1", "Virginia, USA"), ("us-east-3", "Washington DC, USA"), ("us-west-1", "California, USA"),
+    ("us-west-2", "Arizona, USA"), ("us-west-3", "Utah, USA"), ("us-south-2", "North Texas, USA"),
+    ("us-south-3", "Central Texas, USA"), ("us-midwest-1", "Illinois, USA"),
+    ("europe-central-1", "Germany"), ("asia-northeast-1", "Tokyo, Japan"),
+    ("asia-northeast-2", "Osaka, Japan"), ("asia-south-1", "India"),
+    ("australia-east-1", "Sydney, Australia"), ("me-west-1", "Israel"),
+)  # fmt: skip
+LAMBDA_REGION_DESCRIPTION = dict(LAMBDA_REGIONS)
+
+
+def generate_lambda_capacity(seed: int = 42) -> dict[str, dict[str, int]]:
+    """``{type name: {region: instances free}}``, deterministic per seed. Lambda is often sold
+    out: each type is stocked in a few regions, and a third of those have none left."""
+    rng = random.Random(f"lambda:{seed}")
+    capacity = {}
+    for itype in LAMBDA_TYPES:
+        regions = rng.sample(LAMBDA_REGIONS, rng.randint(2, 6))
+        sold_out = rng.random() < 0.3  # the big types often are, everywhere
+        capacity[itype.name] = {
+            name: 0 if sold_out else _weighted(rng, (0, 1, 2, 4), (35, 25, 25, 15)) for name, _ in regions
+        }
+    return capacity

@@ -47,6 +47,22 @@ the seed, so a location without public IPs stays that way for everyone, across r
 * ``list_shape`` (TD-LISTSHAPE): ``"instances"`` (documented, default), ``"array"``,
   ``"attributes"`` or ``"rotate"`` (each listing the next shape).
 
+RunPod and Lambda (``/work/shared/providers/RUNPOD_LAMBDA.md``; ids in the same style):
+
+* ``no_capacity: p`` with ``stale_minutes`` (RP-NOCAPACITY, 1.5: "a create can still fail for
+  capacity"; L-CAPACITY, 2.7): that share of offers (RunPod GPU x data centre, Lambda type x region;
+  drawn again every window) answers the create with the provider's capacity error while the
+  catalog still lists stock: RunPod 400 ``no longer any instances available``, Lambda 400
+  ``instance-operations/launch/insufficient-capacity``.
+* ``no_public_ip: p`` on ``runpod`` (RP-NOPUBLICIP, 1.4/1.6): pods in that share of data centres run
+  without a public port 22 (``ssh.direct`` null), as Community hosts do.
+* ``start_ssh_422: true`` on ``runpod`` (RUNPOD_LAMBDA.md 4.2, CONFLICT): a v2 that no longer
+  knows ``startSsh`` answers 422 ``additional properties 'startSsh' not allowed``.
+* The generic ``loading_s`` (image pulls; Lambda boots of 3-5 min), ``oci_fail`` (RunPod
+  ``ERROR``), ``stuck_loading`` (Lambda ``unhealthy``), ``die_after_s`` (RunPod ``EXITED``, Lambda
+  ``unhealthy``), ``key_delay_s`` (sshd up 30-90 s after RUNNING, RPSKILL gotchas) and
+  ``rate_per_s`` (RunPod 429 with ``Retry-After``; Lambda's launch limit, one per 12 s) apply too.
+
 ``FIELD_MIX`` is the small realistic mix ``make run`` starts the sandbox with (``SANDBOX_FAULTS``
 unset); ``SANDBOX_FAULTS=none`` turns every fault off, ``SANDBOX_FAULTS=field`` names the mix.
 """
@@ -66,6 +82,7 @@ RULE_KEYS = {
     "create_error_but_created", "create_error_mode", "listing_lag_s", "destroy_fail_times",
     "no_public_ip", "stale_locations", "stale_minutes", "deploy_error_locations", "search_stale_s",
     "loading_s", "stuck_loading", "oci_fail", "rate_per_s", "rate_burst", "rate_scope", "list_shape",
+    "no_capacity", "start_ssh_422",
 }  # fmt: skip
 LIST_SHAPES = ("instances", "array", "attributes")
 
@@ -89,6 +106,14 @@ FIELD_MIX: dict = {
         {"dialect": "vastai", "search_stale_s": 60},
         # VA-RATELIMIT: 4.5 requests/s per key and endpoint, as the live 429 body says.
         {"dialect": "vastai", "rate_per_s": 4.5, "rate_burst": 5},
+        # RP-NOCAPACITY: "a create can still fail for capacity" while the catalog lists stock.
+        {"dialect": "runpod", "no_capacity": 0.05, "stale_minutes": 10},
+        # RunPod image pulls, and sshd up a little after RUNNING (RPSKILL gotchas: 30-90 s).
+        {"dialect": "runpod", "loading_s": [5, 30]},
+        {"dialect": "runpod", "key_delay_s": [2, 10]},
+        # L-CAPACITY: Lambda's insufficient-capacity on launch; boots of 3-5 min, shortened.
+        {"dialect": "lambda", "no_capacity": 0.1, "stale_minutes": 10},
+        {"dialect": "lambda", "loading_s": [10, 40]},
     ],
 }
 PRESETS = {"none": {"seed": 0, "rules": []}, "field": FIELD_MIX}
@@ -105,6 +130,8 @@ PHRASES = {
     "search_stale_s": "Vast offers already taken",
     "rate_per_s": "provider rate limits",
     "node_fault": "machines without a working NVIDIA driver",
+    "no_capacity": "RunPod and Lambda offers already taken",
+    "key_delay_s": "SSH that comes up late",
 }
 
 
@@ -215,7 +242,7 @@ def _probability(rule: dict, name: str) -> None:
 
 def _check_field_keys(rule: dict) -> None:
     """Bad values are refused when set (PUT answers 400), never found mid-request."""
-    for name in ("no_public_ip", "stale_locations", "stuck_loading", "oci_fail"):
+    for name in ("no_public_ip", "stale_locations", "stuck_loading", "oci_fail", "no_capacity"):
         _probability(rule, name)
     for name in ("stale_minutes", "search_stale_s", "rate_per_s", "rate_burst"):
         value = rule.get(name, 1)
@@ -328,6 +355,33 @@ class Faults:
         if dedicated_ip and self.td_no_public_ip(location_id):
             return "no_public_ip"
         return None
+
+    def no_capacity(self, dialect: str, *thing: str, now: float | None = None) -> bool:
+        """RP-NOCAPACITY / L-CAPACITY: does a create on this offer get the capacity error now?
+        Drawn per offer and ``stale_minutes`` window, the same for every client."""
+        now = time.time() if now is None else now
+        seed = self._config["seed"]
+        with self._lock:
+            rules = [
+                (float(r["no_capacity"]), float(r.get("stale_minutes", 10)))
+                for r in self._config["rules"]
+                if r.get("no_capacity") and _matches(r, dialect, "create")
+            ]
+        return any(
+            draw(seed, "no_capacity", dialect, *thing, int(now // (minutes * 60))) < p for p, minutes in rules
+        )
+
+    def no_public_ip(self, dialect: str, place: str) -> bool:
+        """RP-NOPUBLICIP: machines in this place (a RunPod data centre) get no public port."""
+        seed = self._config["seed"]
+        return any(
+            draw(seed, "no_public_ip", dialect, place) < float(p)
+            for p in self._values(dialect, "create", "no_public_ip")
+            if dialect != "tensordock"
+        )
+
+    def start_ssh_422(self, dialect: str) -> bool:
+        return any(self._values(dialect, "create", "start_ssh_422"))
 
     def td_no_public_ip(self, location_id: str) -> bool:
         seed = self._config["seed"]

@@ -5,6 +5,8 @@ folder with a ``sandbox.py`` is served under that module's ``PREFIX``, e.g.
 
 ``/vastai/...``               the Vast.ai dialect (``inventory/providers/vastai/sandbox.py``)
 ``/tensordock/api/v2/...``    the TensorDock v2 dialect (``inventory/providers/tensordock/sandbox.py``)
+``/runpod/v2/...``            the RunPod REST v2 dialect (``inventory/providers/runpod/sandbox.py``)
+``/lambda/api/v1/...``        the Lambda Cloud API v1 dialect (``inventory/providers/lambdacloud/sandbox.py``)
 
 A dialect module has ``DIALECT`` (its name in instance records and call counts), ``PREFIX``,
 ``ROUTES``, ``check_auth``, ``rate_limited`` and ``server_error``; ``bad_json`` is optional.
@@ -13,7 +15,8 @@ A dialect module has ``DIALECT`` (its name in instance records and call counts),
 
 * ``GET /_sandbox/health``                               ``{"ok": true}``
 * ``GET /_sandbox/faults`` / ``PUT /_sandbox/faults``    current fault config (see ``faults.py``)
-* ``POST /_sandbox/reset``                               destroy every instance of both dialects
+* ``POST /_sandbox/reset``                               destroy every instance of every dialect and
+  forget account objects (Lambda SSH keys, RunPod account keys)
 * ``GET /_sandbox/instances``                            every instance, both dialects
 * ``POST /_sandbox/instances/listing-only``              ``{"dialect": "vastai", "labels": [...]}``:
   one listing-only instance per label (running, no SSH listener; for benchmarks of large listings)
@@ -142,7 +145,11 @@ def admin(cloud: Cloud, req: Request) -> Response:
             return ok({"error": str(exc)}, 400)
         return ok(cloud.faults.to_json())
     if path == "/reset" and method == "POST":
-        return ok({"destroyed": cloud.reset()})
+        destroyed = cloud.reset()
+        for _, mod in DIALECTS.values():
+            if hasattr(mod, "reset"):
+                mod.reset(cloud)  # account objects: Lambda's SSH keys, RunPod's account keys
+        return ok({"destroyed": destroyed})
     if path == "/instances" and method == "GET":
         return ok({"instances": [cloud.admin_view(r) for r in cloud.records()]})
     if path == "/instances/listing-only" and method == "POST":
@@ -167,6 +174,8 @@ def admin(cloud: Cloud, req: Request) -> Response:
                 "vastai_offers": len(cloud.vast_offers),
                 "tensordock_locations": len(cloud.td_locations),
                 "tensordock_offers": td,
+                "runpod_gpu_types": len(MODULES["runpod"].gpu_catalog(cloud)),
+                "lambda_instance_types": len(catalog.LAMBDA_TYPES),
                 "total_offers": len(cloud.vast_offers) + td,
             }
         )

@@ -53,6 +53,14 @@ class SandboxHandle:
     def tensordock_url(self) -> str:
         return self.url + "/tensordock/api/v2"
 
+    @property
+    def runpod_url(self) -> str:
+        return self.url + "/runpod/v2"
+
+    @property
+    def lambda_url(self) -> str:
+        return self.url + "/lambda/api/v1"
+
     # -- process control --------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
         env = dict(os.environ, **self.extra_env)

@@ -69,6 +69,16 @@ def test_inventory_shows_confidence_and_filters_and_sorts_on_it(shopper, run, ma
     assert code != 0 and "min_confidence" in err
 
 
+def test_inventory_lists_all_four_providers_and_filters_by_each(shopper, run, make_offer):
+    for i, provider in enumerate(("vastai", "tensordock", "runpod", "lambda")):
+        make_offer(provider=provider, provider_offer_id=f"o-{i}", gpu_type="A100 SXM4 80GB", reliability=None)
+    out = run("inventory")[1]
+    assert all(p in out for p in ("vastai", "tensordock", "runpod", "lambda")), out
+    for provider in ("runpod", "lambda"):
+        rows = run("inventory", "--provider", provider)[1].splitlines()[2:-1]
+        assert rows and all(provider in row for row in rows), rows
+
+
 def test_formats_match_the_web_filters():
     assert [cli.money(v) for v in ("0", "0.004", "0.01", "12.345", None)] == [
         "$0.00", "< $0.01", "$0.01", "$12.35", "",

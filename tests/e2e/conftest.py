@@ -41,18 +41,20 @@ def cloud(sandbox, settings, transactional_db):
     settings.VASTAI_API_KEY = "sandbox-key"
     settings.TENSORDOCK_API_URL = sandbox.tensordock_url
     settings.TENSORDOCK_API_TOKEN = "sandbox-token"
+    settings.RUNPOD_API_URL = sandbox.runpod_url
+    settings.RUNPOD_API_KEY = "sandbox-key"
+    settings.LAMBDA_API_URL = sandbox.lambda_url
+    settings.LAMBDA_API_KEY = "sandbox-key"
     for name, value in E2E_SETTINGS.items():
         setattr(settings, name, value)
     sandbox.set_faults({"rules": []})
     sandbox.reset()
-    # The sandbox speaks Vast and TensorDock; RunPod and Lambda have no dialect yet (issue 17).
-    settings.RUNPOD_API_KEY = settings.LAMBDA_API_KEY = ""
     results = {r.provider: r.outcome for r in offers_refresh(force=True)}
     assert results == {
         "vastai": "refreshed",
         "tensordock": "refreshed",
-        "runpod": "disabled",
-        "lambda": "disabled",
+        "runpod": "refreshed",
+        "lambda": "refreshed",
     }, results
     yield sandbox
     sandbox.set_faults({"rules": []})

@@ -37,6 +37,9 @@ def test_fifty_rentals_under_chaos_leave_nothing_running():
         "--grace-rentals", "0", "--deployment-rentals", "0", timeout=900,
     )  # fmt: skip
     assert report["rentals"] == 50
+    # All four providers rented (offers taken from each in turn).
+    assert set(report["rentals_per_provider"]) == {"vastai", "tensordock", "runpod", "lambda"}
+    assert all(report["rentals_per_provider"].values()), report["rentals_per_provider"]
     assert report["leaks"] == 0, "instances left running at the provider"
     assert report["billed_without_gpu_check"] == 0, "a machine was billed before its GPUs were proven"
     assert report["not_terminal"] == 0

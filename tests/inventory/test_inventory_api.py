@@ -168,3 +168,8 @@ def test_the_schema_documents_the_inventory_filters(api_client):
     assert schema.status_code == 200
     text = schema.content.decode()
     assert "/api/v1/inventory" in text and "min_reliability" in text
+    import json
+
+    parameters = json.loads(text)["paths"]["/api/v1/inventory"]["get"]["parameters"]
+    [provider] = [p for p in parameters if p["name"] == "provider"]
+    assert provider["schema"]["enum"] == ["lambda", "runpod", "tensordock", "vastai"]

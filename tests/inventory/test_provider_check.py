@@ -42,6 +42,8 @@ def sandbox(tmp_path_factory):
 def on_sandbox(sandbox, settings):
     settings.VASTAI_API_URL, settings.VASTAI_API_KEY = sandbox.vastai_url, "check-key"
     settings.TENSORDOCK_API_URL, settings.TENSORDOCK_API_TOKEN = sandbox.tensordock_url, "check-token"
+    settings.RUNPOD_API_URL, settings.RUNPOD_API_KEY = sandbox.runpod_url, "check-key"
+    settings.LAMBDA_API_URL, settings.LAMBDA_API_KEY = sandbox.lambda_url, "check-key"
     settings.PROVIDER_MIN_INTERVAL_SECONDS = 0
     sandbox.set_faults({})
     sandbox.reset()
@@ -68,10 +70,16 @@ def test_against_the_sandbox_it_counts_and_rents_nothing(on_sandbox):
     assert re.search(r"vastai: search: [1-9]\d+ offers usable of \d+ rows in 2 page\(s\)", out), out
     assert "vastai: instances: 1 (1 labelled shopper-…)" in out
     assert "tensordock: auth ok" in out and "tensordock: search:" in out
-    assert "provider_check: 2 provider(s) OK" in out
+    assert re.search(r"runpod: search: [1-9]\d+ Secure Cloud offers from 1\d GPU types", out), out
+    assert re.search(r"lambda: search: [1-9]\d* offers from 15 instance types \([1-9]\d* sold out\)", out), (
+        out
+    )
+    assert "runpod: auth ok" in out and "lambda: auth ok" in out
+    assert "lambda: SSH keys: 0 labelled shopper-…" in out
+    assert "provider_check: 4 provider(s) OK" in out
     after = on_sandbox.calls()
     for op in WRITE_OPS:
-        for dialect in ("vastai", "tensordock"):
+        for dialect in ("vastai", "tensordock", "runpod", "lambda"):
             assert after.get(f"{dialect}.{op}", 0) == before_calls.get(f"{dialect}.{op}", 0), op
     assert on_sandbox.instances() == before
 
@@ -91,6 +99,39 @@ def test_a_faulty_sandbox_is_reported_not_hidden(on_sandbox):
     _, err, failed = run_check("--provider", "tensordock")
     assert failed is not None
     assert "tensordock: PROBLEM: list instances (auth) failed: transient" in err
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("provider", ["runpod", "lambda"])
+def test_runpod_and_lambda_refused_keys_and_faults_are_problems(on_sandbox, settings, provider):
+    setattr(settings, f"{provider.upper()}_API_KEY", "invalid")
+    _, err, failed = run_check("--provider", provider)
+    assert failed is not None and f"{provider}: PROBLEM: search (auth) failed: auth_failed" in err
+    setattr(settings, f"{provider.upper()}_API_KEY", "check-key")
+    on_sandbox.set_faults([{"dialect": provider, "op": "list", "fail_next": 5, "error_status": 503}])
+    _, err, failed = run_check("--provider", provider)
+    assert failed is not None and f"{provider}: PROBLEM: list instances failed: transient" in err
+
+
+@pytest.mark.django_db
+def test_runpod_and_lambda_unknown_statuses_and_nulls_fail_the_check(on_sandbox):
+    # The real catalogs come from the sandbox; the listings answer drifted rows (mocked here).
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_passthru(on_sandbox.url)
+        rsps.get(
+            f"{on_sandbox.runpod_url}/pods",
+            json={"pods": [{"id": "p1", "name": None, "status": "HIBERNATING"}]},
+        )
+        rsps.get(
+            f"{on_sandbox.lambda_url}/instances",
+            json={"data": [{"id": "i1", "name": "shopper-x", "status": "sleeping", "instance_type": None}]},
+        )
+        _, err, failed = run_check()
+    assert failed is not None
+    assert "runpod: PROBLEM: 1 instance(s) with unknown status 'hibernating'" in err
+    assert "runpod: PROBLEM: 1 of 1 instances have 'name' null" in err
+    assert "lambda: PROBLEM: 1 instance(s) with unknown status 'sleeping'" in err
+    assert "lambda: PROBLEM: 1 of 1 instances have 'instance_type' null" in err
 
 
 @pytest.mark.django_db

@@ -72,7 +72,17 @@ def test_without_the_setting_one_is_generated_once_and_stored(settings, db):
     assert DeploymentIdentity.objects.count() == 1
 
 
-@pytest.mark.parametrize("bad", ["Prod", "prod-eu", "", "x" * 33, "pröd", "a b"])
+def test_the_longest_label_fits_every_providers_name_limit():
+    # Lambda: instance and SSH key names 1-64 (RUNPOD_LAMBDA.md 2.4); RunPod pod names take more.
+    from inventory.providers.lambdacloud.adapter import MAX_NAME
+
+    longest = make_label("x" * deployment.MAX_DEPLOYMENT_ID, uuid.uuid4())
+    assert len(longest) == deployment.MAX_LABEL == MAX_NAME
+    assert deployment.validate_deployment_id("x" * deployment.MAX_DEPLOYMENT_ID)
+    assert parse_label(longest).deployment == "x" * deployment.MAX_DEPLOYMENT_ID
+
+
+@pytest.mark.parametrize("bad", ["Prod", "prod-eu", "", "x" * 20, "x" * 33, "pröd", "a b"])
 def test_an_invalid_id_is_refused_clearly(bad):
     with pytest.raises(InvalidDeploymentId, match="not valid"):
         deployment.validate_deployment_id(bad)

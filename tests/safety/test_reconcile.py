@@ -528,3 +528,82 @@ def test_new_orphans_cost_only_their_alert_writes(fake, c):
 
     # alert_raise: one "already open?" check and one insert per new orphan, nothing else.
     assert large - small <= 2 * 45, f"5 new orphans: {small} queries, 50: {large}"
+
+
+# --- orphan SSH keys (Lambda registers one per rental, named by its label) ---------------------------
+
+
+@pytest.fixture
+def account_keys(fake, monkeypatch):
+    """Give the fake provider Lambda's per-rental key calls; returns the account's key names."""
+    from tests.fakes import FakeCloud
+
+    class Names(list):
+        refused: set[str]
+
+    names = Names()
+    names.refused = refused = set()
+
+    def ssh_key_labels(self, label_prefix):
+        return sorted(n for n in names if n.startswith(label_prefix))
+
+    def delete_ssh_key(self, label):
+        if label in refused:
+            raise PermanentError(f"ssh-keys/key-in-use: {label}")
+        before = len(names)
+        names[:] = [n for n in names if n != label]
+        return before - len(names)
+
+    monkeypatch.setattr(FakeCloud, "ssh_key_labels", ssh_key_labels, raising=False)
+    monkeypatch.setattr(FakeCloud, "delete_ssh_key", delete_ssh_key, raising=False)
+    return names
+
+
+@pytest.mark.parametrize("status", [S.DESTROYED, S.FAILED])
+def test_the_ssh_key_of_an_ended_rental_is_deleted(fake, c, make_rental, account_keys, status):
+    ended = make_rental(status, ended_at=START - timedelta(hours=1))
+    stranger = stranger_label()
+    account_keys += [ended.label, stranger, "alice-laptop", f"{LABEL_PREFIX}otherdeploy-{uuid.uuid4()}"]
+
+    result = cycle(c)
+
+    assert sorted(result.orphan_keys_deleted) == sorted([ended.label, stranger])
+    # Someone else's key and another deployment's key are never touched.
+    assert account_keys[:] == ["alice-laptop", account_keys[-1]] and "otherdeploy" in account_keys[-1]
+
+
+@pytest.mark.parametrize("status", [S.PENDING, S.PROVISIONING, S.BOOTING, S.ACTIVE, S.STOPPING])
+def test_the_ssh_key_of_a_live_rental_is_kept(fake, c, make_rental, account_keys, status):
+    rental = make_rental(status)
+    if status in (S.BOOTING, S.ACTIVE, S.STOPPING):
+        fake.add_instance(rental.label, state="running")
+    account_keys.append(rental.label)
+
+    assert cycle(c).orphan_keys_deleted == []
+    assert account_keys == [rental.label]
+
+
+def test_an_ended_rentals_key_waits_while_its_instance_is_still_listed(fake, c, make_rental, account_keys):
+    ended = make_rental(S.DESTROYED, ended_at=START - timedelta(hours=1))
+    orphan = fake.add_instance(ended.label, state="running")
+    account_keys.append(ended.label)
+
+    assert cycle(c).orphan_keys_deleted == []  # the orphan instance is destroyed first
+    fake.traveller.shift(GRACE)
+    assert cycle(c).orphans_destroyed == [orphan.instance_id]
+    assert cycle(c).orphan_keys_deleted == [ended.label] and account_keys == []
+
+
+def test_a_refused_key_delete_is_retried_next_cycle(fake, c, make_rental, account_keys):
+    ended = make_rental(S.FAILED, ended_at=START - timedelta(hours=1))
+    account_keys.append(ended.label)
+    account_keys.refused.add(ended.label)
+
+    assert cycle(c).orphan_keys_deleted == [] and account_keys == [ended.label]
+    account_keys.refused.clear()
+    assert cycle(c).orphan_keys_deleted == [ended.label] and account_keys == []
+
+
+def test_providers_without_per_rental_keys_are_not_asked(fake, c, make_rental):
+    make_rental(S.DESTROYED, ended_at=START - timedelta(hours=1))
+    assert cycle(c).orphan_keys_deleted == []

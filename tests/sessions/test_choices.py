@@ -158,6 +158,44 @@ def test_tensordock_refuses_what_it_cannot_honour_with_the_reason_and_rents_noth
 
 
 @pytest.mark.parametrize(
+    ("fake_cloud", "body", "field", "reason"),
+    [
+        ("runpod", {"preset": "vllm"}, "preset", "images that start sshd"),
+        ("runpod", {"disk_gb": 5}, "disk_gb", "10 to 1000 GB; you asked 5 GB"),
+        ("lambda", {"preset": "vllm"}, "preset", "Lambda rents virtual machines"),
+        ("lambda", {"image": "pytorch/pytorch:latest"}, "image", "not container images"),
+        ("lambda", {"ports": [8888]}, "ports", "lets in only SSH"),
+        ("lambda", {"disk_gb": 50}, "disk_gb", "fixed disk of 1000 GB"),
+    ],
+    indirect=["fake_cloud"],
+)
+def test_runpod_and_lambda_refuse_what_they_cannot_honour_and_rent_nothing(
+    fake, offer, api_client, body, field, reason
+):
+    response = post(api_client, offer, **body)
+
+    assert response.status_code == 400, response.json()
+    assert reason in " ".join(response.json()["errors"][field])
+    assert Rental.objects.count() == 0
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "image", "disk", "ports"),
+    [
+        ("runpod", {}, "runpod/base:0.6.2-cuda12.4.1", 40, ()),
+        ("runpod", {"preset": "pytorch", "ports": [8888]}, presets._RUNPOD_TORCH, 40, (8888,)),
+        ("lambda", {}, "lambda-stack", None, ()),
+        ("lambda", {"preset": "pytorch", "disk_gb": 1000}, "lambda-stack", 1000, ()),
+    ],
+)
+def test_runpod_and_lambda_presets(provider, body, image, disk, ports):
+    choices = presets.choices_check(provider=provider, max_disk_gb=1000, **body)
+    assert (choices.image, choices.disk_gb, choices.ports) == (image, disk, ports)
+    assert all(p["image"] or p["refused"] for p in presets.presets_for(provider))
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"ports": [22]}, "ports"),

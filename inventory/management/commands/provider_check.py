@@ -2,13 +2,15 @@
 
 Read-only calls only, through the same adapters (and rate limiters) the product uses: the account
 (Vast ``GET /api/v0/users/current/``: credit and balance; TensorDock has no balance endpoint we
-know of, FIELD_NOTES X-BALANCE), the offer search and the instance listing. It prints counts and
+know of, FIELD_NOTES X-BALANCE; RunPod REST v2 and Lambda have none either), the offer search,
+the instance listing and, for Lambda, the account's SSH keys (ours are per rental). It prints counts and
 everything it could not parse — unknown statuses, nulls and missing fields in what the adapters
 need — and exits non-zero on any problem. It never rents, stops or destroys anything.
 
 How the raw rows are seen: each adapter parses every offer/instance row through one method
-(``_offer`` / ``_location_offers`` / ``_instance``); the check wraps those methods on its own
-adapter object to look at the raw row next to what the adapter made of it.
+(``_offer`` / ``_location_offers`` / ``_gpu_offers`` / ``_type_offers`` / ``_instance``); the
+check wraps those methods on its own adapter object to look at the raw row next to what the
+adapter made of it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from inventory.providers import (
     provider_statuses,
 )
 from inventory.providers.base import Provider, ProviderError
+from inventory.providers.lambdacloud import adapter as lambda_adapter
+from inventory.providers.lambdacloud.names import lambda_gpu_type
+from inventory.providers.runpod import adapter as runpod_adapter
+from inventory.providers.runpod.names import runpod_gpu_type
 from inventory.providers.tensordock import adapter as td_adapter
 from inventory.providers.tensordock.names import tensordock_gpu_type
 from inventory.providers.vastai import adapter as vast_adapter
@@ -38,6 +44,10 @@ VAST_OFFER_FIELDS = ("id", "gpu_name", "num_gpus", "gpu_ram", "dph_total")
 VAST_INSTANCE_FIELDS = ("id", "actual_status", "label", "dph_total")
 TD_GPU_FIELDS = ("v0Name", "max_count", "price_per_hr")
 TD_INSTANCE_FIELDS = ("id", "name", "status")
+RUNPOD_GPU_FIELDS = ("id", "memory", "price", "maxCount")
+RUNPOD_INSTANCE_FIELDS = ("id", "name", "status")
+LAMBDA_TYPE_FIELDS = ("name", "price_cents_per_hour", "specs")
+LAMBDA_INSTANCE_FIELDS = ("id", "status", "instance_type")
 
 
 class Report:
@@ -151,6 +161,75 @@ def check_tensordock(provider: Provider) -> Report:
     return report
 
 
+def check_runpod(provider: Provider) -> Report:
+    report = Report(provider.name)
+    report.info("account: no balance endpoint (RunPod REST v2 has none)")
+    gpus: list = []
+    _spy(provider, "_gpu_offers", gpus)
+    offers = _run(report, "search (auth)", provider.search_offers)
+    if offers is not None:
+        report.info("auth ok")
+        unique = {g.get("id"): g for g in gpus if isinstance(g, dict)}
+        report.info(f"search: {len(offers)} Secure Cloud offers from {len(unique)} GPU types")
+        report.fields("GPU types", list(unique.values()), RUNPOD_GPU_FIELDS)
+        unsized = sorted(
+            str(g.get("id"))
+            for g in unique.values()
+            if runpod_gpu_type(str(g.get("id") or ""), http.to_int(g.get("memory")))[1] == 0
+        )
+        if unsized:
+            report.problem(f"GPU types without a memory size: {unsized[:10]}")
+    _instances_check(report, provider, RUNPOD_INSTANCE_FIELDS, {*runpod_adapter._STATES, "terminated"})
+    return report
+
+
+def check_lambda(provider: Provider) -> Report:
+    report = Report(provider.name)
+    report.info("account: no balance endpoint (Lambda Cloud API v1 has none)")
+    entries: list = []
+    _spy(provider, "_type_offers", entries)
+    offers = _run(report, "search (auth)", provider.search_offers)
+    if offers is not None:
+        report.info("auth ok")
+        types = [e.get("instance_type") for e in entries if isinstance(e, dict)]
+        types = [t for t in types if isinstance(t, dict)]
+        sold_out = sum(
+            1 for e in entries if isinstance(e, dict) and not e.get("regions_with_capacity_available")
+        )
+        report.info(f"search: {len(offers)} offers from {len(entries)} instance types ({sold_out} sold out)")
+        report.fields("instance types", types, LAMBDA_TYPE_FIELDS)
+        unsized = sorted(
+            str(t.get("name"))
+            for t in types
+            if (t.get("specs") or {}).get("gpus")
+            and lambda_gpu_type(
+                str(t.get("gpu_description") or t.get("description") or ""), str(t.get("name") or "")
+            )[1]
+            == 0
+        )
+        if unsized:
+            report.problem(f"GPU instance types without a memory size: {unsized[:10]}")
+    keys = _run(report, "SSH keys", lambda: provider.ssh_key_labels(OUR_PREFIX))
+    if keys is not None:
+        report.info(f"SSH keys: {len(keys)} labelled {OUR_PREFIX}… (one per rental; orphans go at reconcile)")
+    _instances_check(report, provider, LAMBDA_INSTANCE_FIELDS, set(lambda_adapter._STATES))
+    return report
+
+
+def _instances_check(report: Report, provider: Provider, fields: tuple[str, ...], known: set[str]) -> None:
+    seen: list = []
+    _spy(provider, "_instance", seen)
+    instances = _run(report, "list instances", lambda: provider.list_instances(""))
+    if instances is None:
+        return
+    _instances_summary(report, instances)
+    rows = [r for r in seen if isinstance(r, dict)]
+    report.fields("instances", rows, fields)
+    for status, n in Counter(_lower(r.get("status")) for r in rows).items():
+        if status not in {k.lower() for k in known}:
+            report.problem(f"{n} instance(s) with unknown status {status!r}")
+
+
 def _lower(value: Any) -> str | None:
     return value.strip().lower() if isinstance(value, str) else value
 
@@ -166,7 +245,12 @@ def _instances_summary(report: Report, instances: list) -> None:
     report.info(f"instances: {len(instances)} ({len(ours)} labelled {OUR_PREFIX}…); statuses: {shown}")
 
 
-CHECKS: dict[str, Callable[[Provider], Report]] = {"vastai": check_vastai, "tensordock": check_tensordock}
+CHECKS: dict[str, Callable[[Provider], Report]] = {
+    "vastai": check_vastai,
+    "tensordock": check_tensordock,
+    "runpod": check_runpod,
+    "lambda": check_lambda,
+}
 
 
 class Command(BaseCommand):

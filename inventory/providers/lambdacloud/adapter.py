@@ -428,6 +428,9 @@ class LambdaCloud(Provider):
             state = STATE_BOOTING
         itype = item.get("instance_type") if isinstance(item.get("instance_type"), dict) else {}
         reachable = bool(ip) and status not in _ENDED
+        # Lambda's SSH port is always 22. The local sandbox cannot listen on 22 and says where it
+        # listens instead in a field of its own, which the real API never sends.
+        port = http.to_int(item.get("sandbox_ssh_port")) or SSH_PORT
         return InstanceData(
             provider=self.name,
             instance_id=http.to_text(item.get("id")),
@@ -436,12 +439,12 @@ class LambdaCloud(Provider):
             raw_status=status,
             status_message="health checks failing" if status == "unhealthy" else "",
             ssh_host=ip if reachable else "",
-            ssh_port=SSH_PORT if reachable else None,
+            ssh_port=port if reachable else None,
             ssh_user=SSH_USER,
             price_per_hour=cents_to_dollars(itype.get("price_cents_per_hour")),
-            ssh_endpoints=((ip, SSH_PORT),) if reachable else (),
+            ssh_endpoints=((ip, port),) if reachable else (),
             # The default firewall lets in only ICMP and TCP 22 (§2.8): no other port is mapped.
-            ports={SSH_PORT: (ip, SSH_PORT)} if reachable else {},
+            ports={SSH_PORT: (ip, port)} if reachable else {},
         )
 
     # ------------------------------------------------------------------ delete

@@ -456,6 +456,17 @@ def test_get_active_is_running_as_ubuntu_on_22(rsps, lam):
     assert inst.price_per_hour == Decimal("1.29")
 
 
+def test_get_reads_the_sandbox_ssh_port_and_keeps_22_without_it(rsps, lam):
+    # The local sandbox cannot listen on 22 and names its port in a field the real API never sends.
+    body = variant("lambda_v1_instance_get.json", "active")
+    body["body"]["data"]["sandbox_ssh_port"] = 40222
+    _get(rsps, body)
+    inst = lam.get_instance(INSTANCE)
+    assert (inst.ssh_host, inst.ssh_port) == ("198.51.100.2", 40222)
+    assert inst.ssh_endpoints == (("198.51.100.2", 40222),) and inst.ports == {22: ("198.51.100.2", 40222)}
+    assert "sandbox_ssh_port" not in load("lambda_v1_instance_get.json")["active"]["body"]["data"]
+
+
 @pytest.mark.parametrize("ip", ["absent", None, ""])
 def test_get_booting_without_ip(rsps, lam, ip):
     body = variant("lambda_v1_instance_get.json", "booting")

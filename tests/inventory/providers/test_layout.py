@@ -31,7 +31,7 @@ PROVIDERS_DIR = ROOT / "inventory" / "providers"
 SANDBOX_DIR = ROOT / "inventory" / "sandbox"
 SHARED_FILES = {"__init__.py", "base.py", "http.py", "ratelimit.py", "gpus.py"}
 # Providers the sandbox cloud speaks; RunPod and Lambda join when their dialects move into their folders.
-SANDBOX_SPEAKS = {"vastai", "tensordock"}
+SANDBOX_SPEAKS = {"vastai", "tensordock", "runpod", "lambda"}
 
 
 def folder(reg: Registration) -> Path:
