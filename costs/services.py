@@ -9,7 +9,7 @@ and booting time is not billed to the user. This is a deliberate simplification:
 GPU time from their own "running" state, which precedes our SSH verification by seconds, and a
 rental that never becomes active (failed boot, failed SSH check) costs the provider a few seconds
 or minutes we do not charge on. The price is the instance's own hourly rate, read back from the
-provider before the rental becomes active (sessions.services._instance_readback; until then the
+provider before the rental becomes active (sessions.provisioning._instance_readback; until then the
 price at the disk asked for, ``offer_price_at``): ``price_per_hour`` is the provider cost,
 ``charged_price_per_hour`` adds the chargeback markup fixed at rent time (SHOPPER_PRICE_MARKUP_PERCENT).
 
@@ -65,7 +65,7 @@ from django.utils import timezone
 from costs.models import Budget, BudgetAlert, LedgerEntry
 from sessions.alerts import alert_raise
 from sessions.models import AlertKind, EventKind, Rental, Status
-from sessions.services import AlreadyEnded, RentalError, rental_event, rental_request_stop
+from sessions.services import AlreadyEnded, RentalError, rental_event, rental_stop
 
 log = logging.getLogger(__name__)
 
@@ -608,7 +608,7 @@ def _stop_scope(budget: Budget, scope: dict) -> int:
     stopped = 0
     for rental in _scope_live_rentals(budget).exclude(status=Status.STOPPING):
         with contextlib.suppress(AlreadyEnded):
-            stopped += rental_request_stop(rental=rental, reason=reason)
+            stopped += rental_stop(rental=rental, reason=reason)
     return stopped
 
 

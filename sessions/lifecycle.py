@@ -19,7 +19,7 @@ from django.utils import timezone
 from sessions.alerts import alert_raise
 from sessions.hours import MAX_EXTENSION_HOURS, hours_check
 from sessions.models import AlertKind, EventKind, Rental, Status
-from sessions.services import RentalError, _lock_rentals, rental_event, rental_request_stop
+from sessions.services import RentalError, _lock_rentals, rental_event, rental_stop
 from sessions.uptime import SAFETY, up_stretch_start, uptime_touch
 
 S = Status
@@ -76,7 +76,7 @@ def lifecycle_enforce(now: datetime | None = None) -> list[Enforced]:
         deadline, reason = min(passed, key=lambda d: d[0])
         lag = (now - deadline).total_seconds()
         try:
-            stopped = rental_request_stop(rental=rental, reason=f"{reason} at {deadline:%H:%M:%S} UTC")
+            stopped = rental_stop(rental=rental, reason=f"{reason} at {deadline:%H:%M:%S} UTC")
         except RentalError:
             continue  # ended meanwhile
         if not stopped:

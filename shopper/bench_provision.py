@@ -46,9 +46,9 @@ class Waits:
         self._local.__dict__.clear()
 
     def install(self) -> None:
-        from sessions import services
+        from sessions import provisioning, waits
 
-        ssh_run, sleep = services.ssh_run, services._sleep
+        ssh_run, sleep = waits.PRODUCTION.ssh_run, waits.PRODUCTION.sleep
 
         def timed_ssh_run(**kwargs):
             started = time.perf_counter()
@@ -62,17 +62,19 @@ class Waits:
             sleep(seconds)
             self.add("sleep", time.perf_counter() - started)
 
-        services.ssh_run, services._sleep = timed_ssh_run, timed_sleep
+        # What provisioning is handed instead of the production waits (sessions/waits.py).
+        self.waits = waits.Waits(sleep=timed_sleep, ssh_run=timed_ssh_run)
         # The node agent's start-up script runs on the GPU machine, not on the shopper's: left out
         # so the sandbox does not start 200 agents on the cores being measured.
-        services.agent_onstart = lambda: ""
+        provisioning.agent_onstart = lambda: ""
 
 
 def _provision_all(user, offer_ids: list, rentals: int, workers: int, clock: HttpClock, waits: Waits) -> dict:
     from django.db import connections
 
     from sessions.models import Status
-    from sessions.services import RentalError, rental_create, rental_provision
+    from sessions.provisioning import rental_provision
+    from sessions.services import RentalError, rental_create
 
     lock = threading.Lock()
     offers = list(reversed(offer_ids))
@@ -98,7 +100,7 @@ def _provision_all(user, offer_ids: list, rentals: int, workers: int, clock: Htt
                         counts["refused"] += 1
                         counts["started"] -= 1
                     continue
-                rental_provision(rental_id=rental.pk)
+                rental_provision(rental_id=rental.pk, waits=waits.waits)
                 ended = time.perf_counter()
                 rental.refresh_from_db()
                 if rental.status == Status.FAILED:
@@ -161,7 +163,8 @@ def _teardown_all(workers: int) -> float:
     from django.db import connections
 
     from sessions.models import LIVE_STATUSES, Rental, Status
-    from sessions.services import rental_stop, rental_teardown
+    from sessions.services import rental_stop
+    from sessions.teardown import rental_teardown
 
     def one(rental: Rental) -> None:
         try:
@@ -252,7 +255,8 @@ def _provision_field(user, offer_ids: list, rentals: int, workers: int) -> dict:
     from django.db import connections
 
     from sessions.models import Status
-    from sessions.services import RentalError, rental_create, rental_provision
+    from sessions.provisioning import rental_provision
+    from sessions.services import RentalError, rental_create
 
     lock = threading.Lock()
     offers = list(reversed(offer_ids))
@@ -329,10 +333,10 @@ def run_field(database_url: str | None, rentals: int, workers: int) -> dict:
 
         from inventory.models import Offer
         from inventory.services import offers_refresh
-        from sessions import services
+        from sessions import provisioning, teardown
         from sessions.models import Rental, Status
 
-        services.agent_onstart = lambda: ""  # the node agent runs on the GPU machine, not here
+        provisioning.agent_onstart = lambda: ""  # the node agent runs on the GPU machine, not here
         offers_refresh(force=True)  # the menu as a user sees it: faults do not hide offers from it
         sandbox.set_faults(field_faults())
         offer_ids = list(Offer.objects.visible().values_list("pk", flat=True))
@@ -343,7 +347,7 @@ def run_field(database_url: str | None, rentals: int, workers: int) -> dict:
         _teardown_all(workers)
         # A failure that stopped a rental has its teardown enqueued (Q_SYNC off here): finish those.
         for rental in Rental.objects.filter(status=Status.STOPPING):
-            services.rental_teardown(rental_id=rental.pk)
+            teardown.rental_teardown(rental_id=rental.pk)
         left = len(sandbox.instances())
         live = Rental.objects.live().count()
     return {"db": _db_label(database_url), "rentals": rentals, "workers": workers, **figures,

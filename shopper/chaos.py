@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             name: RentalEvent.objects.filter(reason__icontains=words).values("rental").distinct().count()
             for name, words in FIELD_WORDS.items()
         }
-        # Billing starts at active_since, which only a passed GPU check sets (sessions/services.py).
+        # Billing starts at active_since, which only a passed GPU check sets (sessions/provisioning.py).
         billed_unverified = Rental.objects.filter(
             active_since__isnull=False, gpu_verified__isnull=True
         ).count()

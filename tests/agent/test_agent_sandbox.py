@@ -14,7 +14,7 @@ import requests
 
 from inventory.providers.tensordock import TensorDock
 from inventory.sandbox.testing import running_sandbox
-from sessions.services import agent_onstart
+from sessions.onstart import agent_onstart
 from tests.agent.conftest import TOKEN, iso_in, wait_for
 from tests.sandbox._util import (
     AUTH,

@@ -11,7 +11,7 @@ import pytest
 
 from costs.models import LedgerEntry
 from inventory.models import Offer
-from sessions import services
+from sessions import provisioning, services
 from sessions.models import Rental
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -106,7 +106,7 @@ def test_td_401_on_create_while_reads_work_is_retried(cloud, api, quick, quick_4
 
 def test_td_401_on_every_create_fails_after_the_retries(cloud, api, quick, quick_401_retries):
     """Still 401 after the retries: failed, nothing billed, the provider's own words shown."""
-    tries = len(services.CREATE_401_RETRY_SECONDS) + 1
+    tries = len(provisioning.CREATE_401_RETRY_SECONDS) + 1
     cloud.set_faults([{"dialect": "tensordock", "op": "create", "fail_next": tries, "error_status": 401}])
     session = rent(api, cheapest("tensordock"))
     assert session["status"] == "failed", session
