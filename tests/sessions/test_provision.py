@@ -685,7 +685,7 @@ def test_a_resumed_verification_asks_the_provider_for_the_other_endpoint(fake, r
 
     fake.proxies = True
     with monkeypatch.context() as patch:
-        patch.setattr(services, "_ssh_verify", die)
+        patch.setattr(provisioning, "_ssh_verify", die)
         with pytest.raises(WorkerDied):
             provision(rented)
     assert fresh(rented).status == S.VERIFYING
