@@ -42,7 +42,7 @@ from inventory.providers.base import (
     Provider,
     ProviderError,
 )
-from sessions import keys, presets
+from sessions import failover, keys, presets
 from sessions.lease import Lease, LeaseLost
 from sessions.models import (
     IN_FLIGHT_STATUSES,
@@ -64,7 +64,13 @@ from sessions.ssh import (
     gpu_mismatch,
     gpu_report_parse,
 )
-from sessions.teardown import _create_may_be_in_flight, _find_by_label, _instance_id_store, _provider
+from sessions.teardown import (
+    _create_may_be_in_flight,
+    _find_by_label,
+    _instance_id_store,
+    _provider,
+    rental_teardown,
+)
 from sessions.waits import PRODUCTION, Waits
 from shopper.logconfig import REDACTED
 
@@ -84,7 +90,10 @@ def rental_provision(*, rental_id, waits: Waits = PRODUCTION) -> None:
         return
     with lease:
         try:
-            _provision(rental_id, lease, waits)
+            for _ in range(settings.SHOPPER_FAILOVER_TRIES + 1):
+                if not _provision(rental_id, lease, waits):
+                    break
+                lease.renew()  # failed over: the next offer, under the same lease
         except LeaseLost:
             log.warning("provisioning of %s stopped: another worker took it over", rental_id)
 
@@ -106,7 +115,21 @@ def rentals_resume_provisioning() -> int:
     return len(ids)
 
 
-def _provision(rental_id, lease: Lease, waits: Waits) -> None:
+def _provision(rental_id, lease: Lease, waits: Waits) -> bool:
+    """One attempt; True when it failed over (the rental is pending again on another offer).
+
+    The failed instance of a failover is torn down here, at once, so the next offer follows
+    without waiting for the queue (a queued teardown then finds the lease taken or the work done).
+    """
+    _provision_attempt(rental_id, lease, waits)
+    rental = Rental.objects.filter(pk=rental_id).first()
+    if rental is not None and rental.status == S.STOPPING and rental.failover_pending:
+        rental_teardown(rental_id=rental_id, waits=waits)
+        rental.refresh_from_db()
+    return rental is not None and rental.status == S.PENDING
+
+
+def _provision_attempt(rental_id, lease: Lease, waits: Waits) -> None:
     rental = Rental.objects.filter(pk=rental_id).first()
     if rental is None or rental.status not in IN_FLIGHT_STATUSES:
         return
@@ -348,12 +371,31 @@ def _instance_after_create_error(
         # guess; stopping keeps looking (teardown finds the label or confirms it absent).
         _stop_after_failure(rental, f"Create failed ({exc.code}) and the label lookup did not answer")
         return ""
-    if rental.status == S.PROVISIONING and rental_transition(
-        rental, S.FAILED, reason=f"Could not create the instance: {exc.message}"[:500],
-        data={PROVISION_FAILED: True}, ended_at=timezone.now(),
-    ):  # fmt: skip
-        _offer_failure_check(rental)
+    _create_failed(rental, exc)
     return ""
+
+
+def _create_failed(rental: Rental, exc: ProviderError) -> None:
+    """No instance exists (the label lookup confirmed it): fail over to the next offer when the
+    refusal was about the offer, else ``failed``."""
+    offer_id = rental.offer_id
+    why = f"Could not create the instance: {exc.message}"
+    reason = failover.create_error_reason(exc)
+    if rental.status != S.PROVISIONING:
+        return
+    if failover.failover_ready(rental, reason) and failover.failover_move(
+        rental, reason, why[:300], provision_failed=True
+    ):
+        _offer_failure_check(offer_id)
+        return
+    if rental.failover and reason:
+        failover.none_record(rental, reason)
+        why = f"{why}; {failover.none_message(rental)}"
+    if rental_transition(
+        rental, S.FAILED, reason=why[:500], data={PROVISION_FAILED: True, "failed_offer_id": offer_id},
+        ended_at=timezone.now(),
+    ):  # fmt: skip
+        _offer_failure_check(offer_id)
 
 
 def _offer_failed(rental: Rental) -> None:
@@ -378,7 +420,9 @@ def _instance_wait_running(
             missing += 1
             instance = None
             if missing >= 3:
-                _stop_after_failure(rental, "The instance disappeared while booting")
+                _stop_after_failure(
+                    rental, "The instance disappeared while booting", failover_reason=failover.MACHINE_DIED
+                )
                 return None
         except ProviderError as exc:
             if not exc.transient:
@@ -386,13 +430,19 @@ def _instance_wait_running(
             instance = None
         if instance and instance.state == STATE_FAILED:
             _stop_after_failure(
-                rental, f"The instance failed to start: {instance.raw_status} {instance.status_message}"
+                rental,
+                f"The instance failed to start: {instance.raw_status} {instance.status_message}",
+                failover_reason=failover.MACHINE_DIED,
             )
             return None
         if instance and instance.state == STATE_RUNNING and instance.ssh_host and instance.ssh_port:
             return instance
         if timezone.now() >= deadline:
-            _stop_after_failure(rental, "The instance did not start within the boot timeout")
+            _stop_after_failure(
+                rental,
+                "The instance did not start within the boot timeout",
+                failover_reason=failover.MACHINE_DIED,
+            )
             return None
         waits.wait(lease, settings.SHOPPER_POLL_INTERVAL_SECONDS)
 
@@ -519,7 +569,7 @@ def _ssh_verify(
             why = f"had no working NVIDIA driver after {_minutes(check.gpu_timeout)} ({check.gpu_error})"
             if not check.gpu_error:  # logged in once, then never again
                 why = f"could not be checked within {_minutes(check.gpu_timeout)}: {check.last_error}"
-            _stop_after_gpu_failure(rental, f"The machine {why}")
+            _stop_after_gpu_failure(rental, f"The machine {why}", failover_reason=failover.GPU_BROKEN)
             return
         rental.refresh_from_db()
         if rental.status != S.VERIFYING:
@@ -532,9 +582,17 @@ def _ssh_verify(
             stopped = _instance_stopped(rental, provider)
             if stopped:
                 rental.refresh_from_db()
-                _stop_after_failure(rental, f"{stopped}. It was destroyed and you pay nothing."[:500])
+                _stop_after_failure(
+                    rental,
+                    f"{stopped}. It was destroyed and you pay nothing."[:500],
+                    failover_reason=failover.MACHINE_DIED,
+                )
                 return
-    _stop_after_failure(rental, f"Could not log in over SSH within the timeout: {check.last_error}"[:500])
+    _stop_after_failure(
+        rental,
+        f"Could not log in over SSH within the timeout: {check.last_error}"[:500],
+        failover_reason=failover.SSH_NEVER_UP,
+    )
 
 
 def _ssh_verify_round(rental: Rental, check: _SSHCheck, waits: Waits) -> tuple[bool, bool]:
@@ -590,7 +648,12 @@ def _gpu_handoff(
         cuda=check.offer_cuda,
     )
     if mismatch:
-        _stop_after_gpu_failure(rental, f"The machine is not what was rented: {mismatch}", report)
+        _stop_after_gpu_failure(
+            rental,
+            f"The machine is not what was rented: {mismatch}",
+            report,
+            failover_reason=failover.mismatch_reason(mismatch),
+        )
         return True
     if not rental.ssh_private_key_encrypted:
         try:  # our verification key leaves the machine before it is handed over
@@ -621,37 +684,45 @@ def _active(
     )  # fmt: skip
 
 
-def _stop_after_gpu_failure(rental: Rental, reason: str, report: GpuReport | None = None) -> None:
+def _stop_after_gpu_failure(
+    rental: Rental, reason: str, report: GpuReport | None = None, *, failover_reason: str = ""
+) -> None:
     """The machine is not what was sold, or its GPUs never worked: torn down like any failed
     provisioning, and the offer is hidden at once (it lied, or its location hands over broken
     drivers: FIELD_NOTES TD-NODRIVER, VA-CUDA-LIE), not after three failures."""
     rental.refresh_from_db()
     data = {"gpu_found": report.as_json()} if report else {}
     moved = rental.status == S.VERIFYING and _stop_after_failure(
-        rental, f"{reason}. It was destroyed and you pay nothing."[:500], data=data
-    )
+        rental, f"{reason}. It was destroyed and you pay nothing."[:500], data=data,
+        failover_reason=failover_reason,
+    )  # fmt: skip
     if moved and rental.offer_id:
         Offer.objects.filter(pk=rental.offer_id).update(hidden_until=timezone.now() + OFFER_FAILURE_WINDOW)
 
 
-def _stop_after_failure(rental: Rental, reason: str, data: dict | None = None) -> bool:
+def _stop_after_failure(
+    rental: Rental, reason: str, data: dict | None = None, *, failover_reason: str = ""
+) -> bool:
     """A failure that may leave an instance goes to stopping (never straight to failed).
+    When the failure is about the offer (``failover_reason``) and the rental may fail over, the
+    teardown moves it on to the next offer once the instance is gone (``failover_pending``).
     Returns whether this call moved the rental."""
-    if (
-        rental.status in LIVE_STATUSES
-        and rental.status != S.STOPPING
-        and rental_transition(
-            rental,
-            S.STOPPING,
-            reason=reason,
-            data={PROVISION_FAILED: True, **(data or {})},
-            stop_requested_at=timezone.now(),
-        )
-    ):
-        transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
-        _offer_failure_check(rental)
-        return True
-    return False
+    if rental.status not in LIVE_STATUSES or rental.status == S.STOPPING:
+        return False
+    pending = failover_reason if failover.failover_ready(rental, failover_reason) else ""
+    data = {PROVISION_FAILED: True, "failed_offer_id": rental.offer_id, **(data or {})}
+    if pending:
+        data["failover_pending"] = pending
+    if not rental_transition(
+        rental, S.STOPPING, reason=reason, data=data, stop_requested_at=timezone.now(),
+        failover_pending=pending,
+    ):  # fmt: skip
+        return False
+    transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
+    _offer_failure_check(rental.offer_id)
+    if failover_reason and not pending:
+        failover.none_record(rental, failover_reason)
+    return True
 
 
 # Offer failure suppression: an offer that failed to provision this often in the window is
@@ -661,14 +732,20 @@ OFFER_FAILURE_LIMIT = 3
 OFFER_FAILURE_WINDOW = timedelta(minutes=30)
 
 
-def _offer_failure_check(rental: Rental) -> None:
-    if not rental.offer_id:
+def _offer_failure_check(offer_id: int | None) -> None:
+    """Hide the offer when it failed often enough. A failure event names the offer it failed on
+    (``failed_offer_id``: a rental that failed over has another offer now); older events count
+    for their rental's offer."""
+    if not offer_id:
         return
     now = timezone.now()
-    failures = RentalEvent.objects.filter(
-        rental__offer_id=rental.offer_id,
-        at__gte=now - OFFER_FAILURE_WINDOW,
-        **{f"data__{PROVISION_FAILED}": True},
-    ).count()
+    failures = (
+        RentalEvent.objects.filter(at__gte=now - OFFER_FAILURE_WINDOW, **{f"data__{PROVISION_FAILED}": True})
+        .filter(
+            Q(data__failed_offer_id=offer_id)
+            | Q(data__failed_offer_id__isnull=True, rental__offer_id=offer_id)
+        )
+        .count()
+    )
     if failures >= OFFER_FAILURE_LIMIT:
-        Offer.objects.filter(pk=rental.offer_id).update(hidden_until=now + OFFER_FAILURE_WINDOW)
+        Offer.objects.filter(pk=offer_id).update(hidden_until=now + OFFER_FAILURE_WINDOW)

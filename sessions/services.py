@@ -84,13 +84,14 @@ def rental_transition(
     reason: str = "",
     actor=None,
     data: dict | None = None,
+    expect: dict | None = None,
     **fields: Any,
 ) -> bool:
     """Move ``rental`` to ``new`` if it is still in the status we read (compare-and-swap).
 
     Writes the status, ``fields`` and a RentalEvent in one transaction. Returns False, changing
-    nothing, when another process moved the rental first. Raises IllegalTransition for a move
-    the status machine does not allow.
+    nothing, when another process moved the rental first (or a field of ``expect`` no longer
+    holds). Raises IllegalTransition for a move the status machine does not allow.
     """
     old = rental.status
     if new not in TRANSITIONS[old]:
@@ -102,7 +103,7 @@ def rental_transition(
         fields.setdefault("agent_token_hash", "")
         fields.setdefault("verify_private_key_encrypted", "")
     with transaction.atomic():
-        won = Rental.objects.filter(pk=rental.pk, status=old).update(
+        won = Rental.objects.filter(pk=rental.pk, status=old, **(expect or {})).update(
             status=new, status_detail=reason, **fields
         )
         if not won:
@@ -215,6 +216,9 @@ def rental_create(
     request_key: str = "",
     request_fingerprint: str = "",
     idle_stop_minutes: Any = IDLE_DEFAULT,
+    max_price_per_hour: Any = None,
+    failover: bool = True,
+    failover_any_gpu: bool = False,
 ) -> RentalCreated:
     """Rent an offer: validate, re-check the offer with the provider, then commit the Rental and
     its first event and enqueue provisioning on commit (no instance exists yet).
@@ -222,7 +226,8 @@ def rental_create(
     The image (or preset), disk, ports and start-up command are checked against what the
     provider can honour first (sessions/presets.py). ``expected_price`` is the hourly price the
     user was shown for the machine at the disk asked for; if the provider now asks another price
-    the rental is refused with PriceChanged so the user can decide again.
+    the rental is refused with PriceChanged so the user can decide again. ``max_price_per_hour``
+    (default the price + 10 %) caps the offers a failover may move to (sessions/failover.py).
     """
     from costs.services import offer_price_at  # costs imports sessions (DESIGN.md)
 
@@ -250,6 +255,7 @@ def rental_create(
             price_per_hour=str(price),
         )
 
+    ceiling = _max_price(max_price_per_hour, price)
     private_pem = None
     if generate:
         public, private_pem = keys.keypair_generate("shopper-generated")
@@ -261,8 +267,30 @@ def rental_create(
         request_key=request_key,  # unique per consumer: a repeat fails here (sessions/idempotency.py)
         request_fingerprint=request_fingerprint,
         idle_stop_minutes=idle_minutes,
+        max_price_per_hour=ceiling, failover=bool(failover), failover_any_gpu=bool(failover_any_gpu),
     )  # fmt: skip
     return RentalCreated(rental=rental, ssh_private_key=private_pem)
+
+
+# A failover may move a rental to an offer at most this much dearer when the user set no ceiling.
+FAILOVER_CEILING_PERCENT = Decimal("10")
+
+
+def _max_price(value: Any, price: Decimal) -> Decimal:
+    """The rental's price ceiling for failover: the user's, at least the price rented at."""
+    if value is None or value == "":
+        return (price * (1 + FAILOVER_CEILING_PERCENT / 100)).quantize(Decimal("0.0001"))
+    try:
+        ceiling = Decimal(str(value)).quantize(Decimal("0.0001"))
+    except (InvalidOperation, ValueError):
+        raise ValidationError({"max_price_per_hour": "Give the price ceiling in $/h, e.g. 1.65."}) from None
+    if not ceiling.is_finite() or ceiling >= 10**6:
+        raise ValidationError({"max_price_per_hour": "Give the price ceiling in $/h, e.g. 1.65."})
+    if ceiling < price:
+        raise ValidationError(
+            {"max_price_per_hour": f"The price ceiling must be at least the offer's price (${price}/h)."}
+        )
+    return ceiling
 
 
 def _offer_to_rent(offer_id: Any) -> tuple[Offer, Provider]:
@@ -348,22 +376,27 @@ def _rental_insert(
 
 def offer_comparable(rental: Rental) -> Offer | None:
     """A fresh offer like ``rental``'s (same GPU model and count) on which its rent-time choices
-    can be honoured: the same provider first, then the cheapest."""
+    can be honoured: the same provider first, then the cheapest. (Failover's candidates:
+    sessions/failover.py.)"""
     candidates = Offer.objects.visible().filter(gpu_type=rental.gpu_type, gpu_count=rental.gpu_count)
     ordered = sorted(candidates[:200], key=lambda o: (o.provider != rental.provider, o.price_per_hour, o.pk))
+    return next((offer for offer in ordered if offer_fits(offer, rental)), None)
+
+
+def offer_fits(offer: Offer, rental: Rental) -> bool:
+    """Whether ``rental``'s rent-time choices (image or preset, disk, ports, start-up command) can
+    be honoured on ``offer`` at a known price."""
     custom = rental.preset in ("", presets.CUSTOM)
-    for offer in ordered:
-        try:
-            presets.choices_check(
-                provider=offer.provider, max_disk_gb=offer.max_disk_gb, disk_gb=rental.disk_gb,
-                preset="" if custom else rental.preset, image=rental.image if custom else "",
-                ports=list(rental.ports or []), onstart=rental.onstart,
-            )  # fmt: skip
-            _disk_priced(offer, rental.disk_gb)
-        except ValidationError:
-            continue
-        return offer
-    return None
+    try:
+        presets.choices_check(
+            provider=offer.provider, max_disk_gb=offer.max_disk_gb, disk_gb=rental.disk_gb,
+            preset="" if custom else rental.preset, image=rental.image if custom else "",
+            ports=list(rental.ports or []), onstart=rental.onstart,
+        )  # fmt: skip
+        _disk_priced(offer, rental.disk_gb)
+    except ValidationError:
+        return False
+    return True
 
 
 def _disk_priced(offer: Offer, disk_gb: int | None) -> None:
@@ -402,7 +435,10 @@ def rental_stop(*, rental: Rental, reason: str, actor=None) -> bool:
     """
     while True:
         if rental.status == S.STOPPING:
-            return False
+            if not rental.failover_pending or _failover_cancel(rental, reason, actor):
+                return False
+            rental.refresh_from_db()  # the failover moved it on meanwhile: stop that
+            continue
         if rental.status not in LIVE_STATUSES:
             raise AlreadyEnded(f"This session has already ended ({rental.status}).")
         if rental_transition(
@@ -411,6 +447,20 @@ def rental_stop(*, rental: Rental, reason: str, actor=None) -> bool:
             transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
             return True
         rental.refresh_from_db()  # lost a race: look again
+
+
+def _failover_cancel(rental: Rental, reason: str, actor) -> bool:
+    """A stop while a failed instance is torn down for a failover: no next offer (False when the
+    failover already moved the rental on)."""
+    if (
+        not Rental.objects.filter(pk=rental.pk, status=S.STOPPING)
+        .exclude(failover_pending="")
+        .update(failover_pending="")
+    ):
+        return False
+    rental.failover_pending = ""
+    rental_event(rental, EventKind.INFO, f"Failover cancelled: {reason}"[:500], actor=actor)
+    return True
 
 
 def rentals_stop_all(*, actor, reason: str) -> int:

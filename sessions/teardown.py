@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from inventory import providers as registry
 from inventory.providers.base import InstanceData, NotFound, Provider, ProviderError
+from sessions.failover import failover_after_teardown
 from sessions.lease import Lease, LeaseLost
 from sessions.models import EventKind, Rental, Status
 from sessions.queue import enqueue
@@ -44,7 +45,13 @@ def _instance_id_store(rental: Rental, instance_id: str) -> None:
 
 def _create_may_be_in_flight(rental: Rental) -> bool:
     """A create request may still be on the wire if provisioning began recently."""
-    started = rental.events.filter(to_status=S.PROVISIONING).values_list("at", flat=True).first()
+    # The latest: a rental that failed over began provisioning once per offer.
+    started = (
+        rental.events.filter(to_status=S.PROVISIONING)
+        .order_by("-at", "-id")
+        .values_list("at", flat=True)
+        .first()
+    )
     if started is None:
         return False  # never reached provisioning: no create was ever sent
     return timezone.now() - started < timedelta(seconds=settings.SHOPPER_CREATE_SETTLE_SECONDS)
@@ -85,6 +92,8 @@ def _teardown(rental: Rental, budget: float, lease: Lease, waits: Waits) -> bool
             gone, detail = False, f"Destroy attempt {attempt} failed: {exc.code}: {exc.message}"[:500]
             rental_event(rental, EventKind.ERROR, detail, data={"attempt": attempt})
         if gone:
+            if rental.failover_pending:  # the next offer may be rented now (sessions/failover.py)
+                return failover_after_teardown(rental, detail)
             return _mark_destroyed(rental, detail)
         if waits.monotonic() + backoff > deadline:
             return False
