@@ -67,6 +67,9 @@ REASONS = {
     SSH_NEVER_UP: "SSH never came up",
     MACHINE_DIED: "the machine died or never started",
 }
+# At most this many candidates are re-checked with their provider per move (a stale menu must not
+# turn one failure into hundreds of provider calls).
+RECHECKS = 5
 # Marks the failover transition (and the event that records a failover that found nothing).
 DATA_KEY = "failover"
 
@@ -162,7 +165,7 @@ def failover_move(rental: Rental, reason: str, detail: str, *, provision_failed:
 
     if attempts(rental) >= settings.SHOPPER_FAILOVER_TRIES:
         return False
-    for offer in failover_candidates(rental):
+    for offer in failover_candidates(rental)[:RECHECKS]:
         try:
             provider = registry.get_provider(offer.provider)
             offer = offer_recheck(offer, provider)
@@ -266,6 +269,8 @@ def failover_after_teardown(rental: Rental, detail: str) -> bool:
     rental.refresh_from_db()
     if rental.status != S.STOPPING:
         return rental.status == S.DESTROYED
+    if not rental.failover_pending:  # a stop cancelled the failover meanwhile
+        return rental_transition(rental, S.DESTROYED, reason=detail, ended_at=timezone.now())
     none_record(rental, reason)
     ended = timezone.now()
     return rental_transition(

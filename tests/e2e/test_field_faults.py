@@ -21,9 +21,9 @@ def cheapest(provider: str) -> Offer:
     return Offer.objects.visible().filter(provider=provider).order_by("price_per_hour").first()
 
 
-def rent(api, offer: Offer) -> dict:
+def rent(api, offer: Offer, **body) -> dict:
     response = api.post(
-        "/api/v1/sessions", {"offer_id": str(offer.pk), "reservation_hours": 1}, format="json"
+        "/api/v1/sessions", {"offer_id": str(offer.pk), "reservation_hours": 1, **body}, format="json"
     )
     assert response.status_code == 201, response.json()
     return api.get(f"/api/v1/sessions/{response.json()['id']}").json()
@@ -122,7 +122,7 @@ def test_vast_no_such_ask_on_an_ask_search_still_shows(cloud, api, quick):
     first = rent(api, offer)
     assert first["status"] == "active", first
     Offer.objects.filter(pk=offer.pk).update(available=True)  # the menu refreshed: still listed
-    second = rent(api, offer)
+    second = rent(api, offer, failover=False)  # with failover it would rent another ask (issue 15)
     assert second["status"] == "failed", second
     seen = seen_by_user(api, second["id"])
     assert "no_such_ask" in seen and "sandbox-key" not in seen

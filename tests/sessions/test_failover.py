@@ -4,20 +4,22 @@ instances; the price ceiling, the tries, the budget and the capacity cap hold.""
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import OperationalError, connection
 from django.urls import reverse
 
 from costs.models import Budget
-from costs.services import budget_status
+from costs.services import BudgetExceeded, budget_status
 from inventory.models import Offer
 from inventory.providers.base import STATE_FAILED, STATE_RUNNING, OfferUnavailable, PermanentError
 from sessions import failover
 from sessions.models import EventKind, Rental, RentalEvent, Status
 from sessions.provisioning import rental_provision
-from sessions.services import CapacityReached, rental_create, rental_stop
+from sessions.services import CapacityReached, RentalCreated, rental_create, rental_stop
 from tests.fakes import FakeCloud
 
 from .conftest import events, fresh, transitions
@@ -353,3 +355,57 @@ def test_the_session_page_lists_each_attempt(fake, rent, second, client, user):
     html = client.get(reverse("sessions:detail", args=[rental.pk])).content.decode()
     assert 'data-attempt="1"' in html and f"fakecloud offer {second.pk} at $1.6000/h" in html
     assert "Failover 1/3: the offer was gone" in html  # the timeline says why
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failover_and_a_new_rental_cannot_both_squeeze_under_the_budget(
+    fake, rent, second, user, make_offer
+):
+    """Race-tested like renting (tests/costs/test_budgets.py): the move reserves its difference
+    under the same rentals lock, so of a failover (+$0.20) and a new $1.00 rental only one fits."""
+    rental = rent().rental  # $3.00 reserved (2 h at $1.5000/h)
+    Rental.objects.filter(pk=rental.pk).update(status=S.PROVISIONING)
+    rental.status = S.PROVISIONING
+    fake.add_offer("fc-3", "1.0000", gpu_count=1)
+    other = make_offer(provider="fakecloud", provider_offer_id="fc-3", price_per_hour="1.0000", gpu_count=1)
+    Budget.objects.create(user=user, monthly_limit=Decimal("4.10"))
+    barrier = threading.Barrier(2)
+    results: dict[str, object] = {}
+
+    def retrying(name, work):
+        try:
+            barrier.wait(timeout=5)
+            for _ in range(10_000):
+                try:
+                    results[name] = work()
+                    break
+                except OperationalError as exc:
+                    if "locked" not in str(exc):
+                        raise
+        except Exception as exc:  # recorded, asserted below
+            results[name] = exc
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(
+            target=retrying, args=("move", lambda: failover.failover_move(rental, failover.OFFER_GONE, "x"))
+        ),
+        threading.Thread(
+            target=retrying,
+            args=("new", lambda: rental_create(user=user, offer_id=other.pk, reservation_hours=1)),
+        ),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    moved, new = results["move"], results["new"]
+    if moved is True:  # the failover took the room: the new rental is refused
+        assert isinstance(new, BudgetExceeded), results
+    else:  # the new rental took it: the failover is refused, on the timeline
+        assert moved is False and isinstance(new, RentalCreated), results
+        assert any("Budget exceeded" in e.reason for e in events(rental, EventKind.WARNING))
+    assert Rental.objects.count() == 1 + (moved is not True)
+    assert Decimal(budget_status(user=user)["user"]["reserved"]) <= Decimal("4.10")
