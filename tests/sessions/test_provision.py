@@ -355,7 +355,11 @@ def test_offer_unavailable_fails_the_rental_without_an_instance_and_retires_the_
     assert fake.ops() == ["get_offer", "create", "list"]  # one lookup confirms nothing exists
     assert Offer.objects.get(pk=rental.offer_id).available is False
     assert transitions(rental) == [("", S.PENDING), (S.PENDING, S.PROVISIONING), (S.PROVISIONING, S.FAILED)]
-    assert rental.status_detail == "Could not create the instance: no_such_ask"
+    # Failover is on and no comparable offer is listed (issue 15): the message says so.
+    assert (
+        rental.status_detail
+        == "Could not create the instance: no_such_ask; no comparable offer under $1.6500/h"
+    )
     assert fake.enqueued == []
     # Ended without a machine: the generated private key and the agent's token are gone too.
     assert rented.ssh_private_key_encrypted and rental.ssh_private_key_encrypted == ""
