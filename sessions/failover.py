@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -72,6 +74,41 @@ REASONS = {
 RECHECKS = 5
 # Marks the failover transition (and the event that records a failover that found nothing).
 DATA_KEY = "failover"
+
+
+# A failover may move a rental to an offer at most this much dearer when the user set no ceiling.
+CEILING_PERCENT = Decimal("10")
+
+
+def ceiling_check(value: Any, price: Decimal) -> Decimal:
+    """The rental's price ceiling for failover: the user's, at least the price rented at."""
+    if value is None or value == "":
+        return (price * (1 + CEILING_PERCENT / 100)).quantize(Decimal("0.0001"))
+    try:
+        ceiling = Decimal(str(value)).quantize(Decimal("0.0001"))
+    except (InvalidOperation, ValueError):
+        raise ValidationError({"max_price_per_hour": "Give the price ceiling in $/h, e.g. 1.65."}) from None
+    if not ceiling.is_finite() or ceiling >= 10**6:
+        raise ValidationError({"max_price_per_hour": "Give the price ceiling in $/h, e.g. 1.65."})
+    if ceiling < price:
+        raise ValidationError(
+            {"max_price_per_hour": f"The price ceiling must be at least the offer's price (${price}/h)."}
+        )
+    return ceiling
+
+
+def failover_cancel(rental: Rental, reason: str, actor) -> bool:
+    """A stop while a failed instance is torn down for a failover: no next offer (False when the
+    failover already moved the rental on)."""
+    if (
+        not Rental.objects.filter(pk=rental.pk, status=S.STOPPING)
+        .exclude(failover_pending="")
+        .update(failover_pending="")
+    ):
+        return False
+    rental.failover_pending = ""
+    rental_event(rental, EventKind.INFO, f"Failover cancelled: {reason}"[:500], actor=actor)
+    return True
 
 
 def create_error_reason(exc: ProviderError) -> str:

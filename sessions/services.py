@@ -231,15 +231,12 @@ def rental_create(
     """
     from costs.services import offer_price_at  # costs imports sessions (DESIGN.md)
 
+    # Imported here: sessions.failover imports this module.
+    from sessions.failover import ceiling_check
+
     hours = _hours(reservation_hours)
     public_keys, generate = _ssh_keys_for(user, ssh_public_key, generate_key)
-    # Imported here: sessions.idle and sessions.balances import this module.
-    from sessions.idle import idle_default, idle_minutes_check
-
-    idle_minutes = (
-        idle_default() if idle_stop_minutes is IDLE_DEFAULT else idle_minutes_check(idle_stop_minutes)
-    )
-
+    idle_minutes = _idle_minutes(idle_stop_minutes)
     offer, provider = _offer_to_rent(offer_id)
     choices = presets.choices_check(
         provider=offer.provider, max_disk_gb=offer.max_disk_gb, preset=preset, image=image,
@@ -255,7 +252,7 @@ def rental_create(
             price_per_hour=str(price),
         )
 
-    ceiling = _max_price(max_price_per_hour, price)
+    ceiling = ceiling_check(max_price_per_hour, price)
     private_pem = None
     if generate:
         public, private_pem = keys.keypair_generate("shopper-generated")
@@ -272,25 +269,11 @@ def rental_create(
     return RentalCreated(rental=rental, ssh_private_key=private_pem)
 
 
-# A failover may move a rental to an offer at most this much dearer when the user set no ceiling.
-FAILOVER_CEILING_PERCENT = Decimal("10")
+def _idle_minutes(idle_stop_minutes: Any) -> int | None:
+    # Imported here: sessions.idle imports this module.
+    from sessions.idle import idle_default, idle_minutes_check
 
-
-def _max_price(value: Any, price: Decimal) -> Decimal:
-    """The rental's price ceiling for failover: the user's, at least the price rented at."""
-    if value is None or value == "":
-        return (price * (1 + FAILOVER_CEILING_PERCENT / 100)).quantize(Decimal("0.0001"))
-    try:
-        ceiling = Decimal(str(value)).quantize(Decimal("0.0001"))
-    except (InvalidOperation, ValueError):
-        raise ValidationError({"max_price_per_hour": "Give the price ceiling in $/h, e.g. 1.65."}) from None
-    if not ceiling.is_finite() or ceiling >= 10**6:
-        raise ValidationError({"max_price_per_hour": "Give the price ceiling in $/h, e.g. 1.65."})
-    if ceiling < price:
-        raise ValidationError(
-            {"max_price_per_hour": f"The price ceiling must be at least the offer's price (${price}/h)."}
-        )
-    return ceiling
+    return idle_default() if idle_stop_minutes is IDLE_DEFAULT else idle_minutes_check(idle_stop_minutes)
 
 
 def _offer_to_rent(offer_id: Any) -> tuple[Offer, Provider]:
@@ -433,9 +416,11 @@ def rental_stop(*, rental: Rental, reason: str, actor=None) -> bool:
 
     Raises AlreadyEnded for a terminal rental.
     """
+    from sessions.failover import failover_cancel  # sessions.failover imports this module
+
     while True:
         if rental.status == S.STOPPING:
-            if not rental.failover_pending or _failover_cancel(rental, reason, actor):
+            if not rental.failover_pending or failover_cancel(rental, reason, actor):
                 return False
             rental.refresh_from_db()  # the failover moved it on meanwhile: stop that
             continue
@@ -447,20 +432,6 @@ def rental_stop(*, rental: Rental, reason: str, actor=None) -> bool:
             transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
             return True
         rental.refresh_from_db()  # lost a race: look again
-
-
-def _failover_cancel(rental: Rental, reason: str, actor) -> bool:
-    """A stop while a failed instance is torn down for a failover: no next offer (False when the
-    failover already moved the rental on)."""
-    if (
-        not Rental.objects.filter(pk=rental.pk, status=S.STOPPING)
-        .exclude(failover_pending="")
-        .update(failover_pending="")
-    ):
-        return False
-    rental.failover_pending = ""
-    rental_event(rental, EventKind.INFO, f"Failover cancelled: {reason}"[:500], actor=actor)
-    return True
 
 
 def rentals_stop_all(*, actor, reason: str) -> int:

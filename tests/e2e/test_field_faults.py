@@ -11,7 +11,7 @@ import pytest
 
 from costs.models import LedgerEntry
 from inventory.models import Offer
-from sessions import provisioning, services
+from sessions import provisioning
 from sessions.models import Rental
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -89,7 +89,7 @@ def test_td_deploy_error(cloud, api, quick):
 
 @pytest.fixture
 def quick_401_retries(monkeypatch):
-    monkeypatch.setattr(services, "CREATE_401_RETRY_SECONDS", (0.05, 0.05))
+    monkeypatch.setattr(provisioning, "CREATE_401_RETRY_SECONDS", (0.05, 0.05))
 
 
 def test_td_401_on_create_while_reads_work_is_retried(cloud, api, quick, quick_401_retries):
