@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m tools.devserver
 
-# Debian's Chromium for the browser tests (never a downloaded browser).
+# Debian's Chromium for the browser tests (never a downloaded browser), and shellcheck for the
+# node's start-up script (tests/agent/test_onstart_script.py).
 browser-deps:
 	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will be reported as errors")
+	@command -v shellcheck >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -qq shellcheck >/dev/null) || echo "shellcheck not installed: the start-up script check will be skipped"
 
 # Four workers on two cores: the end-to-end tests mostly wait on real processes (boots, deadlines,
 # outages), so two more workers overlap those waits instead of idling the CPU. They are collected

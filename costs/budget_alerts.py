@@ -30,7 +30,7 @@ from costs.services import (
 from sessions.alerts import alert_raise
 from sessions.errors import AlreadyEnded
 from sessions.models import AlertKind, EventKind, Rental, Status
-from sessions.services import rental_event, rental_request_stop
+from sessions.services import rental_event, rental_stop
 
 
 def _scope_live_rentals(budget: Budget):
@@ -81,7 +81,7 @@ def _stop_scope(budget: Budget, scope: dict) -> int:
     stopped = 0
     for rental in _scope_live_rentals(budget).exclude(status=Status.STOPPING):
         with contextlib.suppress(AlreadyEnded):
-            stopped += rental_request_stop(rental=rental, reason=reason)
+            stopped += rental_stop(rental=rental, reason=reason)
     return stopped
 
 

@@ -9,7 +9,7 @@ and booting time is not billed to the user. This is a deliberate simplification:
 GPU time from their own "running" state, which precedes our SSH verification by seconds, and a
 rental that never becomes active (failed boot, failed SSH check) costs the provider a few seconds
 or minutes we do not charge on. The price is the instance's own hourly rate, read back from the
-provider before the rental becomes active (sessions.services._instance_readback; until then the
+provider before the rental becomes active (sessions.provisioning._instance_readback; until then the
 price at the disk asked for, ``costs.pricing.offer_price_at``): ``price_per_hour`` is the provider
 cost, ``charged_price_per_hour`` adds the chargeback markup fixed at rent time
 (SHOPPER_PRICE_MARKUP_PERCENT). Every money formula is in ``costs/pricing.py``.

@@ -135,6 +135,9 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "onstart": v.get("onstart", ""),
             "expected_price": v.get("expected_price_per_hour"),
             "generate_key": v.get("generate_key", False),
+            "max_price_per_hour": v.get("max_price_per_hour"),
+            "failover": v.get("failover", True),
+            "failover_any_gpu": v.get("failover_any_gpu", False),
         }
         if "idle_stop_minutes" in v:  # absent: the team default (sessions/idle.py)
             kwargs["idle_stop_minutes"] = v["idle_stop_minutes"]

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from common.errors import DomainError
 
 
@@ -13,14 +11,6 @@ class RentalError(DomainError):
 
     code = "invalid"
     status = 400
-
-    def __init__(self, message: str, **data: Any):
-        # Transitional: rental_create raises RentalError(..., http_status=404) for an unknown
-        # offer (sessions/services.py, being reshaped on another branch). It becomes
-        # ``raise OfferNotFound(...)`` at merge; until then the keyword picks the class's answer.
-        if data.pop("http_status", None) == 404:
-            self.code, self.status = OfferNotFound.code, OfferNotFound.status
-        super().__init__(message, **data)
 
 
 class OfferNotFound(RentalError):

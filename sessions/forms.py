@@ -63,6 +63,18 @@ class RentForm(forms.Form):
         label="Start-up command", required=False, max_length=presets.MAX_ONSTART_CHARS, strip=False,
         widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
     )  # fmt: skip
+    # Failover (sessions/failover.py). An unticked box is absent from the post: off.
+    failover = forms.BooleanField(
+        label="If the machine fails before it is mine, rent a comparable offer", required=False
+    )
+    failover_any_gpu = forms.BooleanField(
+        label="Any GPU model with at least this VRAM will do", required=False
+    )
+    max_price_per_hour = forms.DecimalField(
+        label="Most I pay after a failover ($/h)", required=False, min_value=0, max_digits=10,
+        decimal_places=4, help_text="Empty: this price + 10 %.",
+        error_messages={"invalid": "Give the price ceiling in $/h, e.g. 1.65."},
+    )  # fmt: skip
     expected_price = forms.DecimalField(widget=forms.HiddenInput, max_digits=12, decimal_places=4)
     # One-time token: a second submit of the same form finds the first one's rental.
     form_token = forms.UUIDField(
@@ -80,6 +92,7 @@ class RentForm(forms.Form):
         if not self.is_bound:
             self.initial.setdefault("preset", "cuda")
             self.initial.setdefault("disk_gb", self.limits.disk_default_gb)
+            self.initial.setdefault("failover", True)
         hard_max = settings.SHOPPER_HARD_MAX_HOURS
         hours = self.fields["reservation_hours"]
         hours.help_text = f"At most {hard_max} hours; the machine is shut down when it ends."

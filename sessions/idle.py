@@ -22,7 +22,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from sessions.models import EventKind, Rental, Status
-from sessions.services import AlreadyEnded, RentalError, rental_event, rental_request_stop
+from sessions.services import AlreadyEnded, RentalError, rental_event, rental_stop
 
 S = Status
 MAX_IDLE_STOP_MINUTES = 24 * 60
@@ -110,7 +110,7 @@ def idle_enforce(now: datetime | None = None) -> list[str]:
         stop_at = rental.idle_since + timedelta(minutes=minutes)
         if now >= stop_at:
             try:
-                moved = rental_request_stop(rental=rental, reason=f"idle for {minutes} min")
+                moved = rental_stop(rental=rental, reason=f"idle for {minutes} min")
             except RentalError:
                 continue  # ended meanwhile
             if moved:

@@ -28,7 +28,7 @@ from sessions.models import (
     Rental,
     Status,
 )
-from sessions.services import _lock_rentals, rental_event, rental_request_stop
+from sessions.services import _lock_rentals, rental_event, rental_stop
 from sessions.uptime import SAFETY, up_stretch_start, uptime_touch
 
 S = Status
@@ -86,7 +86,7 @@ def lifecycle_enforce(now: datetime | None = None) -> list[Enforced]:
         deadline, which, reason = min(passed, key=lambda d: d[0])
         lag = (now - deadline).total_seconds()
         try:
-            stopped = rental_request_stop(rental=rental, reason=f"{reason} at {deadline:%H:%M:%S} UTC")
+            stopped = rental_stop(rental=rental, reason=f"{reason} at {deadline:%H:%M:%S} UTC")
         except RentalError:
             continue  # ended meanwhile
         if not stopped:

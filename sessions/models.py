@@ -42,13 +42,15 @@ class Status(models.TextChoices):
 S = Status
 # The status machine. Any live status may go to stopping; destroyed only after the provider
 # confirms the instance is gone; failed only when no instance exists (label lookup confirmed).
+# Back to pending only by a failover (sessions/failover.py): from provisioning when the create
+# was refused and no instance exists, from stopping once the failed instance is confirmed gone.
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.PENDING: frozenset({S.PROVISIONING, S.STOPPING, S.FAILED}),
-    S.PROVISIONING: frozenset({S.BOOTING, S.STOPPING, S.FAILED}),
+    S.PROVISIONING: frozenset({S.BOOTING, S.STOPPING, S.FAILED, S.PENDING}),
     S.BOOTING: frozenset({S.VERIFYING, S.STOPPING}),
     S.VERIFYING: frozenset({S.ACTIVE, S.STOPPING}),
     S.ACTIVE: frozenset({S.STOPPING}),
-    S.STOPPING: frozenset({S.DESTROYED}),
+    S.STOPPING: frozenset({S.DESTROYED, S.PENDING}),
     S.DESTROYED: frozenset(),
     S.FAILED: frozenset(),
 }
@@ -157,6 +159,16 @@ class Rental(models.Model):
     # The price the user was shown and reserved at (at the disk asked for). ``price_per_hour``
     # becomes the instance's own rate read back from the provider after create (what is billed).
     shown_price_per_hour = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    # Failover (sessions/failover.py): when provisioning fails for a reason about the offer, the
+    # rental moves on by itself to the best comparable offer priced at most ``max_price_per_hour``
+    # (the provider's price at the rental's disk, as ``price_per_hour``; set at rent time, default
+    # the price + 10 %). ``failover_any_gpu``: any GPU model with at least this VRAM per GPU (same
+    # count) will do. ``failover_pending``: why the instance being torn down failed, while the
+    # next offer waits for the teardown to confirm it is gone ("" otherwise).
+    max_price_per_hour = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    failover = models.BooleanField(default=True)
+    failover_any_gpu = models.BooleanField(default=False)
+    failover_pending = models.CharField(max_length=32, blank=True, default="")
 
     objects = RentalQuerySet.as_manager()
 

@@ -47,7 +47,9 @@ from sessions.models import (
     Rental,
     Status,
 )
-from sessions.services import enqueue, rental_event, rental_stop, rentals_resume_stopping
+from sessions.queue import enqueue
+from sessions.services import rental_event, rental_stop
+from sessions.teardown import rentals_resume_stopping
 
 log = logging.getLogger(__name__)
 S = Status

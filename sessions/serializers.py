@@ -63,6 +63,20 @@ class SessionCreateSerializer(serializers.Serializer):
         decimal_places=4,
         help_text="The price you were shown; 409 price_changed if the provider now asks another.",
     )  # fmt: skip
+    max_price_per_hour = serializers.DecimalField(
+        required=False, max_digits=10, decimal_places=4, min_value=0,
+        help_text="Failover ceiling, in the unit of expected_price_per_hour: at least the offer's "
+        "price; default that price + 10 %",
+    )  # fmt: skip
+    failover = serializers.BooleanField(
+        required=False, default=True,
+        help_text="When the machine fails before it is yours for a reason about the offer, rent the "
+        "best comparable offer instead (same rental, at most SHOPPER_FAILOVER_TRIES times)",
+    )  # fmt: skip
+    failover_any_gpu = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Failover may take any GPU model with at least this VRAM per GPU (same count)",
+    )  # fmt: skip
 
     def validate_offer_id(self, value: str) -> int:
         if not OFFER_ID.fullmatch(value):
@@ -122,6 +136,7 @@ class SessionSerializer(serializers.ModelSerializer):
             "reservation_ends_at", "hard_max_at", "ended_at", "cost_so_far", "last_heartbeat_at", "ssh",
             "label", "provider_instance_id", "idle_stop_minutes", "idle_since", "gpu_verified",
             "preset", "image", "disk_gb", "ports", "onstart", "price_shown_per_hour", "health_ok_at",
+            "max_price_per_hour", "failover", "failover_any_gpu",
         )  # fmt: skip
         read_only_fields = fields
 

@@ -1,23 +1,15 @@
-"""Rental workflows: the one status writer, renting, provisioning, stopping and verified teardown.
+"""Rental workflows: the one status writer, renting and stopping.
 
-Safety rules (DESIGN.md) this module implements:
-1. two-phase provisioning: the Rental row, with its label, is committed before any provider call;
-2. every instance carries ``shopper-<uuid>``; after a create error the label is looked up before
-   believing nothing was created;
-3. destruction is verified: a rental becomes ``destroyed`` only once the provider says the
-   instance is gone, and destroy errors are retried without end while billing stays visible.
-Provider calls never run inside a database transaction.
+Provisioning lives in sessions/provisioning.py, verified teardown in sessions/teardown.py, the
+machine's start-up script in sessions/onstart.py. Safety rule 1 (DESIGN.md) starts here: the
+Rental row, with its label, is committed before any provider call (``rental_create`` only
+enqueues provisioning on commit). Provider calls never run inside a database transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
-import shlex
-import threading
-import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -26,49 +18,22 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from inventory import confidence
 from inventory import providers as registry
-from inventory.models import Offer, OutcomeKind
-from inventory.providers.base import (
-    FEATURE_ATTACH_SSH_KEY,
-    STATE_FAILED,
-    STATE_RUNNING,
-    STATE_STOPPED,
-    AuthFailed,
-    CreateRequest,
-    InstanceData,
-    NotFound,
-    OfferUnavailable,
-    Provider,
-    ProviderError,
-)
+from inventory.models import Offer
+from inventory.providers.base import Provider, ProviderError
 from sessions import keys, presets
 from sessions.models import (
-    IN_FLIGHT_STATUSES,
     LIVE_STATUSES,
     TERMINAL_STATUSES,
     TRANSITIONS,
-    EventCause,
     EventKind,
     Rental,
     RentalEvent,
     Status,
-    token_hash,
 )
-from sessions.ssh import (
-    GPU_QUERY,
-    GpuReport,
-    SSHCheckFailed,
-    authorized_key_remove_command,
-    gpu_mismatch,
-    gpu_report_parse,
-    ssh_banner,
-    ssh_run,
-)
-from shopper.logconfig import REDACTED
+from sessions.queue import enqueue
 
 log = logging.getLogger(__name__)
 S = Status
@@ -77,7 +42,7 @@ S = Status
 # --------------------------------------------------------------------------------------------
 # Errors the API and pages turn into 4xx answers: sessions/errors.py (all derive from DomainError)
 # --------------------------------------------------------------------------------------------
-from sessions.errors import (  # noqa: E402, F401  (re-exported: callers import them from here)
+from sessions.errors import (  # noqa: E402  (re-exported: callers import them from here)
     AlreadyEnded,
     CapacityReached,
     OfferGone,
@@ -101,13 +66,14 @@ def rental_transition(
     reason: str = "",
     actor=None,
     data: dict | None = None,
+    expect: dict | None = None,
     **fields: Any,
 ) -> bool:
     """Move ``rental`` to ``new`` if it is still in the status we read (compare-and-swap).
 
     Writes the status, ``fields`` and a RentalEvent in one transaction. Returns False, changing
-    nothing, when another process moved the rental first. Raises IllegalTransition for a move
-    the status machine does not allow.
+    nothing, when another process moved the rental first (or a field of ``expect`` no longer
+    holds). Raises IllegalTransition for a move the status machine does not allow.
     """
     old = rental.status
     if new not in TRANSITIONS[old]:
@@ -119,7 +85,7 @@ def rental_transition(
         fields.setdefault("agent_token_hash", "")
         fields.setdefault("verify_private_key_encrypted", "")
     with transaction.atomic():
-        won = Rental.objects.filter(pk=rental.pk, status=old).update(
+        won = Rental.objects.filter(pk=rental.pk, status=old, **(expect or {})).update(
             status=new, status_detail=reason, **fields
         )
         if not won:
@@ -232,6 +198,9 @@ def rental_create(
     request_key: str = "",
     request_fingerprint: str = "",
     idle_stop_minutes: Any = IDLE_DEFAULT,
+    max_price_per_hour: Any = None,
+    failover: bool = True,
+    failover_any_gpu: bool = False,
 ) -> RentalCreated:
     """Rent an offer: validate, re-check the offer with the provider, then commit the Rental and
     its first event and enqueue provisioning on commit (no instance exists yet).
@@ -239,29 +208,18 @@ def rental_create(
     The image (or preset), disk, ports and start-up command are checked against what the
     provider can honour first (sessions/presets.py). ``expected_price`` is the hourly price the
     user was shown for the machine at the disk asked for; if the provider now asks another price
-    the rental is refused with PriceChanged so the user can decide again.
+    the rental is refused with PriceChanged so the user can decide again. ``max_price_per_hour``
+    (default the price + 10 %) caps the offers a failover may move to (sessions/failover.py).
     """
     from costs.pricing import offer_price_at  # costs imports sessions (DESIGN.md)
 
+    # Imported here: sessions.failover imports this module.
+    from sessions.failover import ceiling_check
+
     hours = _hours(reservation_hours)
     public_keys, generate = _ssh_keys_for(user, ssh_public_key, generate_key)
-    # Imported here: sessions.idle and sessions.balances import this module.
-    from sessions.balances import balance_check_rental
-    from sessions.idle import idle_default, idle_minutes_check
-
-    idle_minutes = (
-        idle_default() if idle_stop_minutes is IDLE_DEFAULT else idle_minutes_check(idle_stop_minutes)
-    )
-
-    offer = Offer.objects.visible().filter(pk=offer_id).first() if str(offer_id).isdigit() else None
-    if offer is None:
-        if str(offer_id).isdigit() and Offer.objects.filter(pk=offer_id).exists():
-            raise OfferGone("This offer is no longer available; pick another one from the menu.")
-        raise RentalError("No offer with that id.", http_status=404)
-    try:
-        provider = registry.get_provider(offer.provider)
-    except registry.ProviderDisabled as exc:
-        raise OfferGone(f"{offer.provider} is disabled: {exc}") from exc
+    idle_minutes = _idle_minutes(idle_stop_minutes)
+    offer, provider = _offer_to_rent(offer_id)
     choices = presets.choices_check(
         provider=offer.provider, max_disk_gb=offer.max_disk_gb, preset=preset, image=image,
         disk_gb=disk_gb, ports=ports, onstart=onstart,
@@ -276,10 +234,52 @@ def rental_create(
             price_per_hour=str(price),
         )
 
+    ceiling = ceiling_check(max_price_per_hour, price)
     private_pem = None
     if generate:
         public, private_pem = keys.keypair_generate("shopper-generated")
         public_keys = [public]
+    rental = _rental_insert(
+        user=user, offer=offer, price=price, hours=hours, choices=choices, generated=generate,
+        ssh_public_key="\n".join(public_keys),
+        ssh_private_key_encrypted=keys.secret_encrypt(private_pem) if private_pem else "",
+        request_key=request_key,  # unique per consumer: a repeat fails here (sessions/idempotency.py)
+        request_fingerprint=request_fingerprint,
+        idle_stop_minutes=idle_minutes,
+        max_price_per_hour=ceiling, failover=bool(failover), failover_any_gpu=bool(failover_any_gpu),
+    )  # fmt: skip
+    return RentalCreated(rental=rental, ssh_private_key=private_pem)
+
+
+def _idle_minutes(idle_stop_minutes: Any) -> int | None:
+    # Imported here: sessions.idle imports this module.
+    from sessions.idle import idle_default, idle_minutes_check
+
+    return idle_default() if idle_stop_minutes is IDLE_DEFAULT else idle_minutes_check(idle_stop_minutes)
+
+
+def _offer_to_rent(offer_id: Any) -> tuple[Offer, Provider]:
+    """The visible offer with that id and its provider's adapter, or OfferGone / 404."""
+    offer = Offer.objects.visible().filter(pk=offer_id).first() if str(offer_id).isdigit() else None
+    if offer is None:
+        if str(offer_id).isdigit() and Offer.objects.filter(pk=offer_id).exists():
+            raise OfferGone("This offer is no longer available; pick another one from the menu.")
+        raise OfferNotFound("No offer with that id.")
+    try:
+        provider = registry.get_provider(offer.provider)
+    except registry.ProviderDisabled as exc:
+        raise OfferGone(f"{offer.provider} is disabled: {exc}") from exc
+    return offer, provider
+
+
+def _rental_insert(
+    *, user, offer: Offer, price: Decimal, hours: Decimal, choices, generated: bool, **fields: Any
+) -> Rental:
+    """Commit the Rental and its first event under the rentals lock, after the capacity cap,
+    the budget and the provider balance allow it; provisioning is enqueued on commit."""
+    # Imported here: sessions.balances imports this module.
+    from sessions.balances import balance_check_rental
+
     now = timezone.now()
     with transaction.atomic():
         _lock_rentals()
@@ -315,11 +315,7 @@ def rental_create(
             preset=choices.preset,
             ports=list(choices.ports),
             onstart=choices.onstart,
-            ssh_public_key="\n".join(public_keys),
-            ssh_private_key_encrypted=keys.secret_encrypt(private_pem) if private_pem else "",
-            request_key=request_key,  # unique per consumer: a repeat fails here (sessions/idempotency.py)
-            request_fingerprint=request_fingerprint,
-            idle_stop_minutes=idle_minutes,
+            **fields,
             created_at=now,
             reservation_ends_at=now + timedelta(seconds=float(hours) * 3600),
             hard_max_at=now + timedelta(hours=settings.SHOPPER_HARD_MAX_HOURS),
@@ -337,31 +333,36 @@ def rental_create(
             data={
                 "offer_id": offer.pk,
                 "reservation_hours": str(hours),
-                "key": "generated" if generate else "given",
+                "key": "generated" if generated else "given",
             },
         )
         transaction.on_commit(lambda: enqueue("sessions.tasks.provision", rental.pk))
-    return RentalCreated(rental=rental, ssh_private_key=private_pem)
+    return rental
 
 
 def offer_comparable(rental: Rental) -> Offer | None:
     """A fresh offer like ``rental``'s (same GPU model and count) on which its rent-time choices
-    can be honoured: the same provider first, then the cheapest."""
+    can be honoured: the same provider first, then the cheapest. (Failover's candidates:
+    sessions/failover.py.)"""
     candidates = Offer.objects.visible().filter(gpu_type=rental.gpu_type, gpu_count=rental.gpu_count)
     ordered = sorted(candidates[:200], key=lambda o: (o.provider != rental.provider, o.price_per_hour, o.pk))
+    return next((offer for offer in ordered if offer_fits(offer, rental)), None)
+
+
+def offer_fits(offer: Offer, rental: Rental) -> bool:
+    """Whether ``rental``'s rent-time choices (image or preset, disk, ports, start-up command) can
+    be honoured on ``offer`` at a known price."""
     custom = rental.preset in ("", presets.CUSTOM)
-    for offer in ordered:
-        try:
-            presets.choices_check(
-                provider=offer.provider, max_disk_gb=offer.max_disk_gb, disk_gb=rental.disk_gb,
-                preset="" if custom else rental.preset, image=rental.image if custom else "",
-                ports=list(rental.ports or []), onstart=rental.onstart,
-            )  # fmt: skip
-            _disk_priced(offer, rental.disk_gb)
-        except ValidationError:
-            continue
-        return offer
-    return None
+    try:
+        presets.choices_check(
+            provider=offer.provider, max_disk_gb=offer.max_disk_gb, disk_gb=rental.disk_gb,
+            preset="" if custom else rental.preset, image=rental.image if custom else "",
+            ports=list(rental.ports or []), onstart=rental.onstart,
+        )  # fmt: skip
+        _disk_priced(offer, rental.disk_gb)
+    except ValidationError:
+        return False
+    return True
 
 
 def _disk_priced(offer: Offer, disk_gb: int | None) -> None:
@@ -389,711 +390,23 @@ def _lock_rentals() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(727001)")
 
 
-def enqueue(func: str, *args: Any) -> None:
-    from django_q.tasks import async_task
-
-    kind = func.rsplit(".", 1)[-1]
-    if kind in ("provision", "teardown") and args:
-        # Recorded before the hand-over (a worker may start it at once): the safety loop acts
-        # itself when the queue does not start it in time (sessions/stalled.py).
-        from sessions.stalled import work_queued
-
-        work_queued(args[0], kind)
-    async_task(
-        func, *args, q_options={"task_name": f"{func.rsplit('.', 1)[-1]}-{args[0] if args else ''}"[:100]}
-    )
-
-
 # --------------------------------------------------------------------------------------------
-# Provisioning
+# Stopping (verified teardown: sessions/teardown.py)
 # --------------------------------------------------------------------------------------------
-def _sleep(seconds: float) -> None:
-    """Every wait of this module goes through here (tests make it instant)."""
-    if seconds > 0:
-        time.sleep(seconds)
-
-
-class LeaseLost(Exception):
-    """Another worker took this rental's provisioning or teardown over: ours stopped renewing
-    its lease long enough for it to expire (a stalled process), so ours must stop working."""
-
-
-# The leases the current thread holds, innermost last: (rental id, field, until). A stack because
-# a teardown can run inline inside provisioning (a synchronous queue). Provisioning and teardown
-# renew their lease at every wait, so a lease is short and a dead worker's work is taken over
-# within SHOPPER_LEASE_SECONDS, while a live worker is never displaced; nothing clears leases.
-_held = threading.local()
-
-
-def _leases() -> list:
-    if not hasattr(_held, "leases"):
-        _held.leases = []
-    return _held.leases
-
-
-def _lease_claim(rental_id, field: str, statuses) -> bool:
-    """Take the lease in ``field`` if no live worker holds it (compare-and-swap on its expiry)."""
-    now = timezone.now()
-    until = now + timedelta(seconds=settings.SHOPPER_LEASE_SECONDS)
-    claimed = (
-        Rental.objects.filter(pk=rental_id, status__in=statuses)
-        .filter(Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__lt": now}))
-        .update(**{field: until})
-    )
-    _leases().append((rental_id, field, until) if claimed else None)
-    return bool(claimed)
-
-
-def _lease_renew() -> None:
-    """Extend the innermost lease this thread holds; LeaseLost if it is no longer ours. The
-    expiry we wrote is the proof of ownership: a worker that took the lease over wrote another."""
-    leases = _leases()
-    if not leases or leases[-1] is None:
-        return
-    rental_id, field, until = leases[-1]
-    renewed = timezone.now() + timedelta(seconds=settings.SHOPPER_LEASE_SECONDS)
-    if not Rental.objects.filter(pk=rental_id, **{field: until}).update(**{field: renewed}):
-        leases[-1] = None
-        raise LeaseLost(f"{field} of rental {rental_id} was taken over")
-    leases[-1] = (rental_id, field, renewed)
-
-
-def _lease_release() -> None:
-    """Pop the innermost claim; give the lease back if it is still ours."""
-    lease = _leases().pop() if _leases() else None
-    if lease is not None:
-        rental_id, field, until = lease
-        Rental.objects.filter(pk=rental_id, **{field: until}).update(**{field: None})
-
-
-def _wait(seconds: float) -> None:
-    """A wait inside provisioning or teardown: renew the lease first, so the work stays ours."""
-    _lease_renew()
-    _sleep(seconds)
-
-
-def _provider(rental: Rental) -> Provider:
-    return registry.get_provider(rental.provider)
-
-
-def _find_by_label(provider: Provider, rental: Rental) -> InstanceData | None:
-    for instance in provider.list_instances(rental.label):
-        if instance.label == rental.label:
-            return instance
-    return None
-
-
-def rental_provision(*, rental_id) -> None:
-    """Create the instance, install the key, wait for it to run, prove SSH works, then ``active``.
-
-    Idempotent: it re-reads the rental and resumes from its status, and never creates a second
-    instance (the label is looked up before any create when a previous attempt may have sent one).
-    One worker at a time holds the rental's provisioning lease; a duplicate delivery returns.
-    """
-    claimed = _lease_claim(rental_id, "provision_claimed_until", IN_FLIGHT_STATUSES)
-    try:
-        if claimed:  # else ended, or another worker is provisioning it
-            _provision(rental_id)
-    except LeaseLost:
-        log.warning("provisioning of %s stopped: another worker took it over", rental_id)
-    finally:
-        _lease_release()
-
-
-def rentals_resume_provisioning() -> int:
-    """Enqueue provisioning for every in-flight rental no live worker holds (the safety loop's
-    sweep and start-up recovery): a worker that died mid-way, or a task the broker lost, leaves
-    its rental with an expired lease or none. A duplicate delivery is harmless (the lease)."""
-    now = timezone.now()
-    ids = list(
-        Rental.objects.filter(status__in=IN_FLIGHT_STATUSES)
-        # Not ones created a moment ago: their first task is still on its way.
-        .filter(created_at__lt=now - timedelta(seconds=settings.SHOPPER_LEASE_SECONDS))
-        .filter(Q(provision_claimed_until__isnull=True) | Q(provision_claimed_until__lt=now))
-        .values_list("pk", flat=True)
-    )
-    for rental_id in ids:
-        enqueue("sessions.tasks.provision", rental_id)
-    return len(ids)
-
-
-def _provision(rental_id) -> None:
-    rental = Rental.objects.filter(pk=rental_id).first()
-    if rental is None or rental.status not in IN_FLIGHT_STATUSES:
-        return
-    provider = _provider(rental)
-    # Already provisioning on entry: an earlier attempt may have sent the create before dying.
-    resumed = rental.status == S.PROVISIONING
-    if rental.status == S.PENDING and not rental_transition(
-        rental, S.PROVISIONING, reason=f"Creating the instance at {provider.display_name}"
-    ):
-        return  # someone else moved it (stopped, or another worker claimed it)
-    try:
-        if rental.status == S.PROVISIONING and not _instance_create(rental, provider, resumed=resumed):
-            return
-        endpoints: tuple[tuple[str, int], ...] | None = None
-        if rental.status == S.BOOTING:
-            instance = _instance_wait_running(rental, provider)
-            if instance is None:
-                return
-            endpoints = instance.ssh_endpoints
-            _instance_readback(rental, instance)
-            if not rental_transition(
-                rental,
-                S.VERIFYING,
-                reason="The instance is running; checking that SSH works",
-                ssh_host=instance.ssh_host,
-                ssh_port=instance.ssh_port,
-                ssh_user=instance.ssh_user or "root",
-            ):
-                return
-        if rental.status == S.VERIFYING:
-            _ssh_verify(rental, provider, endpoints)
-        if rental.status == S.ACTIVE:
-            rental_health_check(rental)  # once at once; then the minute job (rentals_health_check)
-    except ProviderError as exc:
-        rental.refresh_from_db()
-        _stop_after_failure(rental, f"Provisioning failed: {exc.code}: {exc.message}"[:500])
-
-
-def _instance_create(rental: Rental, provider: Provider, *, resumed: bool = False) -> bool:
-    """provisioning -> booting with the instance id stored. Returns False if the rental moved.
-
-    When resuming, the label is looked up until a create sent by the dead attempt would have
-    shown in the listing (SHOPPER_CREATE_SETTLE_SECONDS after provisioning began): listings lag,
-    and one miss must not lead to a second instance.
-    """
-    instance_id = rental.provider_instance_id
-    while not instance_id and resumed:
-        instance = _find_by_label(provider, rental)
-        if instance:
-            instance_id = instance.instance_id
-            rental_event(rental, EventKind.INFO, f"Resumed: found instance {instance_id} by its label")
-        elif not _create_may_be_in_flight(rental):
-            break
-        else:
-            _wait(max(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS, 0.01))
-    if not instance_id:
-        agent_token = secrets.token_urlsafe(32)
-        Rental.objects.filter(pk=rental.pk).update(agent_token_hash=token_hash(agent_token))
-        request = CreateRequest(
-            offer_id=rental.provider_offer_id,
-            label=rental.label,
-            ssh_public_key=_install_keys(rental),
-            image=rental.image,
-            disk_gb=rental.disk_gb,
-            onstart=user_startup(presets.startup_script(rental.preset, rental.onstart)) + agent_onstart(),
-            env=agent_env(rental, agent_token),
-            ports=tuple(rental.ports or ()),
-        )
-        for delay in (*CREATE_401_RETRY_SECONDS, None):
-            try:
-                instance_id = provider.create_instance(request)
-                break
-            except ProviderError as exc:
-                # A provider may quote our request back in its error: the agent's token must not
-                # reach the timeline (pages, API, audit) or a log line with it.
-                exc.message = exc.message.replace(agent_token, REDACTED)
-                exc.args = (exc.message,)
-                if delay is not None and isinstance(exc, AuthFailed):
-                    retry, instance_id = _create_401_retryable(rental, provider, exc, delay)
-                    if instance_id:
-                        break
-                    if retry:
-                        continue
-                instance_id = _instance_after_create_error(rental, provider, exc)
-                if not instance_id:
-                    return False
-                break
-    _instance_id_store(rental, instance_id)
-    rental.refresh_from_db()
-    if rental.status != S.PROVISIONING:
-        # Stopped while we were creating: the teardown now knows the id and destroys it.
-        return False
-    if provider.supports(FEATURE_ATTACH_SSH_KEY):
-        for line in _install_keys(rental).splitlines():
-            provider.attach_ssh_key(instance_id, line)
-    return rental_transition(
-        rental, S.BOOTING, reason=f"Instance {instance_id} created; waiting for it to boot"
-    )
-
-
-# A read-back price further than this from the one shown is recorded on the timeline (issue 14).
-PRICE_DIFFERENCE_PERCENT = Decimal("1")
-
-
-def _instance_readback(rental: Rental, instance: InstanceData) -> None:
-    """Once the instance runs: bill the instance's own hourly rate (Vast ``dph_total`` of the
-    instance, TensorDock ``rateHourly``: PROVIDERS.md 1.5, 2.2b) instead of our estimate, and
-    keep the host:port the provider mapped each exposed port to. Before active, so billing never
-    starts at the estimate. A difference over 1 % from the price shown is put on the timeline."""
-    fields: dict[str, Any] = {}
-    if rental.ports:
-        fields["mapped_ports"] = {
-            str(p): f"{instance.ports[p][0]}:{instance.ports[p][1]}"
-            for p in rental.ports
-            if p in instance.ports
-        }
-    read = instance.price_per_hour
-    if read is not None and read > 0 and read != rental.price_per_hour:
-        fields["price_per_hour"] = read
-        shown = rental.shown_price_per_hour or rental.price_per_hour
-        diff = ((read - shown) / shown * 100).quantize(Decimal("0.01")) if shown else Decimal("100")
-        if abs(diff) > PRICE_DIFFERENCE_PERCENT:
-            rental_event(
-                rental, EventKind.WARNING,
-                f"{instance.provider} bills this machine ${read}/h, {diff:+}% from the ${shown}/h you "
-                "were shown; you are billed the provider's rate",
-                data={"price_shown": str(shown), "price_billed": str(read), "difference_percent": str(diff)},
-            )  # fmt: skip
-    if fields:
-        Rental.objects.filter(pk=rental.pk).update(**fields)
-        for name, value in fields.items():
-            setattr(rental, name, value)
-
-
-# How long after active an inference preset's health check is still asked (models load slowly:
-# FIELD_NOTES VA-LOADING saw vLLM take over 10 min), and how long one ask may take.
-HEALTH_WATCH = timedelta(hours=1)
-HEALTH_TIMEOUT_SECONDS = 3
-
-
-def rental_health_check(rental: Rental) -> bool:
-    """Ask the preset's HTTP health check on its mapped port once; on the first answer record
-    ``health_ok_at`` and an event (the page then says the server answers). Never in a transaction."""
-    found = presets.health_port(rental.preset, rental.ports)
-    address = (rental.mapped_ports or {}).get(str(found[0])) if found else None
-    if not found or not address or rental.health_ok_at or rental.status != S.ACTIVE:
-        return False
-    url = f"http://{address}{found[1]}"
-    try:
-        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_SECONDS) as resp:
-            if not 200 <= resp.status < 300:
-                return False
-    except (OSError, ValueError):
-        return False
-    now = timezone.now()
-    if Rental.objects.filter(pk=rental.pk, health_ok_at__isnull=True).update(health_ok_at=now):
-        rental.health_ok_at = now
-        rental_event(rental, EventKind.INFO, f"The inference server answers its health check: {url}")
-    return True
-
-
-def rentals_health_check() -> int:
-    """The minute job: every recently active rental whose preset server has not answered yet."""
-    since = timezone.now() - HEALTH_WATCH
-    rentals = Rental.objects.filter(status=S.ACTIVE, health_ok_at__isnull=True, active_since__gte=since)
-    return sum(rental_health_check(r) for r in rentals.exclude(preset="").exclude(ports=[]))
-
-
-def _instance_id_store(rental: Rental, instance_id: str) -> None:
-    # Not a status write: stored whatever the status, so a concurrent stop can destroy it.
-    Rental.objects.filter(pk=rental.pk, provider_instance_id="").update(provider_instance_id=instance_id)
-
-
-# FIELD_NOTES TD-AUTH401: TensorDock answered creates with 401 for valid keys (8 sessions in one
-# run, cause never found). A 401 on create while a read with the same key works is retried after
-# these waits; a 401 the read confirms is a credential outage and fails at once.
-CREATE_401_RETRY_SECONDS = (5.0, 20.0)
-
-
-def _create_401_retryable(
-    rental: Rental, provider: Provider, exc: ProviderError, delay: float
-) -> tuple[bool, str]:
-    """After a 401 on create: (retry?, instance id if the create happened after all).
-
-    The read is the label lookup, so an instance made despite the 401 is adopted, never doubled."""
-    try:
-        instance = _find_by_label(provider, rental)
-    except ProviderError:
-        return False, ""  # reads fail too: the key really is refused
-    if instance:
-        rental_event(
-            rental, EventKind.INFO, f"Found instance {instance.instance_id} by its label after a 401"
-        )
-        return False, instance.instance_id
-    rental_event(
-        rental,
-        EventKind.WARNING,
-        f"{rental.provider} refused the create with 401 although reads with the same key work "
-        f"(a known provider fault); trying again in {delay:.0f} s",
-        data={"code": exc.code, "retry_in_s": delay, "cause": EventCause.CREATE_401},
-    )
-    _wait(delay)
-    return True, ""
-
-
-def _instance_after_create_error(rental: Rental, provider: Provider, exc: ProviderError) -> str:
-    """Decide what a create error means. Returns the instance id if one exists after all.
-
-    The provider may have created the instance although it answered with an error (Vast's
-    ``success: false`` with ``new_contract``, a 5xx after the fact), and its listing may lag.
-    """
-    rental_event(
-        rental,
-        EventKind.ERROR,
-        f"Create answered {exc.code}: {exc.message}"[:500],
-        data={"cause": EventCause.CREATE_FAILED, "code": exc.code, "provider_error": exc.message[:500]},
-    )
-    if exc.instance_id:
-        _instance_id_store(rental, exc.instance_id)
-        rental.refresh_from_db()
-        _stop_after_failure(rental, "The provider created the instance but reported an error; destroying it")
-        return ""
-    lookups = 1 if isinstance(exc, OfferUnavailable) else settings.SHOPPER_LABEL_LOOKUPS_AFTER_ERROR
-    confirmed_empty = False
-    for attempt in range(max(1, lookups)):
-        if attempt:
-            _wait(settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS)
-        try:
-            instance = _find_by_label(provider, rental)
-        except ProviderError:
-            continue
-        if instance:
-            rental_event(
-                rental, EventKind.INFO, f"Found instance {instance.instance_id} by its label after the error"
-            )
-            return instance.instance_id
-        confirmed_empty = True
-    rental.refresh_from_db()
-    confidence.outcome_record(rental, confidence.create_error_kind(exc), exc.message)
-    if isinstance(exc, OfferUnavailable):
-        _offer_failed(rental)
-    if not confirmed_empty:
-        # No listing answered: nothing proves the create did not happen. failed would be a
-        # guess; stopping keeps looking (teardown finds the label or confirms it absent).
-        _stop_after_failure(rental, f"Create failed ({exc.code}) and the label lookup did not answer")
-        return ""
-    if rental.status == S.PROVISIONING and rental_transition(
-        rental, S.FAILED, reason=f"Could not create the instance: {exc.message}"[:500],
-        data={PROVISION_FAILED: True}, ended_at=timezone.now(),
-    ):  # fmt: skip
-        _failure_record(rental, exc.message)
-    return ""
-
-
-def _offer_failed(rental: Rental) -> None:
-    if rental.offer_id:
-        Offer.objects.filter(pk=rental.offer_id).update(available=False)
-
-
-def _instance_wait_running(rental: Rental, provider: Provider) -> InstanceData | None:
-    """Poll until the instance runs and has an SSH endpoint. None if the rental moved or failed."""
-    deadline = timezone.now() + timedelta(seconds=settings.SHOPPER_BOOT_TIMEOUT_SECONDS)
-    missing = 0
-    while True:
-        rental.refresh_from_db()
-        if rental.status != S.BOOTING:
-            return None
-        try:
-            instance = provider.get_instance(rental.provider_instance_id)
-            missing = 0
-        except NotFound:
-            missing += 1
-            instance = None
-            if missing >= 3:
-                confidence.outcome_record(rental, OutcomeKind.DIED_EARLY, "disappeared while booting")
-                _stop_after_failure(rental, "The instance disappeared while booting")
-                return None
-        except ProviderError as exc:
-            if not exc.transient:
-                raise
-            instance = None
-        if instance and instance.state == STATE_FAILED:
-            confidence.outcome_record(
-                rental, confidence.start_failure_kind(instance.status_message), instance.status_message
-            )
-            _stop_after_failure(
-                rental,
-                f"The instance failed to start: {instance.raw_status} {instance.status_message}",
-                data={
-                    "cause": EventCause.INSTANCE_FAILED,
-                    "provider_error": f"{instance.raw_status} {instance.status_message}"[:500],
-                },
-            )
-            return None
-        if instance and instance.state == STATE_RUNNING and instance.ssh_host and instance.ssh_port:
-            return instance
-        if timezone.now() >= deadline:
-            confidence.outcome_record(
-                rental, OutcomeKind.SSH_NEVER_UP, "did not start within the boot timeout"
-            )
-            _stop_after_failure(
-                rental,
-                "The instance did not start within the boot timeout",
-                data={"cause": EventCause.BOOT_TIMEOUT},
-            )
-            return None
-        _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
-
-
-def _verify_key(rental: Rental) -> str | None:
-    """The private key the check logs in with: the generated one (the user's own, so the login
-    the user will make is the one proved), else our per-rental verification key."""
-    if rental.ssh_private_key_encrypted:
-        return keys.secret_decrypt(rental.ssh_private_key_encrypted)
-    if rental.verify_private_key_encrypted:
-        return keys.secret_decrypt(rental.verify_private_key_encrypted)
-    return None
-
-
-def _public_of(private_pem: str) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    private = serialization.load_ssh_private_key(private_pem.encode(), password=None)
-    public = private.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    return f"{public.decode()} shopper-verify"
-
-
-def _install_keys(rental: Rental) -> str:
-    """The public keys the instance gets: the rental's, plus (when the user brought their own key,
-    which we cannot log in with) a per-rental verification key of ours, made once and kept
-    encrypted on the rental so a resumed check uses the same one."""
-    if rental.ssh_private_key_encrypted:
-        return rental.ssh_public_key
-    if not rental.verify_private_key_encrypted:
-        _, private_pem = keys.keypair_generate("shopper-verify")
-        encrypted = keys.secret_encrypt(private_pem)
-        Rental.objects.filter(pk=rental.pk).update(verify_private_key_encrypted=encrypted)
-        rental.verify_private_key_encrypted = encrypted
-    verify_public = _public_of(keys.secret_decrypt(rental.verify_private_key_encrypted))
-    return "\n".join([*rental.ssh_public_key.splitlines(), verify_public])
-
-
-def _gpu_verify_timeout(provider_name: str) -> float:
-    """SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS, or the provider's own from
-    SHOPPER_GPU_VERIFY_TIMEOUT_OVERRIDES (TensorDock's driver repair takes 2-5 min, TD-NODRIVER)."""
-    overrides = getattr(settings, "SHOPPER_GPU_VERIFY_TIMEOUT_OVERRIDES", {}) or {}
-    return float(overrides.get(provider_name, settings.SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS))
-
-
-def _minutes(seconds: float) -> str:
-    minutes = seconds / 60
-    return f"{minutes:.0f} min" if minutes >= 1 else f"{seconds:.0f} s"
-
-
-def _ssh_endpoints(
-    rental: Rental, provider: Provider, endpoints: tuple[tuple[str, int], ...] | None
-) -> list[tuple[str, int]]:
-    """The stored endpoint first, then the provider's others (Vast: direct, then its proxy
-    ``ssh_host:ssh_port``; direct SSH did not answer where the proxy did, FIELD_NOTES VA-SSH).
-    A resumed check asks the provider once; if it cannot answer, the stored endpoint is tried."""
-    if endpoints is None:
-        try:
-            endpoints = provider.get_instance(rental.provider_instance_id).ssh_endpoints
-        except ProviderError:
-            endpoints = ()
-    out = [(rental.ssh_host, rental.ssh_port)] if rental.ssh_host and rental.ssh_port else []
-    return out + [e for e in endpoints if e not in out]
-
-
-def _instance_stopped(rental: Rental, provider: Provider) -> str:
-    """Why the instance will never answer ("" while it may): it stopped or failed right after
-    starting (TD-STOPS, VA-DIES) or is gone. A provider error is not an answer."""
-    try:
-        instance = provider.get_instance(rental.provider_instance_id)
-    except NotFound:
-        return "The machine disappeared at the provider before it could be checked"
-    except ProviderError:
-        return ""
-    if instance.state in (STATE_STOPPED, STATE_FAILED):
-        status = f"{instance.raw_status} {instance.status_message}".strip()
-        return f"The machine stopped right after starting ({status})"
-    return ""
-
-
-def _ssh_verify(
-    rental: Rental, provider: Provider, endpoints: tuple[tuple[str, int], ...] | None = None
-) -> None:
-    """Prove the handoff: log in over SSH and check, with nvidia-smi, that the machine has the GPUs
-    that were sold (model, count, VRAM, CUDA at least what the offer said) before ``active``.
-
-    The login uses the generated key, or our verification key beside the user's own (removed from
-    authorized_keys once the check passed). Every endpoint is tried each round and the one that
-    answers is handed off. Logging in is retried until the SSH timeout; from the first login the
-    GPUs have SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS (per provider) to work (TensorDock repairs its
-    driver at boot, TD-NODRIVER). A machine that is not what was sold, never logs in, never gets a
-    working driver or stops is torn down, the offer hidden, and nothing is billed (billing starts
-    at ``active``)."""
-    private_key = _verify_key(rental)
-    candidates = _ssh_endpoints(rental, provider, endpoints)
-    ssh_deadline = timezone.now() + timedelta(seconds=settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS)
-    gpu_timeout = _gpu_verify_timeout(rental.provider)
-    gpu_deadline = None  # set at the first login
-    last_error = gpu_error = ""
-    offer_cuda = rental.offer.cuda_version if rental.offer_id and rental.offer else ""
-    while True:
-        if gpu_deadline is None and timezone.now() >= ssh_deadline:
-            break
-        if gpu_deadline is not None and timezone.now() >= gpu_deadline:
-            why = f"had no working NVIDIA driver after {_minutes(gpu_timeout)} ({gpu_error})"
-            if not gpu_error:  # logged in once, then never again
-                why = f"could not be checked within {_minutes(gpu_timeout)}: {last_error}"
-            confidence.outcome_record(rental, OutcomeKind.NO_GPU, why)
-            _stop_after_gpu_failure(
-                rental,
-                f"The machine {why}",
-                cause=EventCause.GPU_NO_DRIVER if gpu_error else EventCause.SSH_FAILED,
-            )
-            return
-        rental.refresh_from_db()
-        if rental.status != S.VERIFYING:
-            return
-        logged_in = False
-        for host, port in candidates:
-            user = rental.ssh_user or "root"
-            try:
-                if private_key is None:
-                    # Rented before verification keys existed: nothing of ours can log in.
-                    output = ssh_banner(host=host, port=port)
-                else:
-                    output = ssh_run(
-                        host=host, port=port, user=user, private_key=private_key, command=GPU_QUERY
-                    )
-            except SSHCheckFailed as exc:
-                last_error = f"{exc} ({host}:{port})" if len(candidates) > 1 else str(exc)
-                continue
-            logged_in = True
-            if private_key is None:
-                _active(rental, host, port, "SSH is up; log in with your own key (GPUs not checked)", output)
-                return
-            if gpu_deadline is None:
-                gpu_deadline = timezone.now() + timedelta(seconds=gpu_timeout)
-            report = gpu_report_parse(output)
-            if report.error:
-                if gpu_error != report.error:
-                    rental_event(
-                        rental, EventKind.INFO, f"Logged in; the GPUs do not work yet: {report.error}"
-                    )
-                gpu_error = report.error
-                break  # the same machine behind every endpoint: wait and ask again
-            mismatch = gpu_mismatch(
-                report,
-                gpu_type=rental.gpu_type,
-                gpu_count=rental.gpu_count,
-                vram_gb=rental.vram_gb,
-                cuda=offer_cuda,
-            )
-            if mismatch:
-                confidence.outcome_record(rental, confidence.gpu_mismatch_kind(mismatch), mismatch)
-                _stop_after_gpu_failure(
-                    rental,
-                    f"The machine is not what was rented: {mismatch}",
-                    report,
-                    cause=EventCause.GPU_MISMATCH,
-                )
-                return
-            if not rental.ssh_private_key_encrypted:
-                try:  # our verification key leaves the machine before it is handed over
-                    ssh_run(
-                        host=host, port=port, user=user, private_key=private_key,
-                        command=authorized_key_remove_command(_public_of(private_key)),
-                    )  # fmt: skip
-                except SSHCheckFailed as exc:
-                    last_error = f"removing the verification key: {exc}"
-                    continue
-            reason = (
-                f"SSH login and GPUs verified ({report.count}× {report.name}, "
-                f"driver {report.driver}, CUDA {report.cuda or 'unknown'}); the machine is yours"
-            )
-            _active(rental, host, port, reason, output, gpu_verified=report.as_json())
-            return
-        _wait(settings.SHOPPER_POLL_INTERVAL_SECONDS)
-        if not logged_in:  # a machine that stopped will never answer: ask the provider
-            stopped = _instance_stopped(rental, provider)
-            if stopped:
-                rental.refresh_from_db()
-                confidence.outcome_record(rental, OutcomeKind.DIED_EARLY, stopped)
-                _stop_after_failure(
-                    rental,
-                    f"{stopped}. It was destroyed and you pay nothing."[:500],
-                    data={"cause": EventCause.MACHINE_STOPPED},
-                )
-                return
-    confidence.outcome_record(rental, OutcomeKind.SSH_NEVER_UP, last_error)
-    _stop_after_failure(
-        rental,
-        f"Could not log in over SSH within the timeout: {last_error}"[:500],
-        data={"cause": EventCause.SSH_FAILED},
-    )
-
-
-def _active(
-    rental: Rental, host: str, port: int, reason: str, output: str, gpu_verified: dict | None = None
-) -> None:
-    if (host, port) != (rental.ssh_host, rental.ssh_port):
-        reason += f" (through {host}:{port}; {rental.ssh_host}:{rental.ssh_port} did not answer)"
-    rental_transition(
-        rental, S.ACTIVE, reason=reason, data={"check": output.strip()[:500]},
-        active_since=timezone.now(), ssh_host=host, ssh_port=port,
-        gpu_verified=gpu_verified, verify_private_key_encrypted="",
-    )  # fmt: skip
-    if rental.status == S.ACTIVE:
-        confidence.outcome_record(rental, OutcomeKind.SUCCESS)
-
-
-def _stop_after_gpu_failure(
-    rental: Rental, reason: str, report: GpuReport | None = None, *, cause: str
-) -> None:
-    """The machine is not what was sold, or its GPUs never worked: torn down like any failed
-    provisioning; the caller records the outcome, which hides its host at once (it lied, or it
-    hands over broken drivers: FIELD_NOTES TD-NODRIVER, VA-CUDA-LIE; inventory/confidence.py)."""
-    rental.refresh_from_db()
-    data = {"cause": cause, **({"gpu_found": report.as_json()} if report else {})}
-    if rental.status == S.VERIFYING:
-        _stop_after_failure(rental, f"{reason}. It was destroyed and you pay nothing."[:500], data=data)
-
-
-def _stop_after_failure(rental: Rental, reason: str, data: dict | None = None) -> bool:
-    """A failure that may leave an instance goes to stopping (never straight to failed).
-    Returns whether this call moved the rental."""
-    if (
-        rental.status in LIVE_STATUSES
-        and rental.status != S.STOPPING
-        and rental_transition(
-            rental,
-            S.STOPPING,
-            reason=reason,
-            data={PROVISION_FAILED: True, **(data or {})},
-            stop_requested_at=timezone.now(),
-        )
-    ):
-        transaction.on_commit(lambda: enqueue("sessions.tasks.teardown", rental.pk))
-        _failure_record(rental, reason)
-        return True
-    return False
-
-
-# Marks the timeline events of failed provisioning.
-PROVISION_FAILED = "provision_failed"
-
-
-def _failure_record(rental: Rental, reason: str) -> None:
-    """Every provisioning failure is an outcome of its offer: ``other`` unless the call site
-    already recorded the specific reason (the first one stands). Recording it applies the hiding
-    policy of inventory/confidence.py (it replaced "3 failures in 30 min hide an offer")."""
-    confidence.outcome_record(rental, OutcomeKind.OTHER, reason)
-
-
-# --------------------------------------------------------------------------------------------
-# Stopping and verified teardown
-# --------------------------------------------------------------------------------------------
-def rental_stop(*, rental: Rental, reason: str, actor=None) -> Rental:
-    """Done or force shutdown: move to stopping and enqueue teardown. Idempotent while stopping."""
-    rental_request_stop(rental=rental, reason=reason, actor=actor)
-    return rental
-
-
-def rental_request_stop(*, rental: Rental, reason: str, actor=None) -> bool:
-    """rental_stop that tells whether this call moved the rental (False: it was already stopping).
+def rental_stop(*, rental: Rental, reason: str, actor=None) -> bool:
+    """Done or force shutdown: move to stopping and enqueue teardown. Idempotent while stopping:
+    returns True when this call moved the rental, False when it was already stopping.
 
     Raises AlreadyEnded for a terminal rental.
     """
+    from sessions.failover import failover_cancel  # sessions.failover imports this module
+
     while True:
         if rental.status == S.STOPPING:
-            return False
+            if not rental.failover_pending or failover_cancel(rental, reason, actor):
+                return False
+            rental.refresh_from_db()  # the failover moved it on meanwhile: stop that
+            continue
         if rental.status not in LIVE_STATUSES:
             raise AlreadyEnded(f"This session has already ended ({rental.status}).")
         if rental_transition(
@@ -1110,177 +423,13 @@ def rentals_stop_all(*, actor, reason: str) -> int:
     stopped = 0
     for rental in Rental.objects.live().exclude(status=S.STOPPING):
         with contextlib.suppress(AlreadyEnded):
-            stopped += rental_request_stop(rental=rental, reason=reason, actor=actor)
+            stopped += rental_stop(rental=rental, reason=reason, actor=actor)
     return stopped
 
 
-def rental_teardown(*, rental_id, budget_seconds: float | None = None) -> bool:
-    """Destroy the instance and poll until the provider confirms it is gone, then ``destroyed``.
-
-    Errors are retried with backoff; the rental stays ``stopping`` (billing visible) with each
-    error on its timeline. Returns True once destroyed; False when the time budget ran out (the
-    caller, or the periodic sweep, runs it again).
-    """
-    budget = budget_seconds if budget_seconds is not None else settings.SHOPPER_TEARDOWN_BUDGET_SECONDS
-    claimed = _lease_claim(rental_id, "teardown_claimed_until", (S.STOPPING,))
-    try:
-        rental = Rental.objects.filter(pk=rental_id).first()
-        if not claimed or rental is None:
-            return rental is not None and rental.status == S.DESTROYED  # another worker is on it
-        return _teardown(rental, budget)
-    except LeaseLost:
-        log.warning("teardown of %s stopped: another worker took it over", rental_id)
-        return False
-    finally:
-        _lease_release()
-
-
-def _teardown(rental: Rental, budget: float) -> bool:
-    provider = _provider(rental)
-    deadline = time.monotonic() + budget
-    backoff = settings.SHOPPER_POLL_INTERVAL_SECONDS
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            gone, detail = _destroy_once(rental, provider)
-        except ProviderError as exc:
-            gone, detail = False, f"Destroy attempt {attempt} failed: {exc.code}: {exc.message}"[:500]
-            rental_event(
-                rental, EventKind.ERROR, detail, data={"attempt": attempt, "cause": EventCause.DESTROY_FAILED}
-            )
-        if gone:
-            return _mark_destroyed(rental, detail)
-        if time.monotonic() + backoff > deadline:
-            return False
-        _wait(backoff)
-        backoff = min(max(backoff * 2, 1), settings.SHOPPER_DESTROY_MAX_BACKOFF_SECONDS)
-        rental.refresh_from_db()
-        if rental.status != S.STOPPING:
-            return rental.status == S.DESTROYED
-
-
-def rentals_resume_stopping() -> int:
-    """Enqueue teardown for every stopping rental no teardown is working on (the periodic sweep
-    and worker start-up call this: a teardown that ran out of budget is picked up again)."""
-    now = timezone.now()
-    ids = list(
-        Rental.objects.filter(status=S.STOPPING)
-        .filter(Q(teardown_claimed_until__isnull=True) | Q(teardown_claimed_until__lt=now))
-        .values_list("pk", flat=True)
-    )
-    for rental_id in ids:
-        enqueue("sessions.tasks.teardown", rental_id)
-    return len(ids)
-
-
-def _destroy_once(rental: Rental, provider: Provider) -> tuple[bool, str]:
-    """One destroy-and-check round: (gone, why)."""
-    instance_id = rental.provider_instance_id
-    if not instance_id:
-        instance = _find_by_label(provider, rental)
-        if instance is None:
-            if _create_may_be_in_flight(rental):
-                return False, ""
-            return True, "No instance was ever created (confirmed by label lookup)"
-        _instance_id_store(rental, instance.instance_id)
-        instance_id = instance.instance_id
-        rental.provider_instance_id = instance_id
-    with contextlib.suppress(NotFound):  # already gone is what we want
-        provider.destroy_instance(instance_id)
-    try:
-        provider.get_instance(instance_id)
-    except NotFound:
-        return True, f"{provider.display_name} confirmed instance {instance_id} is gone"
-    return False, ""
-
-
-def _create_may_be_in_flight(rental: Rental) -> bool:
-    """A create request may still be on the wire if provisioning began recently."""
-    started = rental.events.filter(to_status=S.PROVISIONING).values_list("at", flat=True).first()
-    if started is None:
-        return False  # never reached provisioning: no create was ever sent
-    return timezone.now() - started < timedelta(seconds=settings.SHOPPER_CREATE_SETTLE_SECONDS)
-
-
-def _mark_destroyed(rental: Rental, detail: str) -> bool:
-    return rental_transition(
-        rental,
-        S.DESTROYED,
-        reason=detail,
-        ended_at=timezone.now(),
-    )
-
-
 # --------------------------------------------------------------------------------------------
-# The node agent's start-up (the agent itself arrives with the safety issue)
+# The node agent's heartbeat (its start-up script: sessions/onstart.py)
 # --------------------------------------------------------------------------------------------
-def agent_env(rental: Rental, agent_token: str) -> dict[str, str]:
-    """The node agent's configuration (shopper/agent.py --help); the token travels only here."""
-    return {
-        "SHOPPER_URL": settings.SHOPPER_PUBLIC_URL,
-        "SHOPPER_RENTAL_ID": str(rental.pk),
-        "SHOPPER_AGENT_TOKEN": agent_token,
-        "SHOPPER_HARD_DEADLINE": rental.hard_max_at.isoformat(),
-        "SHOPPER_HEARTBEAT_SECONDS": str(getattr(settings, "SHOPPER_AGENT_HEARTBEAT_SECONDS", 30)),
-        "SHOPPER_UNREACHABLE_SECONDS": str(getattr(settings, "SHOPPER_AGENT_UNREACHABLE_SECONDS", 900)),
-    }
-
-
-def user_startup(script: str) -> str:
-    """The preset's and the user's start-up command, run in the background (so a server that
-    never returns, or an ``exit``, cannot keep the node agent from starting) without the agent's
-    token in its environment; its output goes to ``~/onstart.log``."""
-    if not script.strip():
-        return ""
-    return (
-        "# The start-up command chosen at rent time (log: ~/onstart.log)\n"
-        f"(unset SHOPPER_AGENT_TOKEN; nohup bash -c {shlex.quote(script)} "
-        '>>"${HOME:-/root}/onstart.log" 2>&1 </dev/null &)\n'
-    )
-
-
-def agent_onstart() -> str:
-    """The start-up script: Vast ``onstart`` (bash) or TensorDock runcmd ``bash -c '<exports>...'``.
-
-    It runs with ``agent_env`` in its environment. python3 (not curl/wget, which images may lack)
-    fetches ``$SHOPPER_URL/agent.py`` into a fresh ``mktemp -d`` directory (under $TMPDIR, else
-    $HOME, else /tmp) and starts it in its own session, so it outlives this script, logging to
-    ``agent.log`` next to it. No secret here: the token stays in the environment.
-    """
-    return r"""# Cloud GPU Shopper: start the node agent (heartbeats; powers the node off when it must)
-PY="$(command -v python3 || command -v python || true)"
-if [ -z "$PY" ] || [ -z "${SHOPPER_URL:-}" ]; then
-  echo "shopper-agent: python3 or SHOPPER_URL missing; the node agent is not running" >&2
-  exit 0
-fi
-# A fresh directory under $HOME (found next to the user's files, gone with a sandbox machine's files)
-AGENT_DIR="$(mktemp -d "${TMPDIR:-${HOME:-/tmp}}/shopper-agent.XXXXXX" 2>/dev/null || mktemp -d)"
-"$PY" - "$AGENT_DIR/agent.py" <<'PYEOF'
-import os, sys, time, urllib.request
-url = os.environ["SHOPPER_URL"].rstrip("/") + "/agent.py"
-for attempt in range(10):
-    try:
-        with urllib.request.urlopen(url, timeout=20) as resp:
-            data = resp.read()
-        if data.startswith(b"#!"):
-            break
-    except Exception as exc:
-        print("shopper-agent: download failed: %s" % exc, file=sys.stderr)
-    time.sleep(min(3 * (attempt + 1), 30))
-else:
-    sys.exit("shopper-agent: could not download " + url)
-with open(sys.argv[1], "wb") as f:
-    f.write(data)
-PYEOF
-[ -s "$AGENT_DIR/agent.py" ] && cd "$AGENT_DIR" || exit 0
-export SHOPPER_AGENT_STATE="${SHOPPER_AGENT_STATE:-$AGENT_DIR/state.json}"
-SETSID="$(command -v setsid || true)"
-nohup $SETSID "$PY" "$AGENT_DIR/agent.py" >>"$AGENT_DIR/agent.log" 2>&1 </dev/null &
-echo "shopper-agent: started (pid $!), log $AGENT_DIR/agent.log"
-"""
-
-
 def rental_heartbeat(*, rental: Rental, data: dict) -> str:
     """Record a node agent heartbeat (not a status write) and tell the agent what to do.
 

@@ -41,10 +41,11 @@ from sessions.models import IN_FLIGHT_STATUSES, Alert, AlertKind, EventKind, Que
 from sessions.services import (
     AlreadyEnded,
     rental_event,
-    rental_request_stop,
-    rental_teardown,
+    rental_stop,
     rental_transition,
 )
+from sessions.teardown import rental_teardown
+from sessions.waits import PRODUCTION, Waits
 
 log = logging.getLogger("sessions.safety")
 S = Status
@@ -127,8 +128,11 @@ def _alert(stalled: dict[str, list]) -> None:
     )
 
 
-def queue_stalled_takeover(*, budget_seconds: float | None = None) -> dict[str, int]:
-    """One safety-loop pass over stalled queued work (see the module docstring)."""
+def queue_stalled_takeover(
+    *, budget_seconds: float | None = None, waits: Waits = PRODUCTION
+) -> dict[str, int]:
+    """One safety-loop pass over stalled queued work (see the module docstring); ``waits`` is
+    handed to the teardowns it runs itself."""
     budget = settings.SHOPPER_QUEUE_TAKEOVER_SECONDS if budget_seconds is None else budget_seconds
     now = timezone.now()
     stalled = stalled_work(now)
@@ -153,7 +157,7 @@ def queue_stalled_takeover(*, budget_seconds: float | None = None) -> dict[str, 
             )
             continue
         try:
-            moved = rental_request_stop(
+            moved = rental_stop(
                 rental=rental,
                 reason=f"The task queue did not resume provisioning within {bound} s; stopping "
                 "the machine that may exist",
@@ -181,7 +185,9 @@ def queue_stalled_takeover(*, budget_seconds: float | None = None) -> dict[str, 
                 data={"queue_stalled": queued},
             )
         ran += 1
-        done += rental_teardown(rental_id=rental_id, budget_seconds=min(left, PER_RENTAL_SECONDS))
+        done += rental_teardown(
+            rental_id=rental_id, budget_seconds=min(left, PER_RENTAL_SECONDS), waits=waits
+        )
     summary = {
         "teardowns_run": ran,
         "destroyed": done,

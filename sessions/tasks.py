@@ -1,28 +1,31 @@
 """django-q2 entry points for rentals; thin: each re-reads the rental and calls one service.
 
 Provisioning and teardown first record that they started (sessions/stalled.py): work handed to
-the queue that does not start in time is taken over by the safety loop."""
+the queue that does not start in time is taken over by the safety loop. ``waits`` is for tests
+that run tasks inline (tests/fakes.py); the queue never passes it."""
 
 from __future__ import annotations
 
-from sessions import services, stalled
+from sessions import provisioning, stalled
+from sessions import teardown as teardowns
+from sessions.waits import PRODUCTION, Waits
 
 
-def provision(rental_id) -> None:
+def provision(rental_id, *, waits: Waits = PRODUCTION) -> None:
     stalled.work_started(rental_id, "provision")
-    services.rental_provision(rental_id=rental_id)
+    provisioning.rental_provision(rental_id=rental_id, waits=waits)
 
 
-def teardown(rental_id) -> None:
+def teardown(rental_id, *, waits: Waits = PRODUCTION) -> None:
     stalled.work_started(rental_id, "teardown")
     # When this run's budget ends before the provider confirms, the minute sweep
     # (resume_stopping) starts another: destroys are retried without end.
-    services.rental_teardown(rental_id=rental_id)
+    teardowns.rental_teardown(rental_id=rental_id, waits=waits)
 
 
 def resume_stopping() -> int:
     """Periodic safety net: re-enqueue teardown for rentals stuck in stopping."""
-    return services.rentals_resume_stopping()
+    return teardowns.rentals_resume_stopping()
 
 
 def queue_probe(probe_id: int) -> None:
@@ -31,5 +34,5 @@ def queue_probe(probe_id: int) -> None:
 
 
 def health_checks() -> int:
-    """Periodic: ask each new inference server's health check (sessions.services)."""
-    return services.rentals_health_check()
+    """Periodic: ask each new inference server's health check (sessions.provisioning)."""
+    return provisioning.rentals_health_check()

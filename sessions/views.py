@@ -136,6 +136,9 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int, again: Rental | None = 
                     disk_gb=choice["disk_gb"],
                     ports=choice["ports"],
                     onstart=choice["onstart"],
+                    failover=choice["failover"],
+                    failover_any_gpu=choice["failover_any_gpu"],
+                    max_price_per_hour=choice["max_price_per_hour"],
                     # The page shows the menu price at the disk asked for: that is what was shown.
                     expected_price=_price_at(offer, choice["disk_gb"], base=choice["expected_price"]),
                 )
@@ -181,6 +184,7 @@ def rental_rent(request: HtmxHttpRequest, offer_id: int, again: Rental | None = 
         "hours": hours,
         "markup": settings.SHOPPER_PRICE_MARKUP_PERCENT,
         "keys": request.user.ssh_keys.all(),
+        "FAILOVER_TRIES": settings.SHOPPER_FAILOVER_TRIES,
     }
     template = "sessions/rental_rent.html"
     if request.method == "POST" and is_fragment(request):
@@ -338,6 +342,8 @@ def _detail_context(request: HttpRequest, rental: Rental, **extra) -> dict:
         # (Only the owner is asked: staff cannot download someone's key, Force shutdown asks them.)
         "key_unsaved": is_owner and rental.has_generated_key and rental.is_live and not handed_over,
         "pending_hint": pending_hint(rental),
+        # Each move to another offer (sessions/failover.py), oldest first.
+        "failover_attempts": [e for e in events if e.kind == EventKind.TRANSITION and e.data.get("failover")],
         **extra,
     }
 
@@ -597,6 +603,8 @@ def _again_initial(rental: Rental) -> dict:
         "disk_gb": rental.disk_gb,
         "ports": ", ".join(str(p) for p in rental.ports or []),
         "onstart": rental.onstart,
+        "failover": rental.failover,
+        "failover_any_gpu": rental.failover_any_gpu,
     }
 
 

@@ -568,6 +568,10 @@ def cmd_provision(args) -> int:
         body["ports"] = args.port
     if args.onstart:
         body["onstart"] = args.onstart
+    if args.max_price is not None:
+        body["max_price_per_hour"] = args.max_price
+    if args.no_failover:
+        body["failover"] = False
     session = client.request("POST", "sessions", body=body)
     session_id = str(session.get("id", ""))
     key_path = None
@@ -654,9 +658,18 @@ def wait_active(
     """Poll the session until it is active (print the ssh command) or can no longer become so."""
     deadline = time.monotonic() + timeout
     progress = Progress(quiet)
+    offer = None
     while True:
         session = client.get(f"sessions/{session_id}")
         status, detail = session.get("status"), session.get("status_detail") or ""
+        if offer is not None and session.get("offer_id") != offer:  # failed over (sessions/failover.py)
+            progress.show(
+                "failover",
+                f"now {session.get('provider')} offer {session.get('offer_id')} "
+                f"({session.get('gpu_type')} ×{session.get('gpu_count')}) "
+                f"at ${session.get('price_per_hour')}/h",
+            )
+        offer = session.get("offer_id")
         progress.show(status, detail)
         if status == "active":
             command = ssh_command(session, key_path)
@@ -1344,6 +1357,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MIN",
         help="stop after MIN minutes with every GPU idle, or 'off' (default: the team's setting)",
     )
+    p.add_argument(
+        "--max-price", metavar="USD", help="failover: rent a comparable offer up to this $/h (default +10 %%)"
+    )
+    p.add_argument("--no-failover", action="store_true", help="no failover to a comparable offer")
     p.add_argument("--wait", action="store_true", help="follow the progress until the session is active")
     p.add_argument(
         "--timeout", type=float, default=900, metavar="S", help="give up waiting after S seconds (900)"

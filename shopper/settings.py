@@ -285,6 +285,13 @@ SHOPPER_TEARDOWN_BUDGET_SECONDS = env.int("SHOPPER_TEARDOWN_BUDGET_SECONDS", def
 # this long belongs to a dead (or stalled) worker and the safety loop hands the work to another.
 # Longer than the longest single step: one provider call with its 429 retries, or one SSH login.
 SHOPPER_LEASE_SECONDS = env.int("SHOPPER_LEASE_SECONDS", default=180)
+# Failover (sessions/failover.py): how many times one rental may move on to another offer.
+SHOPPER_FAILOVER_TRIES = env.int("SHOPPER_FAILOVER_TRIES", default=3)
+# Failover skips offers whose confidence (inventory/confidence.py) is below this: below every
+# provider's prior (TensorDock's is 0.3), so only offers our own history says fail are skipped.
+SHOPPER_FAILOVER_MIN_CONFIDENCE = env.float("SHOPPER_FAILOVER_MIN_CONFIDENCE", default=0.2)
+# Where background work goes (sessions/queue.py): django-q2; tests set a recorder here.
+SHOPPER_TASK_QUEUE = "sessions.queue.django_q_enqueue"
 SHOPPER_DESTROY_MAX_BACKOFF_SECONDS = env.int("SHOPPER_DESTROY_MAX_BACKOFF_SECONDS", default=60)
 SHOPPER_RESERVATION_WARNING_MINUTES = env.int("SHOPPER_RESERVATION_WARNING_MINUTES", default=15)
 SHOPPER_LIFECYCLE_INTERVAL_SECONDS = env.float("SHOPPER_LIFECYCLE_INTERVAL_SECONDS", default=5.0)

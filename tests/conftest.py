@@ -11,7 +11,6 @@ import itertools
 import pytest
 from rest_framework.test import APIClient
 
-from sessions import services
 from shopper.models import ApiToken
 from tests import fakes
 from tests.factories import OfferFactory, UserFactory
@@ -82,10 +81,10 @@ def fake_cloud(settings):
 
 
 @pytest.fixture
-def enqueued(monkeypatch) -> list:
+def enqueued(settings) -> list:
     """The background tasks the code under test enqueued, as (function path, *args); none run."""
     calls: list = []
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: calls.append((func, *args)))
+    settings.SHOPPER_TASK_QUEUE = lambda func, *args: calls.append((func, *args))
     return calls
 
 

@@ -39,8 +39,9 @@ from inventory.providers.base import (
     Provider,
     Transient,
 )
-from sessions import services
-from sessions.ssh import SSHCheckFailed
+from sessions.queue import django_q_enqueue as _real_enqueue
+from sessions.ssh import GPU_QUERY, SSHCheckFailed
+from sessions.waits import Waits
 
 GPU_OUTPUT = "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-fake-0)\n"
 BANNER = "SSH-2.0-OpenSSH_9.6"
@@ -281,7 +282,7 @@ class Cloud:
         public = public_of(private_key)
         if not any(line.split()[:2] == public.split()[:2] for line in inst.keys):
             raise SSHCheckFailed("PermissionDenied: Permission denied (publickey)")
-        if command == services.GPU_QUERY:
+        if command == GPU_QUERY:
             return self._gpu_answer(inst)
         if "authorized_keys" in command and "grep -vF" in command:
             blob = command.split("grep -vF ", 1)[1].split()[0].strip("'")
@@ -325,15 +326,29 @@ class Cloud:
     def monotonic(self) -> float:
         return self.mono
 
+    @property
+    def waits(self) -> Waits:
+        """What provisioning and teardown wait and log in with: this cloud's clock and SSH."""
+        return Waits(
+            sleep=self.sleep, monotonic=self.monotonic, ssh_run=self.ssh_run, ssh_banner=self.ssh_banner
+        )
+
     def enqueue(self, func: str, *args: Any) -> None:
+        """The task queue (settings.SHOPPER_TASK_QUEUE in the ``fake`` fixture): records, and
+        runs the task at once when ``run_tasks`` says so, with this cloud's waits."""
         self.enqueued.append((func, *args))
         if self.run_tasks == "q":
-            _real_enqueue(func, *args)
+            _real_enqueue("tests.fakes.task_run", func, *args)
         elif self.run_tasks:
-            import_string(func)(*args)
+            task_run(func, *args)
 
 
-_real_enqueue = services.enqueue
+def task_run(func: str, *args: Any) -> None:
+    """Run a task as the worker would, but provisioning and teardown wait on the fake cloud."""
+    if func in ("sessions.tasks.provision", "sessions.tasks.teardown") and FakeCloud.cloud:
+        import_string(func)(*args, waits=FakeCloud.cloud.waits)
+    else:
+        import_string(func)(*args)
 
 
 class FakeCloud(Provider):

@@ -54,7 +54,6 @@ from schemathesis.specs.openapi.checks import (
 from inventory import providers as registry
 from inventory.models import Offer
 from inventory.providers.base import OfferData, Provider
-from sessions import services
 from sessions.models import Rental, RentalEvent, Status
 from shopper.models import ApiToken
 from tests.factories import OfferFactory, RentalFactory
@@ -288,7 +287,7 @@ def world(db, settings, monkeypatch, user, other_user):
     """The fake provider, a menu, and rentals in several states; returns ``user``'s API token."""
     registry.register_provider("fuzzcloud", f"{__name__}.FuzzCloud")
     settings.FUZZCLOUD_API_KEY = "k"
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: None)
+    settings.SHOPPER_TASK_QUEUE = lambda func, *args: None
     # As Django's test client does: closing "old" connections around each request would end the
     # test's transaction (WSGIHandler sends these signals).
     request_started.disconnect(close_old_connections)

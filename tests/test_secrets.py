@@ -41,7 +41,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from inventory.services import offers_refresh
-from sessions import keys, services
+from sessions import keys, provisioning, teardown
 from sessions.models import Alert, AlertKind, Rental, SSHKey, Status, token_hash
 from sessions.reconcile import destroys_stuck_alert, reconcile_all
 from shopper.logconfig import RedactFilter
@@ -264,9 +264,9 @@ def secret_settings(settings):
 
 
 @pytest.fixture
-def world(secret_settings, django_user_model, make_offer, monkeypatch):
+def world(secret_settings, settings, django_user_model, make_offer):
     queued: list = []
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: queued.append((func, *args)))
+    settings.SHOPPER_TASK_QUEUE = lambda func, *args: queued.append((func, *args))
     found: dict[str, str] = {
         "SECRET_KEY": secret_settings["SECRET_KEY"],
         "SHOPPER_FERNET_KEYS[0]": secret_settings["SHOPPER_FERNET_KEYS"][0],
@@ -429,7 +429,7 @@ def providers_failing(w, rsps: responses.RequestsMock) -> None:
 
     rsps.add_callback(responses.PUT, f"{VAST_URL}/api/v0/asks/{VAST_OFFER_ID}/", callback=create)
     rsps.add(responses.GET, f"{VAST_URL}/api/v1/instances/", json={"success": True, "instances": []})
-    services.rental_provision(rental_id=rental.pk)
+    provisioning.rental_provision(rental_id=rental.pk)
     w.secrets["provisioning agent token"] = sent["agent token"]
     rental.refresh_from_db()
     assert rental.status == Status.FAILED, rental.status
@@ -444,7 +444,7 @@ def providers_failing(w, rsps: responses.RequestsMock) -> None:
         responses.DELETE, f"{VAST_URL}/api/v0/instances/777/",
         callback=lambda r: (500, {}, f"could not destroy for {vast_key}: {_echo(r)}"),
     )  # fmt: skip
-    assert services.rental_teardown(rental_id=stopping.pk, budget_seconds=0) is False
+    assert teardown.rental_teardown(rental_id=stopping.pk, budget_seconds=0) is False
     w.stopping = stopping
     Rental.objects.filter(pk=stopping.pk).update(stop_requested_at=timezone.now() - timedelta(hours=1))
     assert destroys_stuck_alert() == 1  # an alert, with its email

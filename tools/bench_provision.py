@@ -46,9 +46,9 @@ class Waits:
         self._local.__dict__.clear()
 
     def install(self) -> None:
-        from sessions import services
+        from sessions import provisioning, waits
 
-        ssh_run, sleep = services.ssh_run, services._sleep
+        ssh_run, sleep = waits.PRODUCTION.ssh_run, waits.PRODUCTION.sleep
 
         def timed_ssh_run(**kwargs):
             started = time.perf_counter()
@@ -62,17 +62,19 @@ class Waits:
             sleep(seconds)
             self.add("sleep", time.perf_counter() - started)
 
-        services.ssh_run, services._sleep = timed_ssh_run, timed_sleep
+        # What provisioning is handed instead of the production waits (sessions/waits.py).
+        self.waits = waits.Waits(sleep=timed_sleep, ssh_run=timed_ssh_run)
         # The node agent's start-up script runs on the GPU machine, not on the shopper's: left out
         # so the sandbox does not start 200 agents on the cores being measured.
-        services.agent_onstart = lambda: ""
+        provisioning.agent_onstart = lambda: ""
 
 
 def _provision_all(user, offer_ids: list, rentals: int, workers: int, clock: HttpClock, waits: Waits) -> dict:
     from django.db import connections
 
     from sessions.models import Status
-    from sessions.services import RentalError, rental_create, rental_provision
+    from sessions.provisioning import rental_provision
+    from sessions.services import RentalError, rental_create
 
     lock = threading.Lock()
     offers = list(reversed(offer_ids))
@@ -98,7 +100,7 @@ def _provision_all(user, offer_ids: list, rentals: int, workers: int, clock: Htt
                         counts["refused"] += 1
                         counts["started"] -= 1
                     continue
-                rental_provision(rental_id=rental.pk)
+                rental_provision(rental_id=rental.pk, waits=waits.waits)
                 ended = time.perf_counter()
                 rental.refresh_from_db()
                 if rental.status == Status.FAILED:
@@ -161,7 +163,8 @@ def _teardown_all(workers: int) -> float:
     from django.db import connections
 
     from sessions.models import LIVE_STATUSES, Rental, Status
-    from sessions.services import rental_stop, rental_teardown
+    from sessions.services import rental_stop
+    from sessions.teardown import rental_teardown
 
     def one(rental: Rental) -> None:
         try:
@@ -246,20 +249,23 @@ def field_faults() -> dict:
     }
 
 
-def _provision_field(user, offer_ids: list, rentals: int, workers: int) -> dict:
-    """Every attempt counts (no retry on another offer): one rental per offer, from rent to the
-    status provisioning ends in. Time to active = rental_create until active."""
+def _provision_field(user, offer_ids: list, rentals: int, workers: int, failover: bool) -> dict:
+    """One rental per offer asked for, from rent to the status provisioning ends in; with
+    ``failover`` a rental whose offer fails moves on to a comparable one by itself
+    (sessions/failover.py), without it every failed attempt counts. Time to active =
+    rental_create until active, failovers included."""
     from django.db import connections
 
     from sessions.models import Status
-    from sessions.services import RentalError, rental_create, rental_provision
+    from sessions.provisioning import rental_provision
+    from sessions.services import RentalError, rental_create
 
     lock = threading.Lock()
     offers = list(reversed(offer_ids))
     to_active: list[float] = []
     outcomes: dict[str, int] = {}
     reasons: dict[str, int] = {}
-    counts = {"attempts": 0, "refused_at_create": 0}
+    counts = {"attempts": 0, "refused_at_create": 0, "failovers": 0}
 
     def worker() -> None:
         try:
@@ -271,7 +277,9 @@ def _provision_field(user, offer_ids: list, rentals: int, workers: int) -> dict:
                     offer_id = offers.pop()
                 started = time.perf_counter()
                 try:
-                    rental = rental_create(user=user, offer_id=offer_id, reservation_hours=1).rental
+                    rental = rental_create(
+                        user=user, offer_id=offer_id, reservation_hours=1, failover=failover
+                    ).rental
                 except RentalError as exc:  # the re-check found the offer gone or re-priced
                     with lock:
                         counts["refused_at_create"] += 1
@@ -280,7 +288,9 @@ def _provision_field(user, offer_ids: list, rentals: int, workers: int) -> dict:
                 rental_provision(rental_id=rental.pk)
                 elapsed = time.perf_counter() - started
                 rental.refresh_from_db()
+                moves = rental.events.filter(data__failover=True).count()
                 with lock:
+                    counts["failovers"] += moves
                     outcomes[rental.status] = outcomes.get(rental.status, 0) + 1
                     if rental.status == Status.ACTIVE:
                         to_active.append(elapsed)
@@ -300,6 +310,8 @@ def _provision_field(user, offer_ids: list, rentals: int, workers: int) -> dict:
         "active": len(to_active),
         "success_rate": len(to_active) / attempts if attempts else 0.0,
         "refused_at_create": counts["refused_at_create"],
+        "failover": failover,
+        "failovers": counts["failovers"],
         "outcomes": outcomes,
         "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:8]),
         "to_active_p50_s": _pct(to_active, 50),
@@ -307,7 +319,7 @@ def _provision_field(user, offer_ids: list, rentals: int, workers: int) -> dict:
     }
 
 
-def run_field(database_url: str | None, rentals: int, workers: int) -> dict:
+def run_field(database_url: str | None, rentals: int, workers: int, failover: bool = True) -> dict:
     from inventory.sandbox.testing import running_sandbox
 
     with (
@@ -329,21 +341,21 @@ def run_field(database_url: str | None, rentals: int, workers: int) -> dict:
 
         from inventory.models import Offer
         from inventory.services import offers_refresh
-        from sessions import services
+        from sessions import provisioning, teardown
         from sessions.models import Rental, Status
 
-        services.agent_onstart = lambda: ""  # the node agent runs on the GPU machine, not here
+        provisioning.agent_onstart = lambda: ""  # the node agent runs on the GPU machine, not here
         offers_refresh(force=True)  # the menu as a user sees it: faults do not hide offers from it
         sandbox.set_faults(field_faults())
         offer_ids = list(Offer.objects.visible().values_list("pk", flat=True))
         random.Random(7).shuffle(offer_ids)
         user, _ = get_user_model().objects.get_or_create(username="bench")
-        figures = _provision_field(user, offer_ids, rentals, workers)
+        figures = _provision_field(user, offer_ids, rentals, workers, failover)
         sandbox.set_faults({})
         _teardown_all(workers)
         # A failure that stopped a rental has its teardown enqueued (Q_SYNC off here): finish those.
         for rental in Rental.objects.filter(status=Status.STOPPING):
-            services.rental_teardown(rental_id=rental.pk)
+            teardown.rental_teardown(rental_id=rental.pk)
         left = len(sandbox.instances())
         live = Rental.objects.live().count()
     return {"db": _db_label(database_url), "rentals": rentals, "workers": workers, **figures,
@@ -358,11 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url", default="sqlite", help="postgres://… (default: a fresh SQLite file)"
     )
     parser.add_argument("--field", action="store_true", help="under the field-notes faults (field_faults)")
+    parser.add_argument(
+        "--no-failover", action="store_true", help="with --field: rentals do not move to another offer"
+    )
     args = parser.parse_args(argv)
     _exit_on_sigterm()
     database_url = None if args.database_url == "sqlite" else args.database_url
     if args.field:
-        _emit(run_field(database_url, args.rentals, args.workers))
+        _emit(run_field(database_url, args.rentals, args.workers, failover=not args.no_failover))
         return 0
     _emit(run(database_url, args.rentals, args.workers))
     return 0

@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         for status in Rental.objects.values_list("status", flat=True):
             statuses[status] = statuses.get(status, 0) + 1
         field_seen = field_faults_seen()
-        # Billing starts at active_since, which only a passed GPU check sets (sessions/services.py).
+        # Billing starts at active_since, which only a passed GPU check sets (sessions/provisioning.py).
         billed_unverified = Rental.objects.filter(
             active_since__isnull=False, gpu_verified__isnull=True
         ).count()

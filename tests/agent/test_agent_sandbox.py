@@ -17,7 +17,7 @@ from inventory.providers.vastai.names import vast_gpu_type
 from inventory.sandbox.bench import SPEC
 from inventory.sandbox.testing import running_sandbox
 from sessions.models import Status
-from sessions.services import agent_onstart
+from sessions.onstart import agent_onstart
 from tests.agent.conftest import TOKEN, iso_in, wait_for
 from tests.factories import RentalFactory
 from tests.sandbox._util import (

@@ -11,7 +11,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from sessions import services
+from sessions import onstart
 from sessions.agent_api import AGENT_FILE
 from sessions.models import EventKind, Rental, RentalEvent, Status
 from tests.factories import RentalFactory
@@ -219,7 +219,7 @@ def test_agent_env_carries_the_agent_settings(make_rental, settings):
     rental = make_rental()
     settings.SHOPPER_AGENT_HEARTBEAT_SECONDS = 15
     settings.SHOPPER_AGENT_UNREACHABLE_SECONDS = 600
-    env = services.agent_env(rental, "raw-token")
+    env = onstart.agent_env(rental, "raw-token")
     assert env == {
         "SHOPPER_URL": settings.SHOPPER_PUBLIC_URL,
         "SHOPPER_RENTAL_ID": str(rental.pk),
@@ -231,7 +231,7 @@ def test_agent_env_carries_the_agent_settings(make_rental, settings):
 
 
 def test_the_onstart_script_holds_no_secret_and_needs_no_curl():
-    script = services.agent_onstart()
+    script = onstart.agent_onstart()
     assert "$SHOPPER_URL" in script or 'os.environ["SHOPPER_URL"]' in script
     assert "agent.py" in script and "nohup" in script and "setsid" in script
     assert "SHOPPER_AGENT_TOKEN" not in script

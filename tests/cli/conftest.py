@@ -2,7 +2,7 @@
 over HTTP on a thread; the CLI's ``main`` talks to it with ``requests`` like it would to prod.
 
 The provider is faked at the registry seam (tests/fakes.py, as in tests/sessions/test_api.py) and
-``sessions.services.enqueue`` records tasks instead of running them, so nothing provisions.
+The task queue (``SHOPPER_TASK_QUEUE``) records tasks instead of running them, so nothing provisions.
 """
 
 from __future__ import annotations

@@ -166,6 +166,38 @@ def test_provision_wait_prints_progress_then_the_ssh_command(shopper, run, offer
     assert (home / ".ssh" / key[len("~/.ssh/") :]).exists()
 
 
+def test_provision_wait_prints_each_failover(shopper, run, offer, make_offer, monkeypatch):
+    """Issue 15: the rental moves on to another offer by itself; --wait says so, then goes on."""
+    other = make_offer(provider="clicloud", provider_offer_id="o-2", gpu_count=2, price_per_hour="1.2500")
+    steps = [
+        (Status.PROVISIONING, "Creating the instance", {}),
+        (Status.PENDING, "Failover 1/3: the offer was gone (no_such_ask); renting clicloud offer", {
+            "offer": other, "provider_offer_id": "o-2", "price_per_hour": Decimal("1.2500"),
+        }),
+        (Status.PROVISIONING, "Creating the instance", {}),
+        (Status.BOOTING, "Booting", {}),
+        (Status.VERIFYING, "Checking SSH", {}),
+        (Status.ACTIVE, "Ready", dict(ssh_host="198.51.100.7", ssh_port=2222, ssh_user="root")),
+    ]  # fmt: skip
+
+    def step(seconds):
+        status, reason, fields = steps.pop(0)
+        services.rental_transition(Rental.objects.get(), status, reason=reason, **fields)
+
+    monkeypatch.setattr(cli, "_sleep", step)
+    code, out, err = run("provision", str(offer.pk), "--hours", "1", "--wait", "--max-price", "1.30")
+    assert code == 0, err
+    stamp = re.compile(r"^\[\d\d:\d\d:\d\d \+\d+:\d\d\] ")
+    progress = [stamp.sub("", line) for line in out.splitlines() if stamp.match(line)]
+    assert progress[:4] == [
+        "pending",
+        "provisioning: Creating the instance",
+        f"failover: now clicloud offer {other.pk} (RTX 4090 24GB ×2) at $1.2500/h",
+        "pending: Failover 1/3: the offer was gone (no_such_ask); renting clicloud offer",
+    ]
+    assert Rental.objects.get().max_price_per_hour == Decimal("1.3000")
+
+
 def test_provision_wait_fails_with_exit_1_when_the_session_fails(shopper, run, offer, monkeypatch):
     def fail(seconds):
         services.rental_transition(Rental.objects.get(), Status.FAILED, reason="The provider said no")

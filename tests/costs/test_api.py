@@ -11,7 +11,6 @@ import time_machine
 from costs.models import Budget
 from inventory import providers as registry
 from inventory.providers.base import OfferData, Provider
-from sessions import services
 from sessions.models import Rental, RentalEvent
 from tests.costs.conftest import utc
 
@@ -135,7 +134,7 @@ def test_renting_over_budget_is_403_budget_exceeded_and_creates_nothing(
     registry.register_provider("budgetcloud", f"{__name__}.BudgetCloud")
     settings.BUDGETCLOUD_API_KEY = "k"
     enqueued = []
-    monkeypatch.setattr(services, "enqueue", lambda func, *args: enqueued.append(func))
+    settings.SHOPPER_TASK_QUEUE = lambda func, *args: enqueued.append(func)
     try:
         offer = make_offer(provider="budgetcloud", provider_offer_id="b-1", price_per_hour="1.2000")
         Budget.objects.create(user=user, monthly_limit=Decimal("2"))

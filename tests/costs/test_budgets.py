@@ -193,21 +193,20 @@ def test_team_budget_alerts_warn_every_live_rental(clock, billed, user, other_us
 def test_stop_policy_stops_the_live_rentals_of_the_scope(clock, billed, user, other_user, settings):
     settings.SHOPPER_BUDGET_POLICY = "stop"
     enqueued = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(services, "enqueue", lambda func, *args: enqueued.append((func, *args)))
-        Budget.objects.create(user=user, monthly_limit=Decimal("5"))
-        mine = billed(NOW - timedelta(hours=5), price="1.0000")
-        pending = billed(NOW, status=Status.PENDING)
-        Rental.objects.filter(pk=pending.pk).update(active_since=None)  # not billing yet
-        theirs = billed(NOW - timedelta(hours=5), price="1.0000", consumer=other_user)
-        assert [x.threshold for x in budgets_check()] == [80, 100]
-        for rental in (mine, pending):
-            rental.refresh_from_db()
-            assert rental.status == Status.STOPPING
-            assert rental.status_detail.startswith("Budget exhausted: the monthly budget of alice")
-        assert Rental.objects.get(pk=theirs.pk).status == Status.ACTIVE
-        assert budgets_check() == []  # stopping already: nothing more to do
-        assert "live sessions are stopped" in budget_banner(user)
+    settings.SHOPPER_TASK_QUEUE = lambda func, *args: enqueued.append((func, *args))
+    Budget.objects.create(user=user, monthly_limit=Decimal("5"))
+    mine = billed(NOW - timedelta(hours=5), price="1.0000")
+    pending = billed(NOW, status=Status.PENDING)
+    Rental.objects.filter(pk=pending.pk).update(active_since=None)  # not billing yet
+    theirs = billed(NOW - timedelta(hours=5), price="1.0000", consumer=other_user)
+    assert [x.threshold for x in budgets_check()] == [80, 100]
+    for rental in (mine, pending):
+        rental.refresh_from_db()
+        assert rental.status == Status.STOPPING
+        assert rental.status_detail.startswith("Budget exhausted: the monthly budget of alice")
+    assert Rental.objects.get(pk=theirs.pk).status == Status.ACTIVE
+    assert budgets_check() == []  # stopping already: nothing more to do
+    assert "live sessions are stopped" in budget_banner(user)
 
 
 def test_banner_from_80_percent(clock, billed, user):

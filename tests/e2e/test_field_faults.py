@@ -11,7 +11,7 @@ import pytest
 
 from costs.models import LedgerEntry
 from inventory.models import Offer
-from sessions import services
+from sessions import provisioning
 from sessions.models import Rental
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -21,9 +21,9 @@ def cheapest(provider: str) -> Offer:
     return Offer.objects.visible().filter(provider=provider).order_by("price_per_hour").first()
 
 
-def rent(api, offer: Offer) -> dict:
+def rent(api, offer: Offer, **body) -> dict:
     response = api.post(
-        "/api/v1/sessions", {"offer_id": str(offer.pk), "reservation_hours": 1}, format="json"
+        "/api/v1/sessions", {"offer_id": str(offer.pk), "reservation_hours": 1, **body}, format="json"
     )
     assert response.status_code == 201, response.json()
     return api.get(f"/api/v1/sessions/{response.json()['id']}").json()
@@ -89,7 +89,7 @@ def test_td_deploy_error(cloud, api, quick):
 
 @pytest.fixture
 def quick_401_retries(monkeypatch):
-    monkeypatch.setattr(services, "CREATE_401_RETRY_SECONDS", (0.05, 0.05))
+    monkeypatch.setattr(provisioning, "CREATE_401_RETRY_SECONDS", (0.05, 0.05))
 
 
 def test_td_401_on_create_while_reads_work_is_retried(cloud, api, quick, quick_401_retries):
@@ -106,7 +106,7 @@ def test_td_401_on_create_while_reads_work_is_retried(cloud, api, quick, quick_4
 
 def test_td_401_on_every_create_fails_after_the_retries(cloud, api, quick, quick_401_retries):
     """Still 401 after the retries: failed, nothing billed, the provider's own words shown."""
-    tries = len(services.CREATE_401_RETRY_SECONDS) + 1
+    tries = len(provisioning.CREATE_401_RETRY_SECONDS) + 1
     cloud.set_faults([{"dialect": "tensordock", "op": "create", "fail_next": tries, "error_status": 401}])
     session = rent(api, cheapest("tensordock"))
     assert session["status"] == "failed", session
@@ -122,7 +122,7 @@ def test_vast_no_such_ask_on_an_ask_search_still_shows(cloud, api, quick):
     first = rent(api, offer)
     assert first["status"] == "active", first
     Offer.objects.filter(pk=offer.pk).update(available=True)  # the menu refreshed: still listed
-    second = rent(api, offer)
+    second = rent(api, offer, failover=False)  # with failover it would rent another ask (issue 15)
     assert second["status"] == "failed", second
     seen = seen_by_user(api, second["id"])
     assert "no_such_ask" in seen and "sandbox-key" not in seen

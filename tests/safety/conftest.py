@@ -6,8 +6,6 @@ The scripted fake cloud of ``tests/sessions/conftest.py`` is reused as is (``fak
 
 - an admin address, so ``mail_admins`` really sends (``mailoutbox`` sees each alert email);
 - the real providers disabled, so ``reconcile_all`` only talks to the fake cloud;
-- ``sessions.reconcile.enqueue`` recorded like ``sessions.services.enqueue`` (it is imported by
-  name there, so the fake's own patch of ``services.enqueue`` does not reach it);
 - the safety settings pinned to the defaults the issue states;
 - a shopper that has been up (web and safety loop) for a day, so heartbeat timeouts count as
   they always did unless a test stages an outage (``sessions.uptime``).
@@ -20,7 +18,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from sessions import reconcile
 from sessions.models import EventKind, Rental, RentalEvent, Status, UpStretch
 from tests.sessions.conftest import *  # noqa: F403  (fake, offer, make_rental, rent, helpers)
 
@@ -28,7 +25,7 @@ ADMIN_EMAIL = "ops@example.com"
 
 
 @pytest.fixture(autouse=True)
-def safety_env(fake, settings, monkeypatch):
+def safety_env(fake, settings):
     settings.ADMINS = [("Ops", ADMIN_EMAIL)]
     settings.VASTAI_API_KEY = ""
     settings.TENSORDOCK_API_TOKEN = ""
@@ -37,7 +34,6 @@ def safety_env(fake, settings, monkeypatch):
     settings.SHOPPER_ORPHAN_GRACE_SECONDS = 120
     settings.SHOPPER_DESTROY_ALERT_SECONDS = 900
     settings.SHOPPER_HARD_MAX_HOURS = 12
-    monkeypatch.setattr(reconcile, "enqueue", fake.enqueue)
     now = timezone.now()
     for role in ("web", "safety"):
         UpStretch.objects.create(role=role, since=now - timedelta(days=1), seen_at=now)

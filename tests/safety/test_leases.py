@@ -12,8 +12,9 @@ import pytest
 
 from sessions import services
 from sessions.models import Status
+from sessions.provisioning import rental_provision, rentals_resume_provisioning
 from sessions.reconcile import recover_on_start
-from sessions.services import rental_provision, rental_teardown, rentals_resume_provisioning
+from sessions.teardown import rental_teardown, rentals_resume_stopping
 from tests.safety.test_recovery import PROVISION, Killed, run_enqueued
 from tests.sessions.conftest import START, fresh
 
@@ -36,11 +37,11 @@ def test_a_provisioning_longer_than_the_lease_keeps_it_and_is_never_taken_over(
             with django_capture_on_commit_callbacks(execute=True):
                 recover_on_start()
             seen.append(("sweep", rentals_resume_provisioning()))
-            rental_provision(rental_id=rental.pk)
+            rental_provision(rental_id=rental.pk, waits=fake.waits)
         seen.append(fresh(rental).provision_claimed_until)
 
     fake.hooks["get"] = another_worker_tries
-    rental_provision(rental_id=rental.pk)
+    rental_provision(rental_id=rental.pk, waits=fake.waits)
 
     assert fresh(rental).status == S.ACTIVE
     assert fake.count("create") == 1
@@ -61,7 +62,7 @@ def test_a_worker_that_lost_its_lease_stops_at_its_next_wait(fake, rent):
         type(rental).objects.filter(pk=rental.pk).update(provision_claimed_until=taken_over)
 
     fake.hooks["get"] = stalled_then_taken_over
-    rental_provision(rental_id=rental.pk)
+    rental_provision(rental_id=rental.pk, waits=fake.waits)
 
     rental = fresh(rental)
     assert rental.status == S.BOOTING  # it did not go on to verify SSH beside the new owner
@@ -82,7 +83,7 @@ def test_a_dead_workers_provisioning_is_resumed_once_its_lease_expires(
 
     fake.hooks["get"] = killed  # the worker dies while the instance boots
     with pytest.raises(Killed):
-        rental_provision(rental_id=rental.pk)
+        rental_provision(rental_id=rental.pk, waits=fake.waits)
     del fake.hooks["get"]
     # SIGKILL runs no `finally`: the lease stays as the dead worker last renewed it.
     held = START + timedelta(seconds=settings.SHOPPER_LEASE_SECONDS)
@@ -119,9 +120,9 @@ def test_a_teardown_longer_than_the_lease_keeps_it(fake, active_rental, settings
     fake.enqueued.clear()
     fake.destroy_lag = 20  # the provider says "deleting" for a long time (about 17 min of backoff)
     swept = []
-    fake.hooks["get"] = lambda _id: swept.append(services.rentals_resume_stopping())
+    fake.hooks["get"] = lambda _id: swept.append(rentals_resume_stopping())
 
-    assert rental_teardown(rental_id=rental.pk, budget_seconds=3000) is True
+    assert rental_teardown(rental_id=rental.pk, budget_seconds=3000, waits=fake.waits) is True
 
     assert fresh(rental).status == S.DESTROYED
     assert len(swept) > 10 and set(swept) == {0}  # never handed to another worker meanwhile

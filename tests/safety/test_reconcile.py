@@ -19,7 +19,7 @@ from inventory.providers.base import NotFound, PermanentError, Transient
 from sessions.deployment import deployment_id, make_label
 from sessions.models import LABEL_PREFIX, Alert, AlertKind, Rental, RentalEvent, Status
 from sessions.reconcile import reconcile, reconcile_all
-from sessions.services import rental_teardown
+from sessions.teardown import rental_teardown
 from tests.fakes import FakeCloud
 from tests.safety.conftest import ADMIN_EMAIL
 from tests.sessions.conftest import START, events, fresh, transitions
@@ -300,7 +300,7 @@ def test_missing_from_two_consecutive_listings_is_a_ghost(fake, c, two_live, mai
     assert len(fake.enqueued) == 1
 
     # The teardown asks the provider, which confirms the instance is gone: destroyed.
-    assert rental_teardown(rental_id=ghost.pk) is True
+    assert rental_teardown(rental_id=ghost.pk, waits=fake.waits) is True
     assert fresh(ghost).status == S.DESTROYED
     assert fake.args("get")[-1] == ghost.provider_instance_id
 

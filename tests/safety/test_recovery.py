@@ -11,10 +11,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from sessions import services
+from sessions import provisioning, services
 from sessions.models import Alert, AlertKind, Status
+from sessions.provisioning import rental_provision
 from sessions.reconcile import destroys_stuck_alert, recover_on_start
-from sessions.services import rental_provision, rental_teardown
+from sessions.teardown import rental_teardown, rentals_resume_stopping
 from tests.safety.conftest import ADMIN_EMAIL
 from tests.sessions.conftest import START, fresh, transitions
 
@@ -29,14 +30,14 @@ class Killed(BaseException):
 
 def run_enqueued(fake, capture):
     """Run what was enqueued so far (and what those tasks enqueue), like a worker would."""
-    from django.utils.module_loading import import_string
+    from tests.fakes import task_run
 
     done = 0
     while done < len(fake.enqueued):
         func, *args = fake.enqueued[done]
         done += 1
         with capture(execute=True):
-            import_string(func)(*args)
+            task_run(func, *args)
 
 
 # --- resuming what a dead worker left ------------------------------------------------------------
@@ -96,14 +97,14 @@ def test_a_dead_workers_teardown_lease_expires_and_the_teardown_then_finishes(
     # The worker that claimed the teardown died holding the lease.
     until = START + timedelta(seconds=settings.SHOPPER_LEASE_SECONDS)
     type(rental).objects.filter(pk=rental.pk).update(teardown_claimed_until=until)
-    assert rental_teardown(rental_id=rental.pk) is False  # the lease blocks everyone else
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits) is False  # the lease blocks everyone else
     with django_capture_on_commit_callbacks(execute=True):
         recover_on_start()
     assert fake.enqueued == []  # nothing proves yet that its worker is dead
 
     fake.sleep(settings.SHOPPER_LEASE_SECONDS + 1)  # no renewal: the lease has expired
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.rentals_resume_stopping() == 1
+        assert rentals_resume_stopping() == 1
     assert fake.enqueued == [(TEARDOWN, rental.pk)]
     run_enqueued(fake, django_capture_on_commit_callbacks)
     assert fresh(rental).status == S.DESTROYED
@@ -137,15 +138,15 @@ def killed_after_create(fake, rent, monkeypatch):
     """Provisioning sent the create; the worker died before the instance id reached the row."""
     rental = rent().rental
     fake.enqueued.clear()
-    real_store = services._instance_id_store
+    real_store = provisioning._instance_id_store
 
     def die(rental, instance_id):
         raise Killed
 
-    monkeypatch.setattr(services, "_instance_id_store", die)
+    monkeypatch.setattr(provisioning, "_instance_id_store", die)
     with pytest.raises(Killed):
-        rental_provision(rental_id=rental.pk)
-    monkeypatch.setattr(services, "_instance_id_store", real_store)
+        rental_provision(rental_id=rental.pk, waits=fake.waits)
+    monkeypatch.setattr(provisioning, "_instance_id_store", real_store)
 
     row = fresh(rental)
     assert row.status == S.PROVISIONING and row.provider_instance_id == ""
@@ -238,11 +239,12 @@ def test_a_real_failing_destroy_is_alerted_after_15_minutes(
     from inventory.providers.base import Transient
 
     fake.fail["destroy"] = [Transient("500 Internal Server Error", status=500)] * 1000
-    assert rental_teardown(rental_id=rental.pk, budget_seconds=600) is False  # 10 min of retries
+    # 10 min of retries
+    assert rental_teardown(rental_id=rental.pk, budget_seconds=600, waits=fake.waits) is False
     assert destroys_stuck_alert() == 0
 
     fake.traveller.shift(timedelta(minutes=5))
-    assert rental_teardown(rental_id=rental.pk, budget_seconds=120) is False
+    assert rental_teardown(rental_id=rental.pk, budget_seconds=120, waits=fake.waits) is False
     assert timezone.now() - fresh(rental).stop_requested_at >= timedelta(minutes=15)
     assert destroys_stuck_alert() == 1
     assert len(mailoutbox) == 1

@@ -5,10 +5,13 @@ Nothing here is autouse: a test (or a module's ``pytestmark``) asks for the ``fa
 ``fake`` is a :class:`~tests.fakes.Cloud` registered as provider "fakecloud" (through the
 ``fake_cloud`` fixture of tests/conftest.py): the provider adapter (:class:`~tests.fakes.FakeCloud`,
 built fresh by the registry on every ``get_provider``) reads and writes it. On top of that it owns
-a fake clock: ``sessions.services._sleep`` advances frozen time (``timezone.now``, via time-machine)
-and the monotonic clock the teardown budget uses, so every wait of the services is instant and
-deterministic. SSH checks go to :meth:`Cloud.ssh_run` / :meth:`Cloud.ssh_banner`, which accept a
-login only when the private key matches a public key installed on the instance at that host and port.
+a fake clock. ``fake.waits`` (a :class:`sessions.waits.Waits`) is what tests pass to provisioning
+and teardown: its sleep advances frozen time (``timezone.now``, via time-machine) and the monotonic
+clock the teardown budget uses, so every wait is instant and deterministic, and its SSH checks go to
+:meth:`Cloud.ssh_run` / :meth:`Cloud.ssh_banner`, which accept a login only when the private key
+matches a public key installed on the instance at that host and port. The fake is the task queue
+too (``SHOPPER_TASK_QUEUE``): it records what was enqueued and, with ``fake.run_tasks``, runs it
+with its waits.
 """
 
 from __future__ import annotations
@@ -22,21 +25,12 @@ import time_machine
 from sessions import keys, services
 from sessions.models import Rental, RentalEvent, Status
 from tests.factories import RentalFactory
-from tests.fakes import Cloud
 
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-class _FakeTime:
-    """Stands in for the ``time`` module inside sessions.services (only monotonic is used)."""
-
-    def __init__(self, cloud: Cloud):
-        self.monotonic = cloud.monotonic
-        self.sleep = cloud.sleep
-
-
 @pytest.fixture
-def fake(fake_cloud, settings, monkeypatch, db):
+def fake(fake_cloud, settings, db):
     cloud = fake_cloud()
     settings.SHOPPER_POLL_INTERVAL_SECONDS = 5
     settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS = 10
@@ -51,11 +45,7 @@ def fake(fake_cloud, settings, monkeypatch, db):
     settings.SHOPPER_DESTROY_MAX_BACKOFF_SECONDS = 60
     with time_machine.travel(START, tick=False) as traveller:
         cloud.traveller = traveller
-        monkeypatch.setattr(services, "_sleep", cloud.sleep)
-        monkeypatch.setattr(services, "time", _FakeTime(cloud))
-        monkeypatch.setattr(services, "ssh_run", cloud.ssh_run)
-        monkeypatch.setattr(services, "ssh_banner", cloud.ssh_banner)
-        monkeypatch.setattr(services, "enqueue", cloud.enqueue)
+        settings.SHOPPER_TASK_QUEUE = cloud.enqueue
         yield cloud
 
 

@@ -19,7 +19,7 @@ from costs.pricing import charge, price_per_hour
 from inventory.models import Offer
 from sessions import presets, services
 from sessions.models import Rental, Status
-from sessions.services import rental_provision
+from sessions.provisioning import rental_health_check, rental_provision, rentals_health_check
 
 from .conftest import events, fresh
 
@@ -92,7 +92,7 @@ def test_a_disk_the_offer_has_no_storage_price_for_is_refused(fake, offer, user)
 
 def provisioned(fake, user, **choices) -> Rental:
     created = services.rental_create(user=user, offer_id=fake_offer_pk(), reservation_hours=2, **choices)
-    rental_provision(rental_id=created.rental.pk)
+    rental_provision(rental_id=created.rental.pk, waits=fake.waits)
     return fresh(created.rental)
 
 
@@ -229,7 +229,7 @@ def test_a_vllm_preset_is_created_with_its_image_port_and_start_up_and_the_port_
     assert body["ports"] == [{"port": 8000, "address": None, "url": None}]
     assert (body["preset"], body["image"], body["disk_gb"]) == ("vllm", "vllm/vllm-openai:v0.6.6", 10)
 
-    rental_provision(rental_id=body["id"])
+    rental_provision(rental_id=body["id"], waits=fake.waits)
 
     [request] = fake.args("create")
     assert request.ports == (8000,)
@@ -282,14 +282,14 @@ def test_the_page_says_when_the_inference_servers_health_check_answers(
         active_since=timezone.now(),
     )
     client.force_login(user)
-    assert not services.rental_health_check(rental)  # nothing listens on port 1
+    assert not rental_health_check(rental)  # nothing listens on port 1
     assert (
         "waiting for the inference server"
         in client.get(reverse("sessions:detail", args=[rental.pk])).content.decode()
     )
 
     Rental.objects.filter(pk=rental.pk).update(mapped_ports={"8000": f"127.0.0.1:{health_server}"})
-    assert services.rentals_health_check() == 1
+    assert rentals_health_check() == 1
 
     rental = fresh(rental)
     assert rental.health_ok_at is not None
@@ -297,7 +297,7 @@ def test_the_page_says_when_the_inference_servers_health_check_answers(
     assert f"http://127.0.0.1:{health_server}/health" in info.reason
     html = client.get(reverse("sessions:detail", args=[rental.pk])).content.decode()
     assert "health check (<code>/health</code>) answered" in html
-    assert services.rentals_health_check() == 0  # asked until it first answers, then never again
+    assert rentals_health_check() == 0  # asked until it first answers, then never again
 
 
 # --- rent again -------------------------------------------------------------------------------

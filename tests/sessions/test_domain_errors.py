@@ -85,13 +85,6 @@ def test_extra_goes_into_the_api_body(api_client, make_rental, monkeypatch):
     assert response.json() == {"limit": 3, "detail": MESSAGE, "code": "capacity_reached"}
 
 
-def test_the_old_http_status_keyword_still_means_not_found():
-    """rental_create's unknown offer (until it raises OfferNotFound): the status is the class's
-    answer, not a value carried in data."""
-    exc = sessions.errors.RentalError("No offer with that id.", http_status=404)
-    assert (exc.status, exc.code, exc.data) == (404, "not_found", {})
-
-
 @pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__name__)
 def test_a_page_shows_each_refusal_and_redirects_back(cls, client_logged_in, make_rental, monkeypatch):
     rental = make_rental(Status.ACTIVE)

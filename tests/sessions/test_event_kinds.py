@@ -27,6 +27,8 @@ def test_chaos_field_faults_are_found_by_cause_and_provider_words_whatever_our_s
     event(a, EventKind.TRANSITION, "Gone", cause=EventCause.BOOT_TIMEOUT, provision_failed=True)
     event(b, EventKind.WARNING, "Retrying", cause=EventCause.CREATE_401, code="auth_failed")
     event(b, EventKind.TRANSITION, "Broken GPUs", cause=EventCause.GPU_NO_DRIVER)
+    event(b, EventKind.ERROR, "Full", cause=EventCause.CREATE_FAILED, code="offer_unavailable",
+          provider_error="instance-operations/launch/insufficient-capacity: Not enough capacity")  # fmt: skip
     event(c, EventKind.TRANSITION, "Bad", cause=EventCause.INSTANCE_FAILED,
           provider_error="created Error: OCI runtime create failed: runc")  # fmt: skip
     event(c, EventKind.TRANSITION, "Lied", cause=EventCause.GPU_MISMATCH)
@@ -42,6 +44,8 @@ def test_chaos_field_faults_are_found_by_cause_and_provider_words_whatever_our_s
         "boot_timeout": 1,
         "no_driver": 1,
         "gpu_refused": 2,
+        "runpod_capacity": 0,
+        "lambda_capacity": 1,
     }
 
 

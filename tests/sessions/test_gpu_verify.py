@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from contextlib import redirect_stdout
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -20,11 +21,13 @@ from inventory.providers.base import STATE_STOPPED
 from inventory.providers.tensordock.names import tensordock_gpu_type
 from inventory.providers.vastai.names import vast_gpu_type
 from inventory.sandbox import catalog
-from sessions import services
+from sessions import provisioning
 from sessions.models import EventCause, RentalEvent, Status
-from sessions.services import rental_provision, rental_teardown
+from sessions.provisioning import rental_provision
 from sessions.ssh import GpuReport, gpu_mismatch, gpu_report_parse
+from sessions.teardown import rental_teardown
 from shopper import cli
+from tests.fakes import FakeCloud
 
 from .conftest import START, events, fresh, new_public_key
 
@@ -36,8 +39,8 @@ SMI_FAILED = (
 )
 
 
-def provision(rental):
-    rental_provision(rental_id=rental.pk)
+def provision(rental, waits=None):
+    rental_provision(rental_id=rental.pk, waits=waits or FakeCloud.cloud.waits)
     return fresh(rental)
 
 
@@ -150,7 +153,7 @@ def test_a_driver_that_never_works_is_torn_down_unbilled_and_the_offer_hidden(
     offer = Offer.objects.get(pk=rental.offer_id)
     assert offer.hidden_until is not None and offer.hidden_until > fake.now  # hidden at once
     assert not Offer.objects.visible().filter(pk=offer.pk).exists()
-    assert rental_teardown(rental_id=rental.pk)
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits)
     rental = fresh(rental)
     assert rental.status == S.DESTROYED and rental.billed_seconds() == 0 and rental.gpu_verified is None
 
@@ -189,7 +192,7 @@ def test_a_machine_that_is_not_what_was_sold_is_stopped_at_the_first_look(fake, 
     assert rental.status == S.STOPPING and rental.active_since is None
     assert rental.status_detail.startswith(f"The machine is not what was rented: {told}")
     assert rental.status_detail.endswith("It was destroyed and you pay nothing.")
-    assert len([c for c in fake.ssh_calls if c["command"] == services.GPU_QUERY]) == 1  # no waiting
+    assert len([c for c in fake.ssh_calls if c["command"] == provisioning.GPU_QUERY]) == 1  # no waiting
     event = RentalEvent.objects.filter(rental=rental, to_status=S.STOPPING).get()
     assert event.data["provision_failed"] is True and event.data["gpu_found"]["name"]
     assert event.data["cause"] == EventCause.GPU_MISMATCH
@@ -237,8 +240,7 @@ def test_a_machine_that_dies_while_its_driver_is_repaired_is_given_up_at_once(fa
             inst.state = STATE_STOPPED
         return out
 
-    monkeypatch.setattr(services, "ssh_run", run_then_die)
-    rental = provision(rented)
+    rental = provision(rented, waits=replace(fake.waits, ssh_run=run_then_die))
     assert rental.status == S.STOPPING
     assert rental.status_detail.startswith("The machine stopped right after starting (stopped")
     assert sum(fake.sleeps) <= 20  # one boot poll, two checks, one failed login
@@ -261,7 +263,7 @@ def test_a_users_own_key_rental_that_fails_the_check_leaves_no_key_of_ours(
         rental = provision(rent(ssh_public_key=own).rental)
     assert rental.status == S.STOPPING
     assert rental.verify_private_key_encrypted  # still needed until the machine is gone
-    assert rental_teardown(rental_id=rental.pk)
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits)
     rental = fresh(rental)
     assert rental.status == S.DESTROYED and rental.verify_private_key_encrypted == ""
 
@@ -270,10 +272,10 @@ def test_the_verification_key_is_made_once_and_kept_in_the_database(fake, rent):
     """A check resumed by another worker process logs in with the key the machine got."""
     own = new_public_key("laptop")
     pending = rent(ssh_public_key=own).rental
-    installed = services._install_keys(pending)
+    installed = provisioning._install_keys(pending)
     assert installed.splitlines()[0] == own and installed.splitlines()[1].endswith(" shopper-verify")
-    assert services._install_keys(fresh(pending)) == installed  # as another process reads it
-    assert services._public_of(services._verify_key(fresh(pending))) == installed.splitlines()[1]
+    assert provisioning._install_keys(fresh(pending)) == installed  # as another process reads it
+    assert provisioning._public_of(provisioning._verify_key(fresh(pending))) == installed.splitlines()[1]
 
 
 # --- shown to the user -----------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def test_an_ended_rental_that_was_never_verified_says_so(fake, rented, client_lo
     settings.SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS = 60
     fake.gpu_broken_checks = 10_000
     rental = provision(rented)
-    assert rental_teardown(rental_id=rental.pk)
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits)
     page = client_logged_in.get(reverse("sessions:detail", args=[rental.pk])).content.decode()
     assert "never (the machine was not handed over)" in page
     assert "had no working NVIDIA driver after 1 min" in page  # the reason, in plain words
@@ -312,7 +314,7 @@ def test_the_admin_never_shows_the_verification_key(fake, rent, client, staff):
     staff.is_superuser = True
     staff.save()
     pending = rent(ssh_public_key=new_public_key("laptop")).rental
-    services._install_keys(pending)
+    provisioning._install_keys(pending)
     secret = fresh(pending).verify_private_key_encrypted
     assert secret
     client.force_login(staff)

@@ -9,7 +9,7 @@ import pytest
 from inventory.models import Offer, ProvisionOutcome
 from inventory.providers.base import STATE_FAILED, STATE_STOPPED, OfferUnavailable, PermanentError
 from sessions.models import Status
-from sessions.services import rental_provision
+from sessions.provisioning import rental_provision
 
 from .conftest import fresh
 
@@ -38,7 +38,7 @@ def visible(*offer_ids: str) -> list[bool]:
 
 
 def test_a_rental_that_becomes_active_is_a_success_with_where_it_ran(fake, rented):
-    rental_provision(rental_id=rented.pk)
+    rental_provision(rental_id=rented.pk, waits=fake.waits)
     assert fresh(rented).status == S.ACTIVE
     where = ("fakecloud", "fc-1", "node-1", "Oregon, US", "RTX 4090 24GB")
     assert outcomes() == [(rented.pk, *where, "success")]
@@ -89,7 +89,7 @@ def test_each_failure_kind_is_recorded_once_with_where_it_failed(fake, rented, s
     settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS = 60
     settings.SHOPPER_BOOT_TIMEOUT_SECONDS = 60
     SCRIPTS[case](fake)
-    rental_provision(rental_id=rented.pk)
+    rental_provision(rental_id=rented.pk, waits=fake.waits)
     assert fresh(rented).status in (S.FAILED, S.STOPPING)
     kind = case.split("/")[0]
     # One row: the specific reason, not also the generic failure path's "other".
@@ -109,16 +109,16 @@ def test_strong_evidence_hides_the_host_at_once(fake, rented, settings, case, hi
     settings.SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS = 60
     settings.SHOPPER_SSH_VERIFY_TIMEOUT_SECONDS = 60
     SCRIPTS[case](fake)
-    rental_provision(rental_id=rented.pk)
+    rental_provision(rental_id=rented.pk, waits=fake.waits)
     assert visible("fc-1", "fc-sibling") == hidden
 
 
 def test_a_success_on_the_host_clears_its_hiding(fake, rented, rent):
     later = rent().rental  # rented before the failure hid the offer
     SCRIPTS["no_ip"](fake)
-    rental_provision(rental_id=rented.pk)
+    rental_provision(rental_id=rented.pk, waits=fake.waits)
     assert visible("fc-1", "fc-sibling") == [False, False]
-    rental_provision(rental_id=later.pk)
+    rental_provision(rental_id=later.pk, waits=fake.waits)
     assert fresh(later).status == S.ACTIVE
     assert visible("fc-sibling") == [True]
     # fc-1 stays withdrawn (the create said it is gone) until a refresh lists it again, unhidden.

@@ -638,3 +638,37 @@ def test_a_404_is_a_real_page_and_an_ended_session_pushes_away_its_extend_form(
     html = client_logged_in.get(f"/sessions/{mine.pk}/").content.decode()
     assert f'id="rental-{mine.pk}-extend" hx-swap-oob="true" hidden' in html
     assert "Extend the reservation" not in html
+
+
+# --------------------------------------------------------------------------------------------
+# Failover settings on the rent page (sessions/failover.py)
+# --------------------------------------------------------------------------------------------
+def test_the_rent_page_offers_failover_on_by_default(client_logged_in, offer):
+    html = client_logged_in.get(f"/offers/{offer.pk}/rent/").content.decode()
+    assert 'name="failover" id="id_failover" checked' in html
+    assert 'name="max_price_per_hour"' in html and "Empty: this price + 10 %." in html
+
+
+def test_renting_with_failover_settings_stores_them(
+    client_logged_in, offer, enqueued, django_capture_on_commit_callbacks
+):
+    post_rent(
+        client_logged_in, offer, django_capture_on_commit_callbacks,
+        failover="on", failover_any_gpu="on", max_price_per_hour="1.5",
+    )  # fmt: skip
+    rental = Rental.objects.get()
+    assert (rental.failover, rental.failover_any_gpu, rental.max_price_per_hour) == (
+        True,
+        True,
+        Decimal("1.5"),
+    )
+
+
+def test_a_ceiling_below_the_price_is_explained_and_rents_nothing(client_logged_in, offer, enqueued):
+    payload = rent_form(client_logged_in, offer, failover="on", max_price_per_hour="1.0")
+    response = client_logged_in.post(f"/offers/{offer.pk}/rent/", payload)
+    assert response.status_code == 200
+    assert (
+        "The price ceiling must be at least the offer&#x27;s price ($1.2000/h)." in response.content.decode()
+    )
+    assert not Rental.objects.exists() and not enqueued

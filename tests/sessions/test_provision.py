@@ -3,6 +3,7 @@ failure (rule 2: look the label up before believing nothing was created), boot a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -18,10 +19,14 @@ from inventory.providers.base import (
     RateLimited,
     Transient,
 )
-from sessions import services
+from sessions import provisioning, services
 from sessions.deployment import deployment_id
 from sessions.models import EventCause, EventKind, Rental, RentalEvent, Status, token_hash
-from sessions.services import rental_provision, rental_stop, rental_transition
+from sessions.provisioning import rental_provision
+from sessions.services import rental_stop, rental_transition
+from sessions.ssh import GPU_QUERY, SSHCheckFailed
+from sessions.waits import Waits
+from tests.fakes import FakeCloud
 
 from .conftest import START, events, fresh, new_public_key, transitions
 
@@ -45,8 +50,8 @@ def rented(rent):
     return created.rental
 
 
-def provision(rental: Rental) -> Rental:
-    rental_provision(rental_id=rental.pk)
+def provision(rental: Rental, waits: Waits | None = None) -> Rental:
+    rental_provision(rental_id=rental.pk, waits=waits or FakeCloud.cloud.waits)
     return fresh(rental)
 
 
@@ -78,7 +83,7 @@ def test_it_takes_a_rental_from_pending_to_active(fake, rented):
         "name": "NVIDIA GeForce RTX 4090", "count": 2, "memory_gb": 24.0,
         "driver": "570.133.07", "cuda": "12.8",
     }  # fmt: skip
-    assert check["command"] == services.GPU_QUERY
+    assert check["command"] == GPU_QUERY
     assert fake.ops() == ["get_offer", "create", "attach", "get", "get"]
     assert fake.enqueued == []  # nothing to tear down
 
@@ -126,7 +131,7 @@ def test_with_a_users_own_key_it_verifies_with_its_own_key_and_removes_it_after(
     assert user_key == own and verify_key.endswith(" shopper-verify")
     assert [c["kind"] for c in fake.ssh_calls] == ["run", "run"]  # the GPU check, the key removal
     check, removal = fake.ssh_calls
-    assert check["command"] == services.GPU_QUERY and services._public_of(check["key"]) == verify_key
+    assert check["command"] == GPU_QUERY and provisioning._public_of(check["key"]) == verify_key
     assert verify_key.split()[1] in removal["command"]
     # Only the user's key is left on the machine, and our private half is gone from the database.
     [inst] = fake.instances.values()
@@ -144,11 +149,10 @@ def test_with_a_users_own_key_a_failed_key_removal_is_retried_before_active(fake
     def flaky(**kw):
         calls.append(kw["command"])
         if len(calls) == 2:  # the first removal
-            raise services.SSHCheckFailed("ConnectionResetError: reset by peer")
+            raise SSHCheckFailed("ConnectionResetError: reset by peer")
         return fake.ssh_run(**kw)
 
-    monkeypatch.setattr(services, "ssh_run", flaky)
-    rental = provision(pending)
+    rental = provision(pending, waits=replace(fake.waits, ssh_run=flaky))
     assert rental.status == S.ACTIVE
     [inst] = fake.instances.values()
     assert inst.keys == [own]
@@ -209,7 +213,7 @@ def test_running_it_twice_creates_one_instance(fake, rented):
 @pytest.mark.parametrize("status", [S.STOPPING, S.DESTROYED, S.FAILED, S.ACTIVE])
 def test_it_does_nothing_for_a_rental_it_is_not_responsible_for(fake, make_rental, status):
     rental = make_rental(status=status)
-    rental_provision(rental_id=rental.pk)
+    rental_provision(rental_id=rental.pk, waits=fake.waits)
     assert fake.calls == [] and fresh(rental).status == status
     assert not RentalEvent.objects.filter(rental=rental).exists()
 
@@ -217,7 +221,7 @@ def test_it_does_nothing_for_a_rental_it_is_not_responsible_for(fake, make_renta
 def test_it_ignores_an_unknown_rental(fake):
     import uuid
 
-    rental_provision(rental_id=uuid.uuid4())
+    rental_provision(rental_id=uuid.uuid4(), waits=fake.waits)
     assert fake.calls == []
 
 
@@ -277,13 +281,13 @@ def test_it_resumes_from_booting(fake, rented):
 
 
 def test_a_rental_stopped_between_reading_and_claiming_it_is_not_provisioned(fake, rented, monkeypatch):
-    real = services._provider
+    real = provisioning._provider
 
     def stop_first(rental):
         rental_stop(rental=Rental.objects.get(pk=rental.pk), reason="Done")
         return real(rental)
 
-    monkeypatch.setattr(services, "_provider", stop_first)
+    monkeypatch.setattr(provisioning, "_provider", stop_first)
     rental = provision(rented)
 
     assert rental.status == S.STOPPING  # the worker's pending -> provisioning swap lost
@@ -321,7 +325,7 @@ def test_a_create_that_fails_but_reports_the_instance_is_stopped_and_destroyed(
     fake.run_tasks = True
 
     with django_capture_on_commit_callbacks(execute=True):
-        rental_provision(rental_id=rented.pk)
+        rental_provision(rental_id=rented.pk, waits=fake.waits)
         [inst] = fake.instances.values()
         assert fresh(rented).provider_instance_id == inst.instance_id  # stored before stopping
         assert fresh(rented).status == S.STOPPING
@@ -353,7 +357,11 @@ def test_offer_unavailable_fails_the_rental_without_an_instance_and_retires_the_
     assert fake.ops() == ["get_offer", "create", "list"]  # one lookup confirms nothing exists
     assert Offer.objects.get(pk=rental.offer_id).available is False
     assert transitions(rental) == [("", S.PENDING), (S.PENDING, S.PROVISIONING), (S.PROVISIONING, S.FAILED)]
-    assert rental.status_detail == "Could not create the instance: no_such_ask"
+    # Failover is on and no comparable offer is listed (issue 15): the message says so.
+    assert (
+        rental.status_detail
+        == "Could not create the instance: no_such_ask; no comparable offer under $1.6500/h"
+    )
     assert fake.enqueued == []
     # Ended without a machine: the generated private key and the agent's token are gone too.
     assert rented.ssh_private_key_encrypted and rental.ssh_private_key_encrypted == ""
@@ -374,14 +382,14 @@ def test_a_401_on_create_while_reads_work_is_retried_and_the_rental_goes_on(fake
     rental = provision(rented)
     assert fake.count("create") == 2 and len(fake.instances) == 1
     assert rental.status not in (S.FAILED, S.PROVISIONING)
-    assert services.CREATE_401_RETRY_SECONDS[0] in fake.sleeps
+    assert provisioning.CREATE_401_RETRY_SECONDS[0] in fake.sleeps
     warning = [e for e in events(rental, EventKind.WARNING) if e.data.get("cause") == EventCause.CREATE_401]
-    assert len(warning) == 1 and warning[0].data["retry_in_s"] == services.CREATE_401_RETRY_SECONDS[0]
+    assert len(warning) == 1 and warning[0].data["retry_in_s"] == provisioning.CREATE_401_RETRY_SECONDS[0]
     assert "refused the create with 401" in warning[0].reason
 
 
 def test_a_401_on_every_create_fails_the_rental_after_the_retries(fake, rented):
-    tries = len(services.CREATE_401_RETRY_SECONDS) + 1
+    tries = len(provisioning.CREATE_401_RETRY_SECONDS) + 1
     fake.fail["create"] = [AuthFailed("Unauthorized") for _ in range(tries)]
     rental = provision(rented)
     assert fake.count("create") == tries and fake.instances == {}
@@ -478,7 +486,7 @@ def test_an_instance_that_fails_to_start_is_stopped_and_destroyed(
     fake.run_tasks = True
 
     with django_capture_on_commit_callbacks(execute=True):
-        rental_provision(rental_id=rented.pk)
+        rental_provision(rental_id=rented.pk, waits=fake.waits)
         assert fresh(rented).status == S.STOPPING
 
     rental = fresh(rented)
@@ -562,8 +570,7 @@ def test_it_stops_verifying_when_the_rental_was_stopped_meanwhile(fake, rented, 
             rental_stop(rental=fresh(rented), reason="Done")
         return fake.ssh_run(**kw)
 
-    monkeypatch.setattr(services, "ssh_run", ssh_run)
-    rental = provision(rented)
+    rental = provision(rented, waits=replace(fake.waits, ssh_run=ssh_run))
     assert rental.status == S.STOPPING
     assert rental.status_detail == "Done"  # not overwritten by an SSH timeout
     assert len(fake.ssh_calls) == 2
@@ -577,7 +584,7 @@ def test_a_stop_during_the_create_call_still_stores_the_id_and_teardown_destroys
     fake.hooks["create"] = lambda _: rental_stop(rental=fresh(rented), reason="Done", actor=user)
 
     with django_capture_on_commit_callbacks(execute=True):
-        rental_provision(rental_id=rented.pk)
+        rental_provision(rental_id=rented.pk, waits=fake.waits)
         [inst] = fake.instances.values()
         mid = fresh(rented)
         assert (mid.status, mid.provider_instance_id) == (S.STOPPING, inst.instance_id)
@@ -603,7 +610,7 @@ def test_a_stop_while_booting_ends_the_wait_and_teardown_destroys_it(
     fake.hooks["get"] = lambda _: fake.count("get") == 2 and rental_stop(rental=fresh(rented), reason="Done")
 
     with django_capture_on_commit_callbacks(execute=True):
-        rental_provision(rental_id=rented.pk)
+        rental_provision(rental_id=rented.pk, waits=fake.waits)
 
     rental = fresh(rented)
     assert rental.status == S.DESTROYED
@@ -623,7 +630,8 @@ def test_an_offer_that_failed_twice_in_30_minutes_for_weak_reasons_is_hidden_for
 
     from inventory.confidence import HIDE_FOR, WEAK_FAILURES_TO_HIDE
     from inventory.models import Offer
-    from sessions.services import rental_create, rental_provision
+    from sessions.provisioning import rental_provision
+    from sessions.services import rental_create
 
     settings.SHOPPER_MAX_LIVE_RENTALS = 100
     start = timezone.now()
@@ -632,7 +640,7 @@ def test_an_offer_that_failed_twice_in_30_minutes_for_weak_reasons_is_hidden_for
             assert Offer.objects.visible().filter(pk=offer.pk).exists(), attempt
             fake.fail["create"] = [PermanentError("invalid_args: bad image")]
             rental = rental_create(user=user, offer_id=offer.pk, reservation_hours=1).rental
-            rental_provision(rental_id=rental.pk)
+            rental_provision(rental_id=rental.pk, waits=fake.waits)
             rental.refresh_from_db()
             assert rental.status == S.FAILED
             traveller.shift(timedelta(minutes=5))
@@ -692,7 +700,7 @@ def test_a_resumed_verification_asks_the_provider_for_the_other_endpoint(fake, r
 
     fake.proxies = True
     with monkeypatch.context() as patch:
-        patch.setattr(services, "_ssh_verify", die)
+        patch.setattr(provisioning, "_ssh_verify", die)
         with pytest.raises(WorkerDied):
             provision(rented)
     assert fresh(rented).status == S.VERIFYING

@@ -10,16 +10,11 @@ import pytest
 from django.utils import timezone
 
 from inventory.providers.base import STATE_RUNNING, AuthFailed, NotFound, Transient
-from sessions import services
+from sessions import teardown
 from sessions.models import Rental, RentalEvent, Status
-from sessions.services import (
-    AlreadyEnded,
-    rental_provision,
-    rental_stop,
-    rental_teardown,
-    rental_transition,
-    rentals_resume_stopping,
-)
+from sessions.provisioning import rental_provision
+from sessions.services import AlreadyEnded, rental_stop, rental_transition
+from sessions.teardown import rental_teardown, rentals_resume_stopping
 
 from .conftest import START, events, fresh, transitions
 
@@ -33,7 +28,7 @@ TEARDOWN = "sessions.tasks.teardown"
 def active(fake, rent):
     """An active rental with a generated key and a running instance at the fake cloud."""
     rental = rent().rental
-    rental_provision(rental_id=rental.pk)
+    rental_provision(rental_id=rental.pk, waits=fake.waits)
     rental = fresh(rental)
     assert rental.status == S.ACTIVE and rental.has_generated_key and rental.agent_token_hash
     fake.calls.clear()
@@ -43,7 +38,8 @@ def active(fake, rent):
 
 @pytest.fixture
 def stopping(active, user):
-    return rental_stop(rental=active, reason="Done: the work is finished", actor=user)
+    assert rental_stop(rental=active, reason="Done: the work is finished", actor=user)
+    return active
 
 
 # --- rental_stop -----------------------------------------------------------------------------------
@@ -56,7 +52,7 @@ def test_done_moves_an_active_rental_to_stopping_and_enqueues_teardown_on_commit
 
     assert len(callbacks) == 1
     assert fake.enqueued == [(TEARDOWN, active.pk)]
-    assert returned is active and returned.status == S.STOPPING
+    assert returned is True and active.status == S.STOPPING
     row = fresh(active)
     assert (row.status, row.stop_requested_at) == (S.STOPPING, START + timedelta(seconds=5))
     event = RentalEvent.objects.filter(rental=active).last()
@@ -71,7 +67,7 @@ def test_done_twice_returns_the_same_stopping_rental(
     before = RentalEvent.objects.filter(rental=stopping).count()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         again = rental_stop(rental=stopping, reason="Done again", actor=user)
-    assert again is stopping and again.status == S.STOPPING
+    assert again is False and stopping.status == S.STOPPING  # not moved by this call
     assert callbacks == []  # no second teardown enqueued
     assert RentalEvent.objects.filter(rental=stopping).count() == before
     assert fresh(stopping).status_detail == "Done: the work is finished"
@@ -83,14 +79,14 @@ def test_done_with_a_stale_copy_returns_the_stopping_rental(fake, active, user):
 
     again = rental_stop(rental=stale, reason="Force shutdown", actor=user)
 
-    assert again.status == S.STOPPING
+    assert again is False and stale.status == S.STOPPING
     assert transitions(active).count((S.ACTIVE, S.STOPPING)) == 1
 
 
 @pytest.mark.parametrize("status", [S.PENDING, S.PROVISIONING, S.BOOTING, S.VERIFYING])
 def test_any_live_status_can_be_stopped(fake, make_rental, status):
     rental = make_rental(status=status)
-    assert rental_stop(rental=rental, reason="Done").status == S.STOPPING
+    assert rental_stop(rental=rental, reason="Done") is True and rental.status == S.STOPPING
     assert transitions(rental) == [(status, S.STOPPING)]
 
 
@@ -105,7 +101,7 @@ def test_done_after_the_end_raises_already_ended(fake, make_rental, status):
 
 
 def test_done_after_destroyed_raises_already_ended(fake, stopping):
-    assert rental_teardown(rental_id=stopping.pk) is True
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is True
     with pytest.raises(AlreadyEnded, match=r"already ended \(destroyed\)"):
         rental_stop(rental=fresh(stopping), reason="Done")
     assert transitions(stopping)[-1] == (S.STOPPING, S.DESTROYED)
@@ -115,7 +111,7 @@ def test_done_after_destroyed_raises_already_ended(fake, stopping):
 def test_teardown_destroys_and_marks_destroyed_once_the_provider_confirms(fake, stopping):
     iid = stopping.provider_instance_id
 
-    assert rental_teardown(rental_id=stopping.pk) is True
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is True
 
     rental = fresh(stopping)
     assert rental.status == S.DESTROYED
@@ -132,12 +128,12 @@ def test_it_is_not_destroyed_until_get_instance_raises_not_found(fake, stopping)
     iid = stopping.provider_instance_id
 
     # A budget that allows two rounds only: both see "deleting", so the rental stays stopping.
-    assert rental_teardown(rental_id=stopping.pk, budget_seconds=6) is False
+    assert rental_teardown(rental_id=stopping.pk, budget_seconds=6, waits=fake.waits) is False
     assert fresh(stopping).status == S.STOPPING
     assert fake.ops() == ["destroy", "get", "destroy", "get"]
     assert iid in fake.instances
 
-    assert rental_teardown(rental_id=stopping.pk) is True
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is True
     assert fresh(stopping).status == S.DESTROYED
     assert fake.ops()[-2:] == ["destroy", "get"]
     assert fake.instances == {}
@@ -146,7 +142,7 @@ def test_it_is_not_destroyed_until_get_instance_raises_not_found(fake, stopping)
 def test_destroy_failing_n_times_keeps_stopping_with_n_error_events_then_destroys(fake, stopping):
     fake.fail["destroy"] = [Transient("502"), Transient("timeout"), AuthFailed("flaky auth")]
 
-    assert rental_teardown(rental_id=stopping.pk) is True
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is True
 
     rental = fresh(stopping)
     assert rental.status == S.DESTROYED
@@ -167,14 +163,14 @@ def test_destroy_errors_keep_the_rental_stopping_in_between(fake, stopping):
     seen = []
     fake.fail["destroy"] = [Transient("502")] * 2
     fake.hooks["destroy"] = lambda _: seen.append(fresh(stopping).status)
-    rental_teardown(rental_id=stopping.pk)
+    rental_teardown(rental_id=stopping.pk, waits=fake.waits)
     assert seen == [S.STOPPING, S.STOPPING, S.STOPPING]
 
 
 def test_a_destroy_answering_not_found_is_believed_only_after_get_instance_agrees(fake, stopping):
     iid = stopping.provider_instance_id
     fake.fail["destroy"] = [NotFound("gone")]
-    assert rental_teardown(rental_id=stopping.pk) is True
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is True
     # the fake still had it: destroy said NotFound, but get_instance answered and the loop went on
     assert fake.ops() == ["destroy", "get", "destroy", "get"]
     assert fake.instances == {} and iid not in fake.instances
@@ -185,7 +181,7 @@ def test_a_budget_that_runs_out_leaves_it_stopping_releases_the_lease_and_the_sw
 ):
     fake.fail["destroy"] = [Transient("503")] * 100
 
-    assert rental_teardown(rental_id=stopping.pk, budget_seconds=30) is False
+    assert rental_teardown(rental_id=stopping.pk, budget_seconds=30, waits=fake.waits) is False
 
     rental = fresh(stopping)
     assert rental.status == S.STOPPING
@@ -220,7 +216,7 @@ def test_a_second_teardown_while_the_lease_is_held_does_nothing(fake, stopping):
     held_until = timezone.now() + timedelta(minutes=5)
     Rental.objects.filter(pk=stopping.pk).update(teardown_claimed_until=held_until)
 
-    assert rental_teardown(rental_id=stopping.pk) is False
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is False
 
     rental = fresh(stopping)
     assert fake.calls == []
@@ -230,9 +226,9 @@ def test_a_second_teardown_while_the_lease_is_held_does_nothing(fake, stopping):
 
 def test_a_teardown_started_during_another_teardown_does_nothing(fake, stopping):
     inner = []
-    fake.hooks["destroy"] = lambda _: inner.append(rental_teardown(rental_id=stopping.pk))
+    fake.hooks["destroy"] = lambda _: inner.append(rental_teardown(rental_id=stopping.pk, waits=fake.waits))
 
-    assert rental_teardown(rental_id=stopping.pk) is True
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is True
 
     assert inner == [False]
     assert fake.count("destroy") == 1
@@ -241,14 +237,14 @@ def test_a_teardown_started_during_another_teardown_does_nothing(fake, stopping)
 
 def test_an_expired_lease_is_taken_over(fake, stopping):
     Rental.objects.filter(pk=stopping.pk).update(teardown_claimed_until=timezone.now() - timedelta(seconds=1))
-    assert rental_teardown(rental_id=stopping.pk) is True
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is True
     assert fresh(stopping).status == S.DESTROYED
 
 
 def test_teardown_of_a_destroyed_rental_reports_true_without_provider_calls(fake, stopping):
-    rental_teardown(rental_id=stopping.pk)
+    rental_teardown(rental_id=stopping.pk, waits=fake.waits)
     fake.calls.clear()
-    assert rental_teardown(rental_id=stopping.pk) is True
+    assert rental_teardown(rental_id=stopping.pk, waits=fake.waits) is True
     assert fake.calls == []
     assert transitions(stopping).count((S.STOPPING, S.DESTROYED)) == 1
 
@@ -256,17 +252,17 @@ def test_teardown_of_a_destroyed_rental_reports_true_without_provider_calls(fake
 @pytest.mark.parametrize("status", [S.ACTIVE, S.PENDING])
 def test_teardown_never_touches_a_rental_that_is_not_stopping(fake, make_rental, status):
     rental = make_rental(status=status, provider_instance_id="1234")
-    assert rental_teardown(rental_id=rental.pk) is False
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits) is False
     assert fake.calls == [] and fresh(rental).status == status
 
 
 def test_teardown_of_an_unknown_rental_is_false(fake):
-    assert rental_teardown(rental_id=uuid.uuid4()) is False
+    assert rental_teardown(rental_id=uuid.uuid4(), waits=fake.waits) is False
 
 
 def test_it_clears_the_generated_key_and_the_agent_token_at_destroyed(fake, stopping):
     assert stopping.ssh_private_key_encrypted and stopping.agent_token_hash
-    rental_teardown(rental_id=stopping.pk)
+    rental_teardown(rental_id=stopping.pk, waits=fake.waits)
     rental = fresh(stopping)
     assert (rental.ssh_private_key_encrypted, rental.agent_token_hash) == ("", "")
     assert not rental.has_generated_key
@@ -274,7 +270,7 @@ def test_it_clears_the_generated_key_and_the_agent_token_at_destroyed(fake, stop
 
 def test_the_key_and_token_survive_while_the_destroy_is_still_failing(fake, stopping):
     fake.fail["destroy"] = [Transient("503")] * 100
-    rental_teardown(rental_id=stopping.pk, budget_seconds=10)
+    rental_teardown(rental_id=stopping.pk, budget_seconds=10, waits=fake.waits)
     rental = fresh(stopping)
     assert rental.status == S.STOPPING and rental.ssh_private_key_encrypted and rental.agent_token_hash
 
@@ -284,7 +280,7 @@ def test_a_rental_that_never_reached_provisioning_is_destroyed_without_a_destroy
     rental = rent().rental
     rental_stop(rental=rental, reason="Changed my mind")
 
-    assert rental_teardown(rental_id=rental.pk) is True
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits) is True
 
     rental = fresh(rental)
     assert rental.status == S.DESTROYED
@@ -301,7 +297,7 @@ def test_it_finds_an_instance_by_label_when_the_id_was_never_stored(fake, make_r
     fake.add_instance("shopper-someone-else")
     rental_transition(rental, S.STOPPING, reason="Done")
 
-    assert rental_teardown(rental_id=rental.pk) is True
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits) is True
 
     rental = fresh(rental)
     assert rental.status == S.DESTROYED
@@ -324,7 +320,7 @@ def test_it_waits_for_a_create_that_may_still_be_in_flight(fake, rent):
         and late.setdefault("inst", fake.add_instance(rental.label))
     )
 
-    assert rental_teardown(rental_id=rental.pk) is True
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits) is True
 
     rental = fresh(rental)
     assert rental.status == S.DESTROYED
@@ -338,7 +334,7 @@ def test_an_empty_listing_is_believed_once_the_create_settle_time_passed(fake, r
     rental_transition(rental, S.PROVISIONING, reason="Creating")
     rental_stop(rental=rental, reason="Done")
 
-    assert rental_teardown(rental_id=rental.pk) is True
+    assert rental_teardown(rental_id=rental.pk, waits=fake.waits) is True
 
     assert fresh(rental).status == S.DESTROYED
     assert fake.count("destroy") == 0
@@ -352,7 +348,7 @@ def test_a_failing_listing_never_reads_as_nothing_created(fake, make_rental):
     rental_stop(rental=rental, reason="Done")
     fake.fail["list"] = [Transient("503")] * 100
 
-    assert rental_teardown(rental_id=rental.pk, budget_seconds=30) is False
+    assert rental_teardown(rental_id=rental.pk, budget_seconds=30, waits=fake.waits) is False
 
     assert fresh(rental).status == S.STOPPING
     assert [e.reason for e in events(rental, "error")] == [
@@ -367,8 +363,8 @@ def test_teardown_resumes_with_a_fresh_provider_after_a_crash(fake, stopping, mo
     def boom(*a, **k):
         raise RuntimeError("worker killed")
 
-    monkeypatch.setattr(services, "_destroy_once", boom)
+    monkeypatch.setattr(teardown, "_destroy_once", boom)
     with pytest.raises(RuntimeError):
-        rental_teardown(rental_id=stopping.pk)
+        rental_teardown(rental_id=stopping.pk, waits=fake.waits)
     assert fresh(stopping).teardown_claimed_until is None
     assert rentals_resume_stopping() == 1

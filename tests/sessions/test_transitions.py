@@ -30,9 +30,12 @@ def test_it_has_the_documented_status_machine():
             (S.VERIFYING, S.ACTIVE), (S.VERIFYING, S.STOPPING),
             (S.ACTIVE, S.STOPPING),
             (S.STOPPING, S.DESTROYED),
+            # Failover (sessions/failover.py): back to pending on the next offer.
+            (S.PROVISIONING, S.PENDING), (S.STOPPING, S.PENDING),
         ]
     ) == ALLOWED  # fmt: skip
-    # Any live status may go to stopping (stopping itself only moves on to destroyed).
+    # Any live status may go to stopping (stopping itself moves on to destroyed, or by a
+    # failover to pending).
     assert all(S.STOPPING in TRANSITIONS[s] for s in LIVE_STATUSES if s != S.STOPPING)
     assert {S.DESTROYED, S.FAILED} == TERMINAL_STATUSES
     assert all(not TRANSITIONS[s] for s in TERMINAL_STATUSES)

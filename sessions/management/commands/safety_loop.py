@@ -19,9 +19,10 @@ from sessions.balances import balances_check
 from sessions.idle import idle_enforce
 from sessions.leader import holder_id, lease_hold, lease_release
 from sessions.lifecycle import lifecycle_enforce
+from sessions.provisioning import rentals_resume_provisioning
 from sessions.reconcile import destroys_stuck_alert, reconcile_all, recover_on_start
-from sessions.services import rentals_resume_provisioning, rentals_resume_stopping
 from sessions.stalled import queue_stalled_takeover
+from sessions.teardown import rentals_resume_stopping
 
 log = logging.getLogger("sessions.safety")
 
