@@ -116,3 +116,40 @@ class ProviderRateLimit(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class GpuSpec(models.Model):
+    """Peak per-GPU specifications of one canonical GPU model (``inventory/data/gpu_specs.csv``).
+
+    Data, not code: loaded by a data migration and reloaded with ``manage.py load_gpu_specs``.
+    ``canonical_name`` joins it to ``Offer.gpu_type``. Figures are vendor peaks per GPU device
+    (dense tensor rates), not measurements; ``inventory/specs.py`` turns them into value figures.
+    """
+
+    canonical_name = models.CharField(max_length=64, unique=True)
+    vendor = models.CharField(max_length=32, blank=True)
+    architecture = models.CharField(max_length=64, blank=True)
+    vram_gb = models.PositiveIntegerField(help_text="Nominal memory per GPU as sold")
+    memory_bandwidth_gbps = models.DecimalField(max_digits=8, decimal_places=1, help_text="GB/s")
+    fp32_tflops = models.DecimalField(max_digits=8, decimal_places=2)
+    fp16_bf16_dense_tflops = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Blank: no usable half precision",
+    )
+    fp8_dense_tflops = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
+    tdp_w = models.DecimalField(max_digits=7, decimal_places=1, null=True, blank=True)
+    interconnect = models.CharField(max_length=200, blank=True)
+    compute_capability = models.CharField(max_length=16, blank=True)
+    source = models.TextField(blank=True)
+    notes = models.TextField(blank=True)
+    # Part of the menu version: a reload rebuilds every process's in-memory menu.
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["canonical_name"]
+
+    def __str__(self) -> str:
+        return self.canonical_name
