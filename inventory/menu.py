@@ -24,8 +24,10 @@ No thundering herd: ``MenuHolder`` lets one thread check the version (every
 ``CHECK_SECONDS``) and rebuild; every other request meanwhile serves the previous menu. Only the
 very first request of a process waits, for that one build.
 
-To add a column (a later issue adds cuda, value figures, confidence): add it to
-``serializers.OFFER_FIELDS`` (rows) and, if it is filtered or sorted on, to ``NUMERIC`` below.
+To add a column (a later issue adds confidence): add it to ``serializers.OFFER_FIELDS`` (rows)
+and, if it is filtered or sorted on, to ``NUMERIC`` below. Figures derived from a row (the value
+figures, ``serializers.with_value``) are computed once per row here, at build time; their sort
+and filter columns are in ``DERIVED``.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ from decimal import Decimal
 import numpy as np
 from django.db import close_old_connections, connection
 
-from inventory.filters import SORTS
+from inventory.filters import SORTS, VALUE_SORT_KEY
 from inventory.models import Offer
-from inventory.serializers import OFFER_FIELDS, offer_rows
+from inventory.serializers import OFFER_FIELDS, ROW_FIELDS, offer_rows, with_values
 from inventory.services import menu_version
+from inventory.specs import SpecFigures, cuda_key, spec_table
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,11 @@ RANGE_FILTERS = {
     "min_reliability": ("reliability", "gte"),
 }
 TEXT_FILTERS = {"gpu": "gpu_type", "location": "location"}
+# Columns computed from a row rather than read from it (Menu._derived_columns): "cuda" is the
+# CUDA version as an orderable integer (specs.cuda_key, NULL when not a version), filtered by
+# min_cuda; "value" ($ per TFLOP-hour as the database computes it, NaN without a spec row) sorts.
+DERIVED = ("cuda", VALUE_SORT_KEY)
+VERSION_FILTERS = {"min_cuda": "cuda"}
 # Columns whose values repeat across offers (kept once in memory, see build_menu).
 SHARED_VALUES = {
     "provider",
@@ -87,7 +95,12 @@ SHARED_VALUES = {
     "fetched_at",
     "reliability",
 }
-FILTERED_COLUMNS = (*(c for c, _ in RANGE_FILTERS.values()), *TEXT_FILTERS.values(), "provider")
+FILTERED_COLUMNS = (
+    *(c for c, _ in RANGE_FILTERS.values()),
+    *TEXT_FILTERS.values(),
+    *VERSION_FILTERS.values(),
+    "provider",
+)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -119,6 +132,9 @@ class OfferRow:
     driver_version: str
     available: bool
     fetched_at: datetime
+    usd_per_tflop_hour: Decimal | None
+    usd_per_vram_gb_hour: Decimal | None
+    usd_per_tbps_hour: Decimal | None
     # Its menu's rendered table rows (inventory/templatetags/offer_rows.py).
     html_cache: dict | None = field(default=None, repr=False, compare=False)
 
@@ -147,11 +163,18 @@ class Selection(Sequence):
 class Menu:
     """The visible-or-hidden available offers of one menu version, as columns."""
 
-    def __init__(self, version: str, tuples: list[tuple], hidden: dict[int, datetime]) -> None:
+    def __init__(
+        self,
+        version: str,
+        tuples: list[tuple],
+        hidden: dict[int, datetime],
+        specs: dict[str, SpecFigures] | None = None,
+    ) -> None:
         self.version = version
-        self.tuples = tuples  # OFFER_FIELDS order; the rows of answers are built from these
+        self.tuples = tuples  # ROW_FIELDS order; the rows of answers are built from these
+        self.specs = specs or {}
         n = len(tuples)
-        index = {name: OFFER_FIELDS.index(name) for name in (*NUMERIC, *TEXT)}
+        index = {name: ROW_FIELDS.index(name) for name in (*NUMERIC, *TEXT)}
         self.columns: dict[str, np.ndarray] = {}
         for name, scale in NUMERIC.items():
             i = index[name]
@@ -164,12 +187,34 @@ class Menu:
             code = {v: c for c, v in enumerate(distinct)}
             self.names[name] = distinct
             self.columns[name] = np.array([code[t[i]] for t in tuples], dtype=np.int32).reshape(n)
+        self.columns.update(self._derived_columns())
         self.position = {int(pk): p for p, pk in enumerate(self.columns["id"].tolist())}
         self.orders = {sort: self._order(keys) for sort, keys in SORTS.items()}
         self._sorted: dict[str, dict[str, np.ndarray]] = {}
         self._matches: dict[tuple[str, str], frozenset[str]] = {}
         self.row_html: dict = {}  # the offers page's rendered rows, filled on demand
         self.set_hidden(hidden)
+
+    def _derived_columns(self) -> dict[str, np.ndarray]:
+        """The ``DERIVED`` columns, vectorised over the distinct names (a few dozen GPU models and
+        CUDA versions), so a build at 100k offers pays microseconds, not a Python loop per row."""
+        cuda_index = ROW_FIELDS.index("cuda_version")
+        versions = sorted({t[cuda_index] for t in self.tuples})
+        version_code = {v: c for c, v in enumerate(versions)}
+        version_keys = np.array(
+            [NULL if cuda_key(v) is None else cuda_key(v) for v in versions], dtype=np.int64
+        )
+        codes = np.array([version_code[t[cuda_index]] for t in self.tuples], dtype=np.int64)
+        cuda = version_keys[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+        # price_per_hour / (gpu_count * tflops) in float64, the same IEEE operations as the
+        # database's value_expression (filters.py), so both order alike.
+        tflops = [self.specs[n].tflops_float if n in self.specs else math.nan for n in self.names["gpu_type"]]
+        per_gpu = np.array(tflops, dtype=np.float64)[self.columns["gpu_type"]] if len(tflops) else np.zeros(0)
+        count = self.columns["gpu_count"].astype(np.float64)
+        price = self.columns["price_per_hour"] / float(NUMERIC["price_per_hour"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.where(count >= 1, price / (count * per_gpu), math.nan)
+        return {"cuda": cuda, VALUE_SORT_KEY: value}
 
     def _order(self, keys: tuple[str, ...]) -> np.ndarray:
         """Positions sorted as the database sorts ``order_by(*keys)``."""
@@ -179,6 +224,10 @@ class Menu:
             column = self.columns[key.lstrip("-")]
             if key.lstrip("-") == "reliability":
                 column = np.where(column == NULL, np.iinfo(np.int64).max if null_high else -1, column)
+            if key.lstrip("-") == VALUE_SORT_KEY:  # NULLS LAST both ways, as filters.sort_by asks
+                column = -column if key.startswith("-") else column
+                arrays.append(np.where(np.isnan(column), np.inf, column))
+                continue
             arrays.append(-column if key.startswith("-") else column)
         return np.lexsort(arrays[::-1]).astype(np.int64)  # lexsort's primary key is the last
 
@@ -270,6 +319,9 @@ class Menu:
                 return None
             wanted = np.array([n in found for n in self.names[column]], dtype=bool)
             narrow(wanted[columns[column]])  # a lookup per row: faster than np.isin
+        for name, column in VERSION_FILTERS.items():
+            if cleaned.get(name):
+                narrow(columns[column] >= cuda_key(cleaned[name]))  # NULL is the smallest int64
         if cleaned.get("provider"):
             names = self.names["provider"]
             code = names.index(cleaned["provider"]) if cleaned["provider"] in names else -1
@@ -298,7 +350,9 @@ def build_menu(version: str) -> Menu:
         tuple(v if same is None else same.setdefault(v, v) for v, same in zip(r, shared, strict=True))
         for r in rows.iterator(chunk_size=5000)
     ]
-    menu = Menu(version, tuples, _hidden_now())
+    specs = spec_table()
+    tuples = with_values(tuples, specs)
+    menu = Menu(version, tuples, _hidden_now(), specs)
     # Millions of long-lived objects (the rows) would make every full cyclic collection scan
     # them again, a latency spike under load: collect once, then exclude what is alive now from
     # future collections (refcounting still frees an old menu when it is dropped).

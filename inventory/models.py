@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django.db import models
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 
 class OfferQuerySet(models.QuerySet):
@@ -74,6 +75,27 @@ class Offer(models.Model):
     def public_id(self) -> str:
         """The API's offer id: stable while the offer exists, opaque to scripts."""
         return str(self.pk)
+
+    @cached_property
+    def value_figures(self) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+        """(usd_per_tflop_hour, usd_per_vram_gb_hour, usd_per_tbps_hour): one query for the spec
+        row. The menu computes the same once per row when it is built (``serializers.with_value``)."""
+        from inventory.specs import figures_of, value_figures
+
+        spec = GpuSpec.objects.filter(canonical_name=self.gpu_type).first()
+        return value_figures(self.price_per_hour, self.gpu_count, figures_of(spec) if spec else None)
+
+    @property
+    def usd_per_tflop_hour(self) -> Decimal | None:
+        return self.value_figures[0]
+
+    @property
+    def usd_per_vram_gb_hour(self) -> Decimal | None:
+        return self.value_figures[1]
+
+    @property
+    def usd_per_tbps_hour(self) -> Decimal | None:
+        return self.value_figures[2]
 
     @staticmethod
     def per_gpu(price: Decimal, gpu_count: int) -> Decimal:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from inventory.models import Offer
+from inventory.specs import VALUE_FIELDS, spec_table, value_figures
 
 OFFER_FIELDS = (
     "id",
@@ -23,28 +24,73 @@ OFFER_FIELDS = (
     "available",
     "fetched_at",
 )
+# A menu row: the Offer columns above, then the value figures computed from the GPU spec table
+# (inventory/specs.py) once per row when the menu is built, never per request.
+ROW_FIELDS = (*OFFER_FIELDS, *VALUE_FIELDS)
+
+
+def with_value(row: tuple, specs: dict) -> tuple:
+    """An ``OFFER_FIELDS`` tuple extended to ``ROW_FIELDS`` with its value figures."""
+    return (*row, *value_figures(row[_PRICE], row[_COUNT], specs.get(row[_GPU])))
+
+
+def with_values(rows: list[tuple], specs: dict) -> list[tuple]:
+    """``with_value`` for a whole menu: offers of one GPU model, count and price (common at
+    100k offers) share one computation and one set of Decimal objects."""
+    figures: dict[tuple, tuple] = {}
+    out = []
+    for row in rows:
+        key = (row[_GPU], row[_COUNT], row[_PRICE])
+        found = figures.get(key)
+        if found is None:
+            found = figures[key] = value_figures(row[_PRICE], row[_COUNT], specs.get(row[_GPU]))
+        out.append((*row, *found))
+    return out
+
+
+_PRICE, _COUNT, _GPU = (OFFER_FIELDS.index(n) for n in ("price_per_hour", "gpu_count", "gpu_type"))
+
+
+def _value_field(help_text: str) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=16, decimal_places=6, read_only=True, allow_null=True, help_text=help_text
+    )
 
 
 class OfferSerializer(serializers.ModelSerializer):
     """Documents the offer shape; lists are rendered by ``offer_rows`` for speed (same output)."""
 
     id = serializers.CharField(read_only=True)
+    usd_per_tflop_hour = _value_field(
+        "$ per dense BF16 TFLOP-hour of the whole offer (FP32 where the GPU has no BF16); "
+        "null when the GPU is not in the spec table"
+    )
+    usd_per_vram_gb_hour = _value_field("$ per GB of VRAM-hour; null when the GPU is not in the spec table")
+    usd_per_tbps_hour = _value_field(
+        "$ per TB/s of memory bandwidth-hour; null when the GPU is not in the spec table"
+    )
 
     class Meta:
         model = Offer
-        fields = OFFER_FIELDS
+        fields = ROW_FIELDS
 
 
-def offer_tuples(queryset):
-    return queryset.values_list(*OFFER_FIELDS)
+def offer_tuples(queryset) -> list[tuple]:
+    """``ROW_FIELDS`` tuples of ``queryset`` (two queries: the offers and the spec table)."""
+    specs = spec_table()
+    return [with_value(r, specs) for r in queryset.values_list(*OFFER_FIELDS)]
 
 
 def offer_rows(tuples) -> list[dict]:
     """The OfferSerializer output, built from ``offer_tuples``: a DRF serializer costs ~3 ms per
     page of 50 offers, which alone would cap the inventory endpoint near 300 requests/s."""
     rows = []
+    columns = len(OFFER_FIELDS)  # then the VALUE_FIELDS
     for r in tuples:
-        (pk, provider, poid, gpu, count, vram, price, ppg, loc, rel, cpu, ram, disk, cuda, drv, avail, at) = r
+        (pk, provider, poid, gpu, count, vram, price, ppg, loc, rel, cpu, ram, disk, cuda, drv, avail, at) = (
+            r[:columns]
+        )
+        per_tflop, per_vram, per_tbps = r[columns:]
         rows.append(
             {
                 "id": str(pk),
@@ -64,6 +110,9 @@ def offer_rows(tuples) -> list[dict]:
                 "driver_version": drv,
                 "available": avail,
                 "fetched_at": at.isoformat().replace("+00:00", "Z"),
+                "usd_per_tflop_hour": None if per_tflop is None else f"{per_tflop:f}",
+                "usd_per_vram_gb_hour": None if per_vram is None else f"{per_vram:f}",
+                "usd_per_tbps_hour": None if per_tbps is None else f"{per_tbps:f}",
             }
         )
     return rows
