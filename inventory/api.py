@@ -6,14 +6,16 @@ from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, viewsets
+from rest_framework.decorators import api_view
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from inventory.compare import gpu_models
 from inventory.filters import SORTS, OfferFilterSet, PageSizeForm, filter_form
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
-from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
+from inventory.serializers import GpuListSerializer, OfferSerializer, offer_rows, offer_tuples
 from shopper.api import Pagination, documented_error
 
 
@@ -70,7 +72,18 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter("provider", str, enum=["vastai", "tensordock"]),
             OpenApiParameter("location", str),
             OpenApiParameter("min_reliability", float, description="0 to 1"),
-            OpenApiParameter("sort", str, enum=list(SORTS)),
+            OpenApiParameter(
+                "min_cuda",
+                str,
+                description="Lowest CUDA version the host supports, e.g. '12.4'",
+            ),
+            OpenApiParameter(
+                "sort",
+                str,
+                enum=list(SORTS),
+                description="`value`: cheapest $ per TFLOP-hour first (`-value`: dearest); "
+                "offers whose GPU is not in the spec table come last either way",
+            ),
             OpenApiParameter("page", int),
             OpenApiParameter("page_size", int, description="1 to 500, default 50"),
         ],
@@ -96,3 +109,14 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
         if not rows:
             raise exceptions.NotFound("No offer with that id.")
         return Response(rows[0])
+
+
+@extend_schema(
+    summary="Compare GPUs: one row per GPU model on the menu, best value first",
+    responses={200: GpuListSerializer},
+)
+@api_view(["GET"])
+def gpu_list(request: Request) -> HttpResponse:
+    """``GET /api/v1/gpus``: from this process's in-memory menu, like the inventory."""
+    rows = gpu_models(holder.get(wait=True), timezone.now())
+    return HttpResponse(JSONRenderer().render({"results": rows}), content_type="application/json")

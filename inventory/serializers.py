@@ -116,3 +116,38 @@ def offer_rows(tuples) -> list[dict]:
             }
         )
     return rows
+
+
+class GpuProviderPriceSerializer(serializers.Serializer):
+    provider = serializers.CharField()
+    cheapest_price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4)
+    offers = serializers.IntegerField()
+
+
+class GpuModelSerializer(serializers.Serializer):
+    """One GPU model of the compare view (``inventory/compare.py``); documents ``GET /api/v1/gpus``."""
+
+    gpu_type = serializers.CharField(help_text="Canonical GPU name; `gpu=` on the menu filters to it")
+    vram_gb = serializers.IntegerField(help_text="Per GPU")
+    offers = serializers.IntegerField(help_text="Offers available now")
+    cheapest_price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4)
+    providers = GpuProviderPriceSerializer(many=True, help_text="Cheapest price per GPU-hour per provider")
+    tflops = serializers.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        allow_null=True,
+        help_text="Dense BF16 TFLOPS per GPU (else FP32)",
+    )
+    usd_per_tflop_hour = _value_field("Of the model's best-value offer; null when not in the spec table")
+    usd_per_vram_gb_hour = _value_field("Of the model's best-value offer; null when not in the spec table")
+    usd_per_tbps_hour = _value_field("Of the model's best-value offer; null when not in the spec table")
+    best_confidence = serializers.DecimalField(
+        max_digits=5,
+        decimal_places=4,
+        allow_null=True,
+        help_text="Best offer confidence, if offers have one",
+    )
+
+
+class GpuListSerializer(serializers.Serializer):
+    results = GpuModelSerializer(many=True)
