@@ -36,8 +36,9 @@ SORT_LABELS = {
     "vram_gb": "VRAM (least first)",
     "-reliability": "Reliability (best first)",
     "reliability": "Reliability (worst first)",
-    "value": "Value (cheapest TFLOP-hour first)",
-    "-value": "Value (dearest TFLOP-hour first)",
+    # Value = $ per TFLOP-hour: best = cheapest (the labels must fit the sort box).
+    "value": "Value (best first)",
+    "-value": "Value (worst first)",
 }
 CUDA_VERSION = RegexValidator(r"^[0-9]{1,3}(\.[0-9]{1,3})?$", "Enter a CUDA version such as 12.4.")
 

@@ -106,7 +106,7 @@ def test_the_offers_page_shows_the_value_column_and_a_dash_without_a_spec_row(of
     assert "$0.00212" in html  # the 4090: 0.002119
     assert "This GPU is not in the spec table" in html  # the unknown GPU's "—"
     assert html.index("RTX 4090 24GB") < html.index("H100 SXM 80GB") < html.index("Imaginary 9000 8GB")
-    assert 'value="value" selected' in html or '<option value="value" selected>' in html
+    assert '<option value="value" selected>Value (best first)</option>' in html
 
 
 def test_the_rent_page_shows_the_value_figures(offers, client_logged_in):
