@@ -55,7 +55,6 @@ def _build(menu: Menu, now_us: int) -> list[dict[str, Any]]:
     value = menu.columns[VALUE_SORT_KEY][visible]
     confidence_at = ROW_FIELDS.index(CONFIDENCE_FIELD) if CONFIDENCE_FIELD in ROW_FIELDS else None
     vram_at = ROW_FIELDS.index("vram_gb")
-    figures_at = [ROW_FIELDS.index(name) for name in VALUE_FIELDS]
     rows = []
     for code in np.unique(gpu).tolist():
         mine = np.flatnonzero(gpu == code)
@@ -73,7 +72,8 @@ def _build(menu: Menu, now_us: int) -> list[dict[str, Any]]:
         providers.sort(key=lambda entry: (Decimal(entry["cheapest_price_per_gpu_hour"]), entry["provider"]))
         values = value[mine]
         has_value = not np.isnan(values).all()
-        best = menu.tuples[positions[int(np.nanargmin(values))] if has_value else positions[0]]
+        best_at = int(positions[int(np.nanargmin(values))] if has_value else positions[0])
+        best, figures = menu.tuples[best_at], menu.value_strings(best_at)
         confidences = (
             [] if confidence_at is None else [menu.tuples[p][confidence_at] for p in positions.tolist()]
         )
@@ -87,10 +87,7 @@ def _build(menu: Menu, now_us: int) -> list[dict[str, Any]]:
             "cheapest_price_per_gpu_hour": providers[0]["cheapest_price_per_gpu_hour"],
             "providers": providers,
             "tflops": None if spec is None else f"{spec.tflops:f}",
-            **{
-                field: None if best[i] is None else f"{best[i]:f}"
-                for field, i in zip(VALUE_FIELDS, figures_at, strict=True)
-            },
+            **dict(zip(VALUE_FIELDS, figures, strict=True)),
             "best_confidence": None if not confidences else f"{max(confidences):f}",
         }
         rows.append(row)

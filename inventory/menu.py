@@ -26,8 +26,8 @@ very first request of a process waits, for that one build.
 
 To add a column (a later issue adds confidence): add it to ``serializers.OFFER_FIELDS`` (rows)
 and, if it is filtered or sorted on, to ``NUMERIC`` below. Figures derived from a row (the value
-figures, ``serializers.with_value``) are computed once per row here, at build time; their sort
-and filter columns are in ``DERIVED``.
+figures, ``specs.value_figures``) are computed for every row here, vectorised at build time
+(``Menu._derived_columns``); their sort and filter columns are in ``DERIVED``.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from django.db import close_old_connections, connection
 
 from inventory.filters import SORTS, VALUE_SORT_KEY
 from inventory.models import Offer
-from inventory.serializers import OFFER_FIELDS, ROW_FIELDS, offer_rows, with_values
+from inventory.serializers import OFFER_FIELDS, ROW_FIELDS, offer_rows
 from inventory.services import menu_version
-from inventory.specs import SpecFigures, cuda_key, spec_table
+from inventory.specs import MICRO_SCALES, VALUE_FIELDS, SpecFigures, cuda_key, micro_dollars, spec_table
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Selection(Sequence):
     def __getitem__(self, index):
         if not isinstance(index, slice):
             return self[index : index + 1][0] if index >= 0 else self[len(self) + index]
-        tuples = [self.menu.tuples[p] for p in self.positions[index].tolist()]
+        tuples = [self.menu.tuples[p] + self.menu.value_strings(p) for p in self.positions[index].tolist()]
         if self.as_dicts:
             return offer_rows(tuples)
         return [OfferRow(*t, html_cache=self.menu.row_html) for t in tuples]
@@ -171,7 +171,7 @@ class Menu:
         specs: dict[str, SpecFigures] | None = None,
     ) -> None:
         self.version = version
-        self.tuples = tuples  # ROW_FIELDS order; the rows of answers are built from these
+        self.tuples = tuples  # OFFER_FIELDS order; + value_strings: the rows of answers (ROW_FIELDS)
         self.specs = specs or {}
         n = len(tuples)
         index = {name: ROW_FIELDS.index(name) for name in (*NUMERIC, *TEXT)}
@@ -188,6 +188,7 @@ class Menu:
             self.names[name] = distinct
             self.columns[name] = np.array([code[t[i]] for t in tuples], dtype=np.int32).reshape(n)
         self.columns.update(self._derived_columns())
+        self._value_strings: dict[int, tuple] = {}
         self.position = {int(pk): p for p, pk in enumerate(self.columns["id"].tolist())}
         self.orders = {sort: self._order(keys) for sort, keys in SORTS.items()}
         self._sorted: dict[str, dict[str, np.ndarray]] = {}
@@ -214,7 +215,29 @@ class Menu:
         price = self.columns["price_per_hour"] / float(NUMERIC["price_per_hour"])
         with np.errstate(divide="ignore", invalid="ignore"):
             value = np.where(count >= 1, price / (count * per_gpu), math.nan)
-        return {"cuda": cuda, VALUE_SORT_KEY: value}
+        columns = {"cuda": cuda, VALUE_SORT_KEY: value}
+        # The value figures in millionths of a dollar, exactly as specs.value_figures rounds them.
+        names = self.names["gpu_type"]
+        divisors = np.array(
+            [self.specs[n].divisors() if n in self.specs else (0, 0, 0) for n in names] or [(0, 0, 0)],
+            dtype=np.int64,
+        )[self.columns["gpu_type"]]
+        counts = self.columns["gpu_count"]
+        for i, (name, scale) in enumerate(zip(VALUE_FIELDS, MICRO_SCALES, strict=True)):
+            denominator = counts * divisors[:, i]
+            safe = np.where(denominator > 0, denominator, 1)
+            micro = micro_dollars(self.columns["price_per_hour"] * scale, safe)
+            columns[name] = np.where(denominator > 0, micro, NULL)
+        return columns
+
+    def value_strings(self, position: int) -> tuple[str | None, str | None, str | None]:
+        """The value figures of the offer at ``position`` as the API writes them ("0.002119", or
+        None without a spec row), formatted once per menu and offer."""
+        found = self._value_strings.get(position)
+        if found is None:
+            found = tuple(_micro_string(int(self.columns[name][position])) for name in VALUE_FIELDS)
+            self._value_strings[position] = found
+        return found
 
     def _order(self, keys: tuple[str, ...]) -> np.ndarray:
         """Positions sorted as the database sorts ``order_by(*keys)``."""
@@ -339,6 +362,10 @@ class Menu:
         return found
 
 
+def _micro_string(micro: int) -> str | None:
+    return None if micro == NULL else f"{micro // 1_000_000}.{micro % 1_000_000:06d}"
+
+
 def build_menu(version: str) -> Menu:
     """Read every available offer once (one query) and build the columns."""
     started = time.perf_counter()
@@ -350,9 +377,7 @@ def build_menu(version: str) -> Menu:
         tuple(v if same is None else same.setdefault(v, v) for v, same in zip(r, shared, strict=True))
         for r in rows.iterator(chunk_size=5000)
     ]
-    specs = spec_table()
-    tuples = with_values(tuples, specs)
-    menu = Menu(version, tuples, _hidden_now(), specs)
+    menu = Menu(version, tuples, _hidden_now(), spec_table())
     # Millions of long-lived objects (the rows) would make every full cyclic collection scan
     # them again, a latency spike under load: collect once, then exclude what is alive now from
     # future collections (refcounting still frees an old menu when it is dropped).

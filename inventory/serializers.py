@@ -24,28 +24,14 @@ OFFER_FIELDS = (
     "available",
     "fetched_at",
 )
-# A menu row: the Offer columns above, then the value figures computed from the GPU spec table
-# (inventory/specs.py) once per row when the menu is built, never per request.
+# A row of answers: the Offer columns above, then the value figures from the GPU spec table
+# (inventory/specs.py; the menu computes them for every row when it is built).
 ROW_FIELDS = (*OFFER_FIELDS, *VALUE_FIELDS)
 
 
 def with_value(row: tuple, specs: dict) -> tuple:
     """An ``OFFER_FIELDS`` tuple extended to ``ROW_FIELDS`` with its value figures."""
     return (*row, *value_figures(row[_PRICE], row[_COUNT], specs.get(row[_GPU])))
-
-
-def with_values(rows: list[tuple], specs: dict) -> list[tuple]:
-    """``with_value`` for a whole menu: offers of one GPU model, count and price (common at
-    100k offers) share one computation and one set of Decimal objects."""
-    figures: dict[tuple, tuple] = {}
-    out = []
-    for row in rows:
-        key = (row[_GPU], row[_COUNT], row[_PRICE])
-        found = figures.get(key)
-        if found is None:
-            found = figures[key] = value_figures(row[_PRICE], row[_COUNT], specs.get(row[_GPU]))
-        out.append((*row, *found))
-    return out
 
 
 _PRICE, _COUNT, _GPU = (OFFER_FIELDS.index(n) for n in ("price_per_hour", "gpu_count", "gpu_type"))
@@ -83,7 +69,8 @@ def offer_tuples(queryset) -> list[tuple]:
 
 def offer_rows(tuples) -> list[dict]:
     """The OfferSerializer output, built from ``offer_tuples``: a DRF serializer costs ~3 ms per
-    page of 50 offers, which alone would cap the inventory endpoint near 300 requests/s."""
+    page of 50 offers, which alone would cap the inventory endpoint near 300 requests/s. Value
+    figures come as Decimals (``with_value``) or as the menu's strings (``Menu.value_strings``)."""
     rows = []
     columns = len(OFFER_FIELDS)  # then the VALUE_FIELDS
     for r in tuples:
@@ -110,9 +97,9 @@ def offer_rows(tuples) -> list[dict]:
                 "driver_version": drv,
                 "available": avail,
                 "fetched_at": at.isoformat().replace("+00:00", "Z"),
-                "usd_per_tflop_hour": None if per_tflop is None else f"{per_tflop:f}",
-                "usd_per_vram_gb_hour": None if per_vram is None else f"{per_vram:f}",
-                "usd_per_tbps_hour": None if per_tbps is None else f"{per_tbps:f}",
+                "usd_per_tflop_hour": None if per_tflop is None else str(per_tflop),
+                "usd_per_vram_gb_hour": None if per_vram is None else str(per_vram),
+                "usd_per_tbps_hour": None if per_tbps is None else str(per_tbps),
             }
         )
     return rows

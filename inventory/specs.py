@@ -54,6 +54,11 @@ class SpecFigures:
     vram_gb: Decimal
     tbps: Decimal  # memory bandwidth, TB/s
 
+    def divisors(self) -> tuple[int, int, int]:
+        """Exact integers for ``micro_dollars``: TFLOPS x 100, VRAM GB, bandwidth GB/s x 10 (the
+        CSV's decimals are checked at load, so these are exact)."""
+        return int(self.tflops * 100), int(self.vram_gb), int(self.tbps * 10_000)
+
     @property
     def tflops_float(self) -> float:
         return float(self.tflops)
@@ -156,6 +161,19 @@ def spec_table() -> dict[str, SpecFigures]:
     return {s.canonical_name: figures_of(s) for s in GpuSpec.objects.all()}
 
 
+# A figure in millionths of a dollar from the price in ten-thousandths (Decimal(10, 4) x 10^4)
+# and a divisor from SpecFigures.divisors: price_e4 * SCALE / (gpu_count * divisor).
+MICRO_SCALES = (10_000, 100, 1_000_000)
+
+
+def micro_dollars(numerator, denominator):
+    """``numerator / denominator`` rounded half to even, exactly, in integers: works on Python
+    ints and on numpy int64 arrays alike, so the menu (vectorised at build time) and the model
+    (one offer) give the same figures to the last digit."""
+    quotient, remainder = numerator // denominator, numerator % denominator
+    return quotient + ((2 * remainder > denominator) | ((2 * remainder == denominator) & (quotient % 2 == 1)))
+
+
 def value_figures(
     price_per_hour: Decimal, gpu_count: int, spec: SpecFigures | None
 ) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
@@ -163,9 +181,10 @@ def value_figures(
     when its GPU has no spec row."""
     if spec is None or gpu_count < 1:
         return None, None, None
-    price = Decimal(price_per_hour)
+    price_e4 = int(Decimal(price_per_hour).scaleb(4).to_integral_value())
     tflop, vram, tbps = (
-        (price / (gpu_count * per_gpu)).quantize(VALUE_QUANTUM) for per_gpu in spec.per_gpu()
+        Decimal(int(micro_dollars(price_e4 * scale, gpu_count * divisor))).scaleb(-6)
+        for scale, divisor in zip(MICRO_SCALES, spec.divisors(), strict=True)
     )
     return tflop, vram, tbps
 
