@@ -103,7 +103,7 @@ def test_a_bad_min_cuda_is_a_400_naming_it(offers, api_client, bad):
 def test_the_offers_page_shows_the_value_column_and_a_dash_without_a_spec_row(offers, client_logged_in):
     html = client_logged_in.get("/offers/", {"sort": "value"}).content.decode()
     assert "$/TFLOP·h" in html
-    assert "$0.00212" in html  # the 4090: 0.002119
+    assert "$0.002119" in html  # the 4090
     assert "This GPU is not in the spec table" in html  # the unknown GPU's "—"
     assert html.index("RTX 4090 24GB") < html.index("H100 SXM 80GB") < html.index("Imaginary 9000 8GB")
     assert '<option value="value" selected>Value (best first)</option>' in html
@@ -111,8 +111,8 @@ def test_the_offers_page_shows_the_value_column_and_a_dash_without_a_spec_row(of
 
 def test_the_rent_page_shows_the_value_figures(offers, client_logged_in):
     html = client_logged_in.get(f"/offers/{offers['4090'].pk}/rent/").content.decode()
-    assert "$0.00212 per TFLOP·h" in html and "$0.34722 per TB/s·h" not in html
-    assert "$0.3472 per TB/s·h" in html
+    assert "$0.002119 per TFLOP·h" in html and "$0.014583 per GB VRAM·h" in html
+    assert "$0.347222 per TB/s·h" in html
     html = client_logged_in.get(f"/offers/{offers['unknown'].pk}/rent/").content.decode()
     assert "This GPU is not in the spec table" in html
 
