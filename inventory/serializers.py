@@ -62,9 +62,10 @@ class OfferSerializer(serializers.ModelSerializer):
 
 
 def offer_tuples(queryset) -> list[tuple]:
-    """``ROW_FIELDS`` tuples of ``queryset`` (two queries: the offers and the spec table)."""
-    specs = spec_table()
-    return [with_value(r, specs) for r in queryset.values_list(*OFFER_FIELDS)]
+    """``ROW_FIELDS`` tuples of ``queryset`` (two queries: the offers and their spec rows)."""
+    rows = list(queryset.values_list(*OFFER_FIELDS))
+    specs = spec_table(names={r[_GPU] for r in rows}) if rows else {}
+    return [with_value(r, specs) for r in rows]
 
 
 def offer_rows(tuples) -> list[dict]:

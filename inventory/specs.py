@@ -154,11 +154,13 @@ def figures_of(spec) -> SpecFigures:
     )
 
 
-def spec_table() -> dict[str, SpecFigures]:
-    """Every loaded row: canonical name -> figures (one query; the menu reads it once per build)."""
+def spec_table(names: set[str] | None = None) -> dict[str, SpecFigures]:
+    """Canonical name -> figures of every loaded row, or of ``names`` only (one query; the menu
+    reads the whole table once per build)."""
     from inventory.models import GpuSpec
 
-    return {s.canonical_name: figures_of(s) for s in GpuSpec.objects.all()}
+    rows = GpuSpec.objects.all() if names is None else GpuSpec.objects.filter(canonical_name__in=names)
+    return {s.canonical_name: figures_of(s) for s in rows}
 
 
 # A figure in millionths of a dollar from the price in ten-thousandths (Decimal(10, 4) x 10^4)
