@@ -6,10 +6,13 @@ import functools
 
 import django_filters as filters
 from django import forms
-from django.db.models import Case, IntegerField, Value, When
+from django.core.validators import RegexValidator
+from django.db.models import Case, F, FloatField, IntegerField, OuterRef, Subquery, Value, When
+from django.db.models.functions import Cast, Coalesce
 from django.http import QueryDict
 
 from inventory.models import Offer
+from inventory.specs import cuda_key
 
 SORTS = {
     "price": ("price_per_hour", "id"),
@@ -21,7 +24,12 @@ SORTS = {
     "-reliability": ("-reliability", "price_per_hour", "id"),
     # price / confidence (inventory/confidence.py best_bet_price): computed, not a column.
     "best_bet": ("best_bet", "price_per_hour", "id"),
+    # $ per TFLOP-hour (inventory/specs.py); offers without a spec row last in both directions.
+    "value": ("value", "price_per_hour", "id"),
+    "-value": ("-value", "price_per_hour", "id"),
 }
+# Sort keys that are not Offer columns: computed from the GPU spec table (value_expression).
+VALUE_SORT_KEY = "value"
 SORT_LABELS = {
     "price": "Price (low to high)",
     "-price": "Price (high to low)",
@@ -31,7 +39,26 @@ SORT_LABELS = {
     "-reliability": "Reliability (best first)",
     "reliability": "Reliability (worst first)",
     "best_bet": "Best bet (cheap & works)",  # price ÷ confidence; the longest label fits the box
+    # Value = $ per TFLOP-hour: best = cheapest (the labels must fit the sort box).
+    "value": "Value (best first)",
+    "-value": "Value (worst first)",
 }
+CUDA_VERSION = RegexValidator(r"^[0-9]{1,3}(\.[0-9]{1,3})?$", "Enter a CUDA version such as 12.4.")
+
+
+def value_expression():
+    """$ per dense-BF16 TFLOP-hour of the whole offer, in the database: ``price_per_hour /
+    (gpu_count * tflops)`` in double precision on every backend, so it is the float
+    ``specs.value_sort_key`` computes (the in-memory menu sorts on that); NULL without a spec row."""
+    from inventory.models import GpuSpec
+
+    tflops = Subquery(
+        GpuSpec.objects.filter(canonical_name=OuterRef("gpu_type"))
+        .annotate(t=Coalesce("fp16_bf16_dense_tflops", "fp32_tflops"))
+        .values("t")[:1]
+    )
+    price = Cast("price_per_hour", FloatField())
+    return price / (Cast("gpu_count", FloatField()) * Cast(tflops, FloatField()))
 
 
 def provider_choices():
@@ -74,6 +101,9 @@ class OfferFilterSet(filters.FilterSet):
     min_confidence = filters.NumberFilter(
         method="confidence_at_least", min_value=0, max_value=1, label="Min confidence (0–1)"
     )
+    min_cuda = filters.CharFilter(
+        method="cuda_at_least", max_length=7, validators=[CUDA_VERSION], label="Min CUDA"
+    )
     sort = filters.ChoiceFilter(
         choices=list(SORT_LABELS.items()), method="sort_by", label="Sort", empty_label="Price (low to high)"
     )
@@ -108,7 +138,23 @@ class OfferFilterSet(filters.FilterSet):
                 output_field=IntegerField(),
             )
             return queryset.order_by(key, "price_per_hour", "id")
-        return queryset.order_by(*SORTS[value])
+        keys = SORTS[value]
+        if VALUE_SORT_KEY not in (k.lstrip("-") for k in keys):
+            return queryset.order_by(*keys)
+        ordering = [
+            (F(k.lstrip("-")).desc(nulls_last=True) if k.startswith("-") else F(k).asc(nulls_last=True))
+            if k.lstrip("-") == VALUE_SORT_KEY
+            else k
+            for k in keys
+        ]
+        return queryset.annotate(**{VALUE_SORT_KEY: value_expression()}).order_by(*ordering)
+
+    def cuda_at_least(self, queryset, name, value):
+        """CUDA versions compare as versions ("12.10" > "12.9"), not as text: the few distinct
+        versions are compared here (``specs.cuda_key``; empty or odd ones never pass)."""
+        wanted = cuda_key(value)
+        versions = queryset.order_by().values_list("cuda_version", flat=True).distinct()
+        return queryset.filter(cuda_version__in=[v for v in versions if (cuda_key(v) or -1) >= wanted])
 
     @property
     def qs(self):

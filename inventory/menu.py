@@ -24,8 +24,10 @@ No thundering herd: ``MenuHolder`` lets one thread check the version (every
 ``CHECK_SECONDS``) and rebuild; every other request meanwhile serves the previous menu. Only the
 very first request of a process waits, for that one build.
 
-To add a column (a later issue adds cuda, value figures, confidence): add it to
-``serializers.OFFER_FIELDS`` (rows) and, if it is filtered or sorted on, to ``NUMERIC`` below.
+To add a column: add it to ``serializers.OFFER_FIELDS`` (rows) and, if it is filtered or sorted
+on, to ``NUMERIC`` below. Figures derived from a row (the value figures, ``specs.value_figures``)
+are computed for every row here, vectorised at build time (``Menu._derived_columns``); their sort
+and filter columns are in ``DERIVED``.
 
 Confidence (issue 15, ``inventory/confidence.py``) is computed for every offer here, once per
 menu build from one read of the recent provisioning outcomes (``serializers.CONFIDENCE_FIELDS``
@@ -50,11 +52,12 @@ import numpy as np
 from django.db import close_old_connections, connection
 
 from inventory.confidence import best_bet_price
-from inventory.filters import SORTS
+from inventory.filters import SORTS, VALUE_SORT_KEY
 from inventory.measured import measured_index, with_measured
 from inventory.models import Offer
-from inventory.serializers import MENU_FIELDS, OFFER_FIELDS, offer_rows, with_confidence
+from inventory.serializers import MENU_FIELDS, OFFER_FIELDS, ROW_FIELDS, offer_rows, with_confidence
 from inventory.services import menu_version
+from inventory.specs import MICRO_SCALES, VALUE_FIELDS, SpecFigures, cuda_key, micro_dollars, spec_table
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,11 @@ RANGE_FILTERS = {
     "min_confidence": ("confidence", "gte"),
 }
 TEXT_FILTERS = {"gpu": "gpu_type", "location": "location"}
+# Columns computed from a row rather than read from it (Menu._derived_columns): "cuda" is the
+# CUDA version as an orderable integer (specs.cuda_key, NULL when not a version), filtered by
+# min_cuda; "value" ($ per TFLOP-hour as the database computes it, NaN without a spec row) sorts.
+DERIVED = ("cuda", VALUE_SORT_KEY)
+VERSION_FILTERS = {"min_cuda": "cuda"}
 # Columns whose values repeat across offers (kept once in memory, see build_menu).
 SHARED_VALUES = {
     "provider",
@@ -106,7 +114,12 @@ SHARED_VALUES = {
     "confidence_successes",
     "confidence_failures",
 }
-FILTERED_COLUMNS = (*(c for c, _ in RANGE_FILTERS.values()), *TEXT_FILTERS.values(), "provider")
+FILTERED_COLUMNS = (
+    *(c for c, _ in RANGE_FILTERS.values()),
+    *TEXT_FILTERS.values(),
+    *VERSION_FILTERS.values(),
+    "provider",
+)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,6 +156,9 @@ class OfferRow:
     confidence_basis: str
     confidence_successes: Decimal
     confidence_failures: Decimal
+    usd_per_tflop_hour: Decimal | None
+    usd_per_vram_gb_hour: Decimal | None
+    usd_per_tbps_hour: Decimal | None
     # Its menu's rendered table rows (inventory/templatetags/offer_rows.py).
     html_cache: dict | None = field(default=None, repr=False, compare=False)
 
@@ -162,7 +178,7 @@ class Selection(Sequence):
     def __getitem__(self, index):
         if not isinstance(index, slice):
             return self[index : index + 1][0] if index >= 0 else self[len(self) + index]
-        tuples = [self.menu.tuples[p] for p in self.positions[index].tolist()]
+        tuples = [self.menu.tuples[p] + self.menu.value_strings(p) for p in self.positions[index].tolist()]
         if self.as_dicts:
             return with_measured(offer_rows(tuples), self.menu.measured)
         return [OfferRow(*t, html_cache=self.menu.row_html) for t in tuples]
@@ -171,9 +187,17 @@ class Selection(Sequence):
 class Menu:
     """The visible-or-hidden available offers of one menu version, as columns."""
 
-    def __init__(self, version: str, tuples: list[tuple], hidden: dict[int, datetime]) -> None:
+    def __init__(
+        self,
+        version: str,
+        tuples: list[tuple],
+        hidden: dict[int, datetime],
+        specs: dict[str, SpecFigures] | None = None,
+    ) -> None:
         self.version = version
-        self.tuples = tuples  # MENU_FIELDS order; the rows of answers are built from these
+        # MENU_FIELDS order; + value_strings: the rows of answers (ROW_FIELDS)
+        self.tuples = tuples
+        self.specs = specs or {}
         n = len(tuples)
         index = {name: MENU_FIELDS.index(name) for name in (*NUMERIC, *TEXT) if name not in COMPUTED}
         self.columns: dict[str, np.ndarray] = {}
@@ -191,6 +215,8 @@ class Menu:
             code = {v: c for c, v in enumerate(distinct)}
             self.names[name] = distinct
             self.columns[name] = np.array([code[t[i]] for t in tuples], dtype=np.int32).reshape(n)
+        self.columns.update(self._derived_columns())
+        self._value_strings: dict[int, tuple] = {}
         self.position = {int(pk): p for p, pk in enumerate(self.columns["id"].tolist())}
         self.orders = {sort: self._order(keys) for sort, keys in SORTS.items()}
         self._sorted: dict[str, dict[str, np.ndarray]] = {}
@@ -198,6 +224,49 @@ class Menu:
         self.row_html: dict = {}  # the offers page's rendered rows, filled on demand
         self.measured: dict = {}  # inventory.measured.measured_index(), set by build_menu
         self.set_hidden(hidden)
+
+    def _derived_columns(self) -> dict[str, np.ndarray]:
+        """The ``DERIVED`` columns, vectorised over the distinct names (a few dozen GPU models and
+        CUDA versions), so a build at 100k offers pays microseconds, not a Python loop per row."""
+        cuda_index = ROW_FIELDS.index("cuda_version")
+        versions = sorted({t[cuda_index] for t in self.tuples})
+        version_code = {v: c for c, v in enumerate(versions)}
+        version_keys = np.array(
+            [NULL if cuda_key(v) is None else cuda_key(v) for v in versions], dtype=np.int64
+        )
+        codes = np.array([version_code[t[cuda_index]] for t in self.tuples], dtype=np.int64)
+        cuda = version_keys[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+        # price_per_hour / (gpu_count * tflops) in float64, the same IEEE operations as the
+        # database's value_expression (filters.py), so both order alike.
+        tflops = [self.specs[n].tflops_float if n in self.specs else math.nan for n in self.names["gpu_type"]]
+        per_gpu = np.array(tflops, dtype=np.float64)[self.columns["gpu_type"]] if len(tflops) else np.zeros(0)
+        count = self.columns["gpu_count"].astype(np.float64)
+        price = self.columns["price_per_hour"] / float(NUMERIC["price_per_hour"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.where(count >= 1, price / (count * per_gpu), math.nan)
+        columns = {"cuda": cuda, VALUE_SORT_KEY: value}
+        # The value figures in millionths of a dollar, exactly as specs.value_figures rounds them.
+        names = self.names["gpu_type"]
+        divisors = np.array(
+            [self.specs[n].divisors() if n in self.specs else (0, 0, 0) for n in names] or [(0, 0, 0)],
+            dtype=np.int64,
+        )[self.columns["gpu_type"]]
+        counts = self.columns["gpu_count"]
+        for i, (name, scale) in enumerate(zip(VALUE_FIELDS, MICRO_SCALES, strict=True)):
+            denominator = counts * divisors[:, i]
+            safe = np.where(denominator > 0, denominator, 1)
+            micro = micro_dollars(self.columns["price_per_hour"] * scale, safe)
+            columns[name] = np.where(denominator > 0, micro, NULL)
+        return columns
+
+    def value_strings(self, position: int) -> tuple[str | None, str | None, str | None]:
+        """The value figures of the offer at ``position`` as the API writes them ("0.002119", or
+        None without a spec row), formatted once per menu and offer."""
+        found = self._value_strings.get(position)
+        if found is None:
+            found = tuple(_micro_string(int(self.columns[name][position])) for name in VALUE_FIELDS)
+            self._value_strings[position] = found
+        return found
 
     def _order(self, keys: tuple[str, ...]) -> np.ndarray:
         """Positions sorted as the database sorts ``order_by(*keys)``."""
@@ -207,6 +276,10 @@ class Menu:
             column = self.columns[key.lstrip("-")]
             if key.lstrip("-") == "reliability":
                 column = np.where(column == NULL, np.iinfo(np.int64).max if null_high else -1, column)
+            if key.lstrip("-") == VALUE_SORT_KEY:  # NULLS LAST both ways, as filters.sort_by asks
+                column = -column if key.startswith("-") else column
+                arrays.append(np.where(np.isnan(column), np.inf, column))
+                continue
             arrays.append(-column if key.startswith("-") else column)
         return np.lexsort(arrays[::-1]).astype(np.int64)  # lexsort's primary key is the last
 
@@ -298,6 +371,9 @@ class Menu:
                 return None
             wanted = np.array([n in found for n in self.names[column]], dtype=bool)
             narrow(wanted[columns[column]])  # a lookup per row: faster than np.isin
+        for name, column in VERSION_FILTERS.items():
+            if cleaned.get(name):
+                narrow(columns[column] >= cuda_key(cleaned[name]))  # NULL is the smallest int64
         if cleaned.get("provider"):
             names = self.names["provider"]
             code = names.index(cleaned["provider"]) if cleaned["provider"] in names else -1
@@ -315,6 +391,10 @@ class Menu:
         return found
 
 
+def _micro_string(micro: int) -> str | None:
+    return None if micro == NULL else f"{micro // 1_000_000}.{micro % 1_000_000:06d}"
+
+
 def build_menu(version: str) -> Menu:
     """Read every available offer once (one query) and build the columns."""
     started = time.perf_counter()
@@ -326,7 +406,7 @@ def build_menu(version: str) -> Menu:
         tuple(v if same is None else same.setdefault(v, v) for v, same in zip(r, shared, strict=True))
         for r in with_confidence(rows.iterator(chunk_size=5000))
     ]
-    menu = Menu(version, tuples, _hidden_now())
+    menu = Menu(version, tuples, _hidden_now(), spec_table())
     menu.measured = measured_index()  # benchmarks of the machines (issue 18), once per version
     # Millions of long-lived objects (the rows) would make every full cyclic collection scan
     # them again, a latency spike under load: collect once, then exclude what is alive now from

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET
 from common.cache import local_cache
 from common.htmx import is_fragment
 from common.tokens import token_hash
+from inventory.compare import gpu_models
 from inventory.filters import OfferFilterSet, filter_form
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
@@ -154,3 +155,11 @@ def offer_list(request: HttpRequest) -> HttpResponse:
     if request.session.session_key and not pending_messages:
         keep_shell(request.session.session_key, shell)
     return HttpResponse(join_page(request, shell, render_to_string(QUERY_PART, context, request)))
+
+
+@require_GET
+@login_required
+def gpu_compare(request: HttpRequest) -> HttpResponse:
+    """Compare GPUs: one row per model on the menu, best value first (``inventory/compare.py``)."""
+    rows = gpu_models(holder.get(wait=True), timezone.now())
+    return render(request, "inventory/gpu_compare.html", {"models": rows})

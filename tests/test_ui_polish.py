@@ -153,7 +153,7 @@ def test_unit_headers_keep_their_case(client_logged_in, make_offer):
     make_offer()
     html = client_logged_in.get("/offers/").content.decode()
     unit_headers = re.findall(r"<th([^>]*)>\$/[^<]*</th>", html)
-    assert len(unit_headers) == 2
+    assert len(unit_headers) == 3  # $/h, $/GPU·h, $/TFLOP·h
     assert all("keep-case" in attrs for attrs in unit_headers)
     css = Path(finders.find("css/app.css")).read_text()
     assert re.search(r"\.table th\.keep-case\s*\{\s*text-transform:\s*none;", css)

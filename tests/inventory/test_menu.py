@@ -4,6 +4,7 @@ ASGI application (fast path and Django) and the offers page's HTMX partial."""
 
 from __future__ import annotations
 
+import io
 import random
 import re
 import threading
@@ -17,6 +18,7 @@ from asgiref.sync import async_to_sync
 from channels.testing import HttpCommunicator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
+from django.core.management import call_command
 from django.core.paginator import Paginator
 from django.middleware.csrf import _unmask_cipher_token
 from django.template.loader import render_to_string
@@ -38,7 +40,15 @@ from shopper.models import ApiToken
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-GPUS = [("RTX 4090 24GB", 24), ("A100 SXM4 80GB", 80), ("H100 SXM 80GB", 80), ("RTX A6000 48GB", 48)]
+# The last has no spec row: no value figures, last in both value sorts.
+GPUS = [
+    ("RTX 4090 24GB", 24),
+    ("A100 SXM4 80GB", 80),
+    ("H100 SXM 80GB", 80),
+    ("RTX A6000 48GB", 48),
+    ("Imaginary 9000 8GB", 8),
+]
+CUDA_VERSIONS = ["12.8", "12.4", "11.8", "12.10", "12", "", "n/a"]
 LOCATIONS = ["Oregon, US", "Texas, US", "São Paulo, BR", "Zürich, CH", "", "DE"]
 GPU_TERMS = ["", "a100", "RTX", "4090", "80gb", "h1", "zz", " sxm ", "Ü", "100 s", "%", "_"]
 LOCATION_TERMS = ["", "us", "TEX", "são", "SÃO", "zü", "paulo", "x"]
@@ -47,7 +57,8 @@ LOCATION_TERMS = ["", "us", "TEX", "são", "SÃO", "zü", "paulo", "x"]
 @pytest.fixture
 def offers(make_offer):
     """A menu with ties on every sort key, NULL reliabilities, non-ASCII places, suppressed and
-    withdrawn offers."""
+    withdrawn offers; value figures from the spec table (reloaded: transaction tests flush it)."""
+    call_command("load_gpu_specs", stdout=io.StringIO())
     rng = random.Random(7)
     now = timezone.now()
     for _ in range(160):
@@ -65,6 +76,7 @@ def offers(make_offer):
             reliability=rng.choice([None, Decimal("0.9500"), Decimal("0.9900"), Decimal("0.1235")]),
             available=rng.random() > 0.1,
             hidden_until=hidden,
+            cuda_version=rng.choice(CUDA_VERSIONS),
         )
     outcomes_add(random.Random(8), now)
 
@@ -108,9 +120,13 @@ def random_query(rng: random.Random) -> dict:
         q["min_reliability"] = rng.choice(["0.95", "0.99", "0.1235", "0.12345", "0.9", "1", "2"])
     if rng.random() < 0.3:
         q["provider"] = rng.choice(["vastai", "tensordock", "nope"])
+    if rng.random() < 0.3:
+        q["min_cuda"] = rng.choice(["12.4", "12.9", "12.10", "11", "12", "x", "١٢", "12.4.1"])
     if rng.random() < 0.7:
         q["sort"] = rng.choice(["", "price", "-price", "price_per_gpu", "vram_gb", "-vram_gb"])
-        q["sort"] = rng.choice([q["sort"], "reliability", "-reliability", "bogus", "best_bet", "best_bet"])
+        q["sort"] = rng.choice(
+            [q["sort"], "reliability", "-reliability", "value", "-value", "bogus", "best_bet", "best_bet"]
+        )
     if rng.random() < 0.3:
         q["min_confidence"] = rng.choice(["0.3", "0.5", "0.7", "0.123", "0.3005", "0", "1", "-0.1", "x"])
     if rng.random() < 0.5:
