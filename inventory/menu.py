@@ -24,8 +24,10 @@ No thundering herd: ``MenuHolder`` lets one thread check the version (every
 ``CHECK_SECONDS``) and rebuild; every other request meanwhile serves the previous menu. Only the
 very first request of a process waits, for that one build.
 
-To add a column (a later issue adds cuda, value figures, confidence): add it to
-``serializers.OFFER_FIELDS`` (rows) and, if it is filtered or sorted on, to ``NUMERIC`` below.
+To add a column (a later issue adds value figures, confidence): add it to
+``serializers.OFFER_FIELDS`` (rows) and, if it is filtered or sorted on, to ``NUMERIC`` below
+(or to ``DERIVED`` if the column is computed from another at build time, like the CUDA version's
+number).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from decimal import Decimal
 import numpy as np
 from django.db import close_old_connections, connection
 
-from inventory.filters import SORTS
+from inventory.filters import NULLS_LAST, SORTS, version_key
 from inventory.models import Offer
 from inventory.serializers import OFFER_FIELDS, offer_rows
 from inventory.services import menu_version
@@ -64,7 +66,15 @@ NUMERIC = {
     "price_per_hour": 10_000,
     "price_per_gpu_hour": 10_000,
     "reliability": 10_000,
+    "max_disk_gb": 1,
+    "inet_down_mbps": 1,
+    "inet_up_mbps": 1,
+    "verified": 1,
+    "datacenter": 1,
+    "max_duration_hours": 1,
 }
+# Columns computed at build time from a text column: name -> (source column, function).
+DERIVED = {"cuda_key": ("cuda_version", version_key), "driver_key": ("driver_version", version_key)}
 # Text columns matched with icontains: held as codes into their distinct values.
 TEXT = ("gpu_type", "location", "provider")
 # Stands for NULL in an int64 column; the sort places it per backend.
@@ -75,7 +85,16 @@ RANGE_FILTERS = {
     "min_vram_gb": ("vram_gb", "gte"),
     "max_price": ("price_per_hour", "lte"),
     "min_reliability": ("reliability", "gte"),
+    "min_reliability_pct": ("reliability", "gte"),
+    "min_inet_down_mbps": ("inet_down_mbps", "gte"),
+    "min_inet_up_mbps": ("inet_up_mbps", "gte"),
+    "min_disk_gb": ("max_disk_gb", "gte"),
+    "min_duration_hours": ("max_duration_hours", "gte"),
 }
+# Filters given in percent of their column's 0-1 value.
+PERCENT_FILTERS = {"min_reliability_pct"}
+VERSION_FILTERS = {"min_cuda": "cuda_key", "min_driver": "driver_key"}
+FLAG_FILTERS = {"verified": "verified", "datacenter": "datacenter"}
 TEXT_FILTERS = {"gpu": "gpu_type", "location": "location"}
 # Columns whose values repeat across offers (kept once in memory, see build_menu).
 SHARED_VALUES = {
@@ -87,7 +106,17 @@ SHARED_VALUES = {
     "fetched_at",
     "reliability",
 }
-FILTERED_COLUMNS = (*(c for c, _ in RANGE_FILTERS.values()), *TEXT_FILTERS.values(), "provider")
+FILTERED_COLUMNS = tuple(
+    dict.fromkeys(
+        (
+            *(c for c, _ in RANGE_FILTERS.values()),
+            *TEXT_FILTERS.values(),
+            "provider",
+            *VERSION_FILTERS.values(),
+            *FLAG_FILTERS.values(),
+        )
+    )
+)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -119,6 +148,12 @@ class OfferRow:
     driver_version: str
     available: bool
     fetched_at: datetime
+    max_disk_gb: int | None
+    inet_down_mbps: int | None
+    inet_up_mbps: int | None
+    verified: bool | None
+    datacenter: bool | None
+    max_duration_hours: int | None
     # Its menu's rendered table rows (inventory/templatetags/offer_rows.py).
     html_cache: dict | None = field(default=None, repr=False, compare=False)
 
@@ -157,6 +192,14 @@ class Menu:
             i = index[name]
             values = [NULL if t[i] is None else int(t[i] * scale) for t in tuples]
             self.columns[name] = np.array(values, dtype=np.int64).reshape(n)
+        for name, (source, function) in DERIVED.items():
+            i = OFFER_FIELDS.index(source)
+            keys = {}  # per distinct value: a few hundred versions among all offers
+            for t in tuples:
+                if t[i] not in keys:
+                    keys[t[i]] = function(t[i])
+            values = [NULL if keys[t[i]] is None else keys[t[i]] for t in tuples]
+            self.columns[name] = np.array(values, dtype=np.int64).reshape(n)
         self.names: dict[str, list[str]] = {}
         for name in TEXT:
             i = index[name]
@@ -164,6 +207,9 @@ class Menu:
             code = {v: c for c, v in enumerate(distinct)}
             self.names[name] = distinct
             self.columns[name] = np.array([code[t[i]] for t in tuples], dtype=np.int32).reshape(n)
+        # The page's GPU model picker: every model on the menu and its number of offers.
+        counts = np.bincount(self.columns["gpu_type"], minlength=len(self.names["gpu_type"])).tolist()
+        self.gpu_models: tuple[tuple[str, int], ...] = tuple(zip(self.names["gpu_type"], counts, strict=True))
         self.position = {int(pk): p for p, pk in enumerate(self.columns["id"].tolist())}
         self.orders = {sort: self._order(keys) for sort, keys in SORTS.items()}
         self._sorted: dict[str, dict[str, np.ndarray]] = {}
@@ -176,10 +222,15 @@ class Menu:
         null_high = connection.features.nulls_order_largest
         arrays = []
         for key in keys:
-            column = self.columns[key.lstrip("-")]
-            if key.lstrip("-") == "reliability":
+            name, descending = key.lstrip("-"), key.startswith("-")
+            column = self.columns[name]
+            if name in NULLS_LAST:  # NULL last both ways (filters.order_by_keys)
+                values = -column if descending else column
+                arrays.append(np.where(column == NULL, np.iinfo(np.int64).max, values))
+                continue
+            if name == "reliability":
                 column = np.where(column == NULL, np.iinfo(np.int64).max if null_high else -1, column)
-            arrays.append(-column if key.startswith("-") else column)
+            arrays.append(-column if descending else column)
         return np.lexsort(arrays[::-1]).astype(np.int64)  # lexsort's primary key is the last
 
     def set_hidden(self, hidden: dict[int, datetime]) -> None:
@@ -255,19 +306,28 @@ class Menu:
             value = cleaned.get(name)
             if value is None:
                 continue
-            scaled = Decimal(value) * NUMERIC[column]
+            scaled = Decimal(value) * NUMERIC[column] / (100 if name in PERCENT_FILTERS else 1)
             values = columns[column]
             if op == "gte":
                 narrow(values >= math.ceil(scaled))  # NULL is the smallest int64: never >=
             else:
                 narrow((values <= math.floor(scaled)) & (values != NULL))
+        for name, column in VERSION_FILTERS.items():
+            if cleaned.get(name):
+                narrow(columns[column] >= version_key(cleaned[name]))  # NULL: never >=
+        for name, column in FLAG_FILTERS.items():
+            if cleaned.get(name):
+                narrow(columns[column] == (1 if cleaned[name] == "true" else 0))
         for name, column in TEXT_FILTERS.items():
-            term = cleaned.get(name)
-            if not term:
+            terms = cleaned.get(name)
+            if not terms:
                 continue
-            found = self.matching(column, term, allow_db=allow_db)
-            if found is None:
-                return None
+            found = frozenset()
+            for term in [terms] if isinstance(terms, str) else terms:  # gpu: any of several
+                matched = self.matching(column, term, allow_db=allow_db)
+                if matched is None:
+                    return None
+                found |= matched
             wanted = np.array([n in found for n in self.names[column]], dtype=bool)
             narrow(wanted[columns[column]])  # a lookup per row: faster than np.isin
         if cleaned.get("provider"):

@@ -22,6 +22,13 @@ OFFER_FIELDS = (
     "driver_version",
     "available",
     "fetched_at",
+    # What renters compare on (issue 18); null where the provider does not say.
+    "max_disk_gb",
+    "inet_down_mbps",
+    "inet_up_mbps",
+    "verified",
+    "datacenter",
+    "max_duration_hours",
 )
 
 
@@ -33,6 +40,16 @@ class OfferSerializer(serializers.ModelSerializer):
     class Meta:
         model = Offer
         fields = OFFER_FIELDS
+        extra_kwargs = {
+            "reliability": {"help_text": "0 to 1 (the page shows percent); null if the provider has none"},
+            "cuda_version": {"help_text": "The highest CUDA version the host's driver supports, e.g. '12.8'"},
+            "max_disk_gb": {"help_text": "The largest disk (GB) a rental of this offer can have"},
+            "inet_down_mbps": {"help_text": "Measured download speed (Mbps); null if the provider has none"},
+            "inet_up_mbps": {"help_text": "Measured upload speed (Mbps); null if the provider has none"},
+            "verified": {"help_text": "The provider verified this host; null if the provider does not say"},
+            "datacenter": {"help_text": "Hosted in a datacenter; null if the provider does not say"},
+            "max_duration_hours": {"help_text": "The longest rental allowed (hours); null: none given"},
+        }
 
 
 def offer_tuples(queryset):
@@ -44,7 +61,10 @@ def offer_rows(tuples) -> list[dict]:
     page of 50 offers, which alone would cap the inventory endpoint near 300 requests/s."""
     rows = []
     for r in tuples:
-        (pk, provider, poid, gpu, count, vram, price, ppg, loc, rel, cpu, ram, disk, cuda, drv, avail, at) = r
+        (pk, provider, poid, gpu, count, vram, price, ppg, loc, rel, cpu, ram, disk, cuda, drv, avail, at) = (
+            r[:17]
+        )
+        (max_disk, inet_down, inet_up, verified, datacenter, max_hours) = r[17:23]
         rows.append(
             {
                 "id": str(pk),
@@ -64,6 +84,12 @@ def offer_rows(tuples) -> list[dict]:
                 "driver_version": drv,
                 "available": avail,
                 "fetched_at": at.isoformat().replace("+00:00", "Z"),
+                "max_disk_gb": max_disk,
+                "inet_down_mbps": inet_down,
+                "inet_up_mbps": inet_up,
+                "verified": verified,
+                "datacenter": datacenter,
+                "max_duration_hours": max_hours,
             }
         )
     return rows
