@@ -152,15 +152,34 @@
     var form = offerForm();
     if (!form || e.detail.elt !== form) return;
     var notes = [];
+    var params = e.detail.parameters;
+    var names = {};
     Array.prototype.forEach.call(form.elements, function (el) {
-      if (!el.name || !el.willValidate) return;
+      if (!el.name) return;
+      names[el.name] = true;
+      if (!el.willValidate) return;
       if (el.validity.valid) { clearField(el); return; }
       var message = fieldLabel(el) + ": " + el.validationMessage;
       markField(el, message + " Not applied.");
       notes.push(message);
-      delete e.detail.parameters[el.name]; // sent without it, and the results say so
+      params.delete(el.name); // sent without it, and the results say so
+    });
+    // Empty fields stay out of the URL (the state that matters is what is set).
+    Object.keys(names).forEach(function (name) {
+      var values = params.getAll(name).filter(function (v) { return v !== ""; });
+      params.delete(name);
+      values.forEach(function (v) { params.append(name, v); });
     });
     pendingNotes = notes;
+    e.detail.errors = []; // htmx would halt on them: the request goes without those fields
+  });
+  // The same query again (a text field's change after its debounced input) replaces the
+  // history entry instead of adding one, so one Back press goes back one step.
+  document.addEventListener("htmx:beforeHistoryUpdate", function (e) {
+    var update = e.detail.history;
+    if (!update || update.type !== "push" || !offerForm()) return;
+    var next = new URL(update.path, location.href);
+    if (next.pathname + next.search === location.pathname + location.search) update.type = "replace";
   });
   function showNotes(results, notes) {
     if (!notes || !notes.length) return;
