@@ -276,9 +276,21 @@ class PageSizeForm(forms.Form):
     page_size = forms.IntegerField(min_value=1, max_value=500, required=False)
 
 
+class SharedFields(dict):
+    """A form class's ``base_fields`` that every form of it shares instead of deep-copying: the
+    filter form's 17 fields (choices included) cost ~1 ms per copy, per menu answer. Safe because
+    nothing changes a field of these forms after the class is built (validation and rendering
+    only read them)."""
+
+    def __deepcopy__(self, memo) -> dict:
+        return dict(self)
+
+
 @functools.cache
 def _filter_form_class() -> type[forms.Form]:
-    return OfferFilterSet(queryset=Offer.objects.none()).get_form_class()
+    form_class = OfferFilterSet(queryset=Offer.objects.none()).get_form_class()
+    form_class.base_fields = SharedFields(form_class.base_fields)
+    return form_class
 
 
 def filter_form(data: QueryDict) -> forms.Form:
@@ -286,7 +298,7 @@ def filter_form(data: QueryDict) -> forms.Form:
 
     The filter set deep-copies its filters and builds its form class anew per instance (~0.6 ms,
     half the cost of a menu answer). The class depends only on the declared filters, so it is
-    built once; the form's own fields are still copied per form, and the provider choices are
-    still read at validation. Same fields, same cleaned data, same errors.
+    built once, and its fields are shared by its forms (``SharedFields``); the provider choices
+    are still read at validation. Same fields, same cleaned data, same errors.
     """
     return _filter_form_class()(data or QueryDict())

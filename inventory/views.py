@@ -116,14 +116,17 @@ SORTABLE_COLUMNS = {
 
 def sort_headers(data: QueryDict, current: str) -> dict[str, dict]:
     """Per sortable column: the query its header links to and its ``aria-sort``."""
-    rest = data.copy()
-    rest.pop("page", None)
-    rest.pop("sort", None)
+    rest = QueryDict(mutable=True)
+    for key, values in data.lists():
+        if key not in ("page", "sort"):
+            rest.setlist(key, values)
+    base = rest.urlencode()  # once: the sort goes last, as the form would put it
+    base += "&" if base else ""
     headers = {}
     for column, (ascending, descending, first) in SORTABLE_COLUMNS.items():
         state = "ascending" if current == ascending else "descending" if current == descending else ""
-        rest["sort"] = ascending if current == descending else descending if current == ascending else first
-        headers[column] = {"query": rest.urlencode(), "aria_sort": state}
+        sort = ascending if current == descending else descending if current == ascending else first
+        headers[column] = {"query": f"{base}sort={sort}", "aria_sort": state}
     return headers
 
 
