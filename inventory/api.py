@@ -67,13 +67,21 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("gpu", str, description="Canonical GPU name or part of it, e.g. 'A100 80GB'"),
+            OpenApiParameter(
+                "gpu",
+                str,
+                many=True,
+                explode=True,
+                description="Canonical GPU name or part of it, e.g. 'A100 80GB'; several (any of them) by "
+                "repeating the parameter or with commas: gpu=A100&gpu=4090 or gpu=A100,4090",
+            ),
             OpenApiParameter("min_gpus", int),
             OpenApiParameter("min_vram_gb", int, description="Per GPU"),
             OpenApiParameter("max_price", float, description="$/h for the whole offer"),
             OpenApiParameter("provider", str, enum=sorted(PROVIDER_CLASSES)),
             OpenApiParameter("location", str),
-            OpenApiParameter("min_reliability", float, description="0 to 1"),
+            OpenApiParameter("min_reliability", float, description="0 to 1, e.g. 0.95 (the page: percent)"),
+            OpenApiParameter("min_reliability_pct", float, description="The same in percent, 0 to 100"),
             OpenApiParameter(
                 "min_confidence",
                 float,
@@ -82,15 +90,23 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter(
                 "min_cuda",
                 str,
-                description="Lowest CUDA version the host supports, e.g. '12.4'",
+                description="The host's CUDA is at least this, e.g. 12.4 (as versions)",
             ),
+            OpenApiParameter("min_driver", str, description="NVIDIA driver at least this, e.g. 550"),
+            OpenApiParameter("min_inet_down_mbps", int, description="Measured download speed (Vast only)"),
+            OpenApiParameter("min_inet_up_mbps", int, description="Measured upload speed (Vast only)"),
+            OpenApiParameter("min_disk_gb", int, description="The largest disk a rental can have, at least"),
+            OpenApiParameter("min_duration_hours", int, description="Rentals allowed this long (Vast only)"),
+            OpenApiParameter("verified", str, enum=["true", "false"], description="Host verified"),
+            OpenApiParameter("datacenter", str, enum=["true", "false"], description="Hosted in a datacenter"),
             OpenApiParameter(
                 "sort",
                 str,
                 enum=list(SORTS),
                 description="`best_bet`: price_per_hour ÷ confidence (at least 0.05), lowest first; "
                 "`value`: cheapest $ per TFLOP-hour first (`-value`: dearest); "
-                "offers whose GPU is not in the spec table come last either way",
+                "offers whose GPU is not in the spec table come last either way; "
+                "`inet_down`, `disk`, `max_duration` (and `-`): unknowns last either way",
             ),
             OpenApiParameter("page", int),
             OpenApiParameter("page_size", int, description="1 to 500, default 50"),

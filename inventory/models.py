@@ -54,6 +54,14 @@ class Offer(models.Model):
     max_disk_gb = models.PositiveIntegerField(null=True, blank=True)
     inet_down_price_per_gb = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
     inet_up_price_per_gb = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    # What renters compare on (issue 18), where the provider says it (Vast; None elsewhere):
+    # measured network speed, Vast's host verification and datacenter hosting, and the longest
+    # rental the host allows (Vast ``duration``: seconds until the host's ``end_date``).
+    inet_down_mbps = models.PositiveIntegerField(null=True, blank=True)
+    inet_up_mbps = models.PositiveIntegerField(null=True, blank=True)
+    verified = models.BooleanField(null=True, blank=True)
+    datacenter = models.BooleanField(null=True, blank=True)
+    max_duration_hours = models.PositiveIntegerField(null=True, blank=True)
 
     objects = OfferQuerySet.as_manager()
 

@@ -26,6 +26,13 @@ OFFER_FIELDS = (
     "driver_version",
     "available",
     "fetched_at",
+    # What renters compare on (issue 18); null where the provider does not say.
+    "max_disk_gb",
+    "inet_down_mbps",
+    "inet_up_mbps",
+    "verified",
+    "datacenter",
+    "max_duration_hours",
 )
 _PRICE, _COUNT, _GPU = (OFFER_FIELDS.index(n) for n in ("price_per_hour", "gpu_count", "gpu_type"))
 
@@ -94,6 +101,16 @@ class OfferSerializer(serializers.ModelSerializer):
     class Meta:
         model = Offer
         fields = (*ROW_FIELDS, "measured")
+        extra_kwargs = {
+            "reliability": {"help_text": "0 to 1 (the page shows percent); null if the provider has none"},
+            "cuda_version": {"help_text": "The highest CUDA version the host's driver supports, e.g. '12.8'"},
+            "max_disk_gb": {"help_text": "The largest disk (GB) a rental of this offer can have"},
+            "inet_down_mbps": {"help_text": "Measured download speed (Mbps); null if the provider has none"},
+            "inet_up_mbps": {"help_text": "Measured upload speed (Mbps); null if the provider has none"},
+            "verified": {"help_text": "The provider verified this host; null if the provider does not say"},
+            "datacenter": {"help_text": "Hosted in a datacenter; null if the provider does not say"},
+            "max_duration_hours": {"help_text": "The longest rental allowed (hours); null: none given"},
+        }
 
     def _confidence(self, obj):
         from inventory.confidence import Evidence
@@ -169,8 +186,9 @@ def offer_rows(tuples) -> list[dict]:
         (pk, provider, poid, gpu, count, vram, price, ppg, loc, rel, cpu, ram, disk, cuda, drv, avail, at) = (
             r[:17]
         )
-        conf, label, basis, successes, failures = r[17:22]
-        per_tflop, per_vram, per_tbps = r[22:25]
+        (max_disk, inet_down, inet_up, verified, datacenter, max_hours) = r[17:23]
+        conf, label, basis, successes, failures = r[23:28]
+        per_tflop, per_vram, per_tbps = r[28:31]
         rows.append(
             {
                 "id": str(pk),
@@ -190,6 +208,12 @@ def offer_rows(tuples) -> list[dict]:
                 "driver_version": drv,
                 "available": avail,
                 "fetched_at": at.isoformat().replace("+00:00", "Z"),
+                "max_disk_gb": max_disk,
+                "inet_down_mbps": inet_down,
+                "inet_up_mbps": inet_up,
+                "verified": verified,
+                "datacenter": datacenter,
+                "max_duration_hours": max_hours,
                 "confidence": float(conf),
                 "confidence_label": label,
                 "confidence_basis": basis,

@@ -36,6 +36,11 @@ OFFER_UPDATE_FIELDS = [
     "max_disk_gb",
     "inet_down_price_per_gb",
     "inet_up_price_per_gb",
+    "inet_down_mbps",
+    "inet_up_mbps",
+    "verified",
+    "datacenter",
+    "max_duration_hours",
     "available",
     "fetched_at",
 ]

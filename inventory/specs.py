@@ -200,11 +200,12 @@ def value_sort_key(price_per_hour: Decimal, gpu_count: int, spec: SpecFigures | 
     return float(price_per_hour) / (gpu_count * spec.tflops_float)
 
 
-def cuda_key(version: str | None) -> int | None:
-    """A CUDA version ("12.8", "12") as an orderable integer (major * 1000 + minor); None when
-    it is empty or not a version (such offers never pass a ``min_cuda`` filter)."""
-    parts = (version or "").strip().split(".")
+def version_key(text: str | None) -> int | None:
+    """A version such as CUDA "12.8" or driver "570.133.07" as one orderable integer (major,
+    minor, patch; each below 1000); None when it is empty or not a version (such offers never
+    pass a ``min_cuda``/``min_driver`` filter). Compares as versions: "12.10" > "12.9"."""
+    parts = (text or "").strip().split(".")
     if not 1 <= len(parts) <= 3 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
         return None
-    minor = int(parts[1]) if len(parts) > 1 else 0
-    return int(parts[0]) * 1000 + minor
+    major, minor, patch = (*map(int, parts), 0, 0)[:3]
+    return major * 1_000_000 + minor * 1_000 + patch

@@ -21,7 +21,7 @@ from inventory.providers.runpod import names as runpod_names
 from inventory.providers.tensordock import names as tensordock_names
 from inventory.providers.vastai import names as vast_names
 from inventory.sandbox import catalog
-from inventory.specs import CSV_PATH, cuda_key, read_spec_csv, spec_table, value_figures
+from inventory.specs import CSV_PATH, read_spec_csv, spec_table, value_figures, version_key
 
 PROVIDERS = Path(gpus.__file__).resolve().parent  # each provider's fixtures/ is in its folder
 SPEC_NAMES = {row["canonical_name"] for row in read_spec_csv()}
@@ -169,9 +169,10 @@ def test_a_missing_file_is_a_clear_error(db, tmp_path):
 @pytest.mark.parametrize(
     ("version", "key"),
     [
-        ("12.8", 12008),
-        ("12", 12000),
-        ("12.10", 12010),
+        ("12.8", 12_008_000),
+        ("12", 12_000_000),
+        ("12.10", 12_010_000),
+        ("570.133.07", 570_133_007),
         ("", None),
         ("n/a", None),
         ("12.x", None),
@@ -179,4 +180,4 @@ def test_a_missing_file_is_a_clear_error(db, tmp_path):
     ],
 )
 def test_cuda_versions_compare_as_versions(version, key):
-    assert cuda_key(version) == key
+    assert version_key(version) == key

@@ -91,9 +91,11 @@ def test_min_cuda_compares_versions_not_text(offers, api_client):
     assert sorted(got) == sorted([str(offers["h100"].pk), str(offers["unknown"].pk)])
     assert ids(api_client.get("/api/v1/inventory", {"min_cuda": "12.10"})) == [str(offers["h100"].pk)]
     assert len(ids(api_client.get("/api/v1/inventory", {"min_cuda": "12"}))) == 4
+    # A patch version is a version too (one min_cuda with min_driver's parser: specs.version_key).
+    assert ids(api_client.get("/api/v1/inventory", {"min_cuda": "12.9.1"})) == [str(offers["h100"].pk)]
 
 
-@pytest.mark.parametrize("bad", ["twelve", "12.4.1", "١٢", "-1", "12."])
+@pytest.mark.parametrize("bad", ["twelve", "12.4.1.0", "١٢", "-1", "12.", "1234"])
 def test_a_bad_min_cuda_is_a_400_naming_it(offers, api_client, bad):
     response = api_client.get("/api/v1/inventory", {"min_cuda": bad})
     assert response.status_code == 400
@@ -105,7 +107,8 @@ def test_the_offers_page_shows_the_value_column_and_a_dash_without_a_spec_row(of
     assert "$/TFLOP·h" in html
     assert "$0.002119" in html  # the 4090
     assert "This GPU is not in the spec table" in html  # the unknown GPU's "—"
-    assert html.index("RTX 4090 24GB") < html.index("H100 SXM 80GB") < html.index("Imaginary 9000 8GB")
+    rows = html[html.index("<tbody>") :]  # the GPU picker above lists the models too
+    assert rows.index("RTX 4090 24GB") < rows.index("H100 SXM 80GB") < rows.index("Imaginary 9000 8GB")
     assert '<option value="value" selected>Value (best first)</option>' in html
 
 
