@@ -32,7 +32,10 @@ def test_the_compare_page_opens_the_menu_filtered_to_a_model(page, stack, screen
     offers = int(row.locator("td").nth(2).inner_text())
     row.locator("a.gpu-link").click()
     page.wait_for_url(re.compile(r".*/offers/\?gpu="))
-    expect(page.locator("input[name=gpu]")).to_have_value(model)
+    # The link's gpu=<name> is the menu's multi-model filter: the picker ticks exactly that model.
+    expect(page.locator(f'#offer-filters input[type=checkbox][name=gpu][value="{model}"]')).to_be_checked()
+    expect(page.locator("#offer-filters input[type=checkbox][name=gpu]:checked")).to_have_count(1)
+    expect(page.locator("#f-gpu")).to_have_value("")
     expect(page.locator("#offer-results .results-head")).to_contain_text(f"{offers:,} offer")
     names = set(page.locator("#offer-results td.gpu").all_inner_texts())
     assert names == {model}

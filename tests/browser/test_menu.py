@@ -74,8 +74,7 @@ def test_filter_by_cuda_and_several_gpu_models(page, stack):
     gpus = page.locator("#offer-results td.gpu").all_inner_texts()
     assert gpus and set(gpus) <= set(picked), (gpus, picked)
     cudas = [
-        c.split("·")[0].strip()
-        for c in page.locator("#offer-results tbody tr td:nth-child(8)").all_inner_texts()
+        c.split("·")[0].strip() for c in page.locator("#offer-results tbody tr td.cuda").all_inner_texts()
     ]
     assert cudas and all(version(c) >= (12, 4) for c in cudas), cudas
     # The API agrees: the same filters, the same count.
@@ -155,10 +154,12 @@ def test_phone_layout_has_cards_no_horizontal_scroll_and_a_folded_nav(browser, s
         assert width[0] <= width[1], width
         assert (tmp_path / "offers-phone.png").stat().st_size > 0
 
-        # Offers are cards: GPU, price, location and Rent shown; the table head is not.
+        # Offers are cards: GPU, price, value ($/TFLOP·h), location and Rent shown; the table head is not.
         first = page.locator("#offer-results tbody tr").first
-        for cell in ("td.gpu", "td.price", "td.loc", "td.rent"):
+        for cell in ("td.gpu", "td.price", "td.value", "td.loc", "td.rent"):
             expect(first.locator(cell)).to_be_visible()
+        expect(first.locator("td.value")).to_contain_text("$")
+        expect(first.locator("td.confidence")).to_be_hidden()
         expect(page.locator("#offer-results table.offers thead")).to_be_hidden()
         expect(first.locator("td.extra").first).to_be_hidden()
 

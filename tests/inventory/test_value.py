@@ -4,6 +4,7 @@ the compare view (page and API). Figures worked out by hand from inventory/data/
 from __future__ import annotations
 
 import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -227,3 +228,10 @@ def test_the_compare_rows_follow_a_new_menu(offers, make_offer, api_client):
     with time_machine.travel(timezone.now() + timedelta(seconds=menu_module.CHECK_SECONDS + 1)):
         names = [r["gpu_type"] for r in api_client.get("/api/v1/gpus").json()["results"]]
     assert "L4 24GB" in names
+
+
+def test_the_value_header_sorts_by_value_and_turns_around(offers, client_logged_in):
+    html = client_logged_in.get("/offers/").content.decode()
+    assert re.search(r'<th [^>]*><a class="sort" href="\?sort=value"[^>]*>\$/TFLOP·h</a></th>', html)
+    html = client_logged_in.get("/offers/", {"sort": "value"}).content.decode()
+    assert re.search(r'<th [^>]*aria-sort="ascending"[^>]*><a class="sort" href="\?sort=-value"', html)
