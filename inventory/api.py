@@ -6,17 +6,19 @@ from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, viewsets
+from rest_framework.decorators import api_view
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from common.api import Pagination, documented_error
+from inventory.compare import gpu_models
 from inventory.filters import SORTS, OfferFilterSet, PageSizeForm, filter_form
 from inventory.measured import measured_for
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
 from inventory.providers import PROVIDER_CLASSES
-from inventory.serializers import OfferSerializer, offer_rows, offer_tuples
+from inventory.serializers import GpuListSerializer, OfferSerializer, offer_rows, offer_tuples
 
 
 def _bad_params(errors) -> exceptions.ValidationError:
@@ -65,23 +67,46 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("gpu", str, description="Canonical GPU name or part of it, e.g. 'A100 80GB'"),
+            OpenApiParameter(
+                "gpu",
+                str,
+                many=True,
+                explode=True,
+                description="Canonical GPU name or part of it, e.g. 'A100 80GB'; several (any of them) by "
+                "repeating the parameter or with commas: gpu=A100&gpu=4090 or gpu=A100,4090",
+            ),
             OpenApiParameter("min_gpus", int),
             OpenApiParameter("min_vram_gb", int, description="Per GPU"),
             OpenApiParameter("max_price", float, description="$/h for the whole offer"),
             OpenApiParameter("provider", str, enum=sorted(PROVIDER_CLASSES)),
             OpenApiParameter("location", str),
-            OpenApiParameter("min_reliability", float, description="0 to 1"),
+            OpenApiParameter("min_reliability", float, description="0 to 1, e.g. 0.95 (the page: percent)"),
+            OpenApiParameter("min_reliability_pct", float, description="The same in percent, 0 to 100"),
             OpenApiParameter(
                 "min_confidence",
                 float,
                 description="0 to 1: at least this chance a rental becomes active (field `confidence`)",
             ),
             OpenApiParameter(
+                "min_cuda",
+                str,
+                description="The host's CUDA is at least this, e.g. 12.4 (as versions)",
+            ),
+            OpenApiParameter("min_driver", str, description="NVIDIA driver at least this, e.g. 550"),
+            OpenApiParameter("min_inet_down_mbps", int, description="Measured download speed (Vast only)"),
+            OpenApiParameter("min_inet_up_mbps", int, description="Measured upload speed (Vast only)"),
+            OpenApiParameter("min_disk_gb", int, description="The largest disk a rental can have, at least"),
+            OpenApiParameter("min_duration_hours", int, description="Rentals allowed this long (Vast only)"),
+            OpenApiParameter("verified", str, enum=["true", "false"], description="Host verified"),
+            OpenApiParameter("datacenter", str, enum=["true", "false"], description="Hosted in a datacenter"),
+            OpenApiParameter(
                 "sort",
                 str,
                 enum=list(SORTS),
-                description="`best_bet`: price_per_hour ÷ confidence (at least 0.05), lowest first",
+                description="`best_bet`: price_per_hour ÷ confidence (at least 0.05), lowest first; "
+                "`value`: cheapest $ per TFLOP-hour first (`-value`: dearest); "
+                "offers whose GPU is not in the spec table come last either way; "
+                "`inet_down`, `disk`, `max_duration` (and `-`): unknowns last either way",
             ),
             OpenApiParameter("page", int),
             OpenApiParameter("page_size", int, description="1 to 500, default 50"),
@@ -110,3 +135,14 @@ class InventoryViewSet(viewsets.ReadOnlyModelViewSet):
         row = rows[0]
         row["measured"] = measured_for(row["provider"], row["provider_offer_id"], row["gpu_type"])
         return Response(row)
+
+
+@extend_schema(
+    summary="Compare GPUs: one row per GPU model on the menu, best value first",
+    responses={200: GpuListSerializer},
+)
+@api_view(["GET"])
+def gpu_list(request: Request) -> HttpResponse:
+    """``GET /api/v1/gpus``: from this process's in-memory menu, like the inventory."""
+    rows = gpu_models(holder.get(wait=True), timezone.now())
+    return HttpResponse(JSONRenderer().render({"results": rows}), content_type="application/json")

@@ -24,8 +24,11 @@ No thundering herd: ``MenuHolder`` lets one thread check the version (every
 ``CHECK_SECONDS``) and rebuild; every other request meanwhile serves the previous menu. Only the
 very first request of a process waits, for that one build.
 
-To add a column (a later issue adds cuda, value figures, confidence): add it to
-``serializers.OFFER_FIELDS`` (rows) and, if it is filtered or sorted on, to ``NUMERIC`` below.
+To add a column: add it to ``serializers.OFFER_FIELDS`` (rows) and, if it is filtered or sorted
+on, to ``NUMERIC`` below (or to ``VERSION_COLUMNS`` if it is a version compared as numbers, like
+the CUDA and driver versions). Figures derived from a row (the value figures,
+``specs.value_figures``) are computed for every row here, vectorised at build time
+(``Menu._derived_columns``); their sort and filter columns are in ``DERIVED``.
 
 Confidence (issue 15, ``inventory/confidence.py``) is computed for every offer here, once per
 menu build from one read of the recent provisioning outcomes (``serializers.CONFIDENCE_FIELDS``
@@ -50,11 +53,12 @@ import numpy as np
 from django.db import close_old_connections, connection
 
 from inventory.confidence import best_bet_price
-from inventory.filters import SORTS
+from inventory.filters import NULLS_LAST, SORTS, VALUE_SORT_KEY
 from inventory.measured import measured_index, with_measured
 from inventory.models import Offer
 from inventory.serializers import MENU_FIELDS, OFFER_FIELDS, offer_rows, with_confidence
 from inventory.services import menu_version
+from inventory.specs import MICRO_SCALES, VALUE_FIELDS, SpecFigures, micro_dollars, spec_table, version_key
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +78,18 @@ NUMERIC = {
     "reliability": 10_000,
     "confidence": 1000,  # Decimal with 3 places (inventory/confidence.py)
     "best_bet": 10_000,
+    "max_disk_gb": 1,
+    "inet_down_mbps": 1,
+    "inet_up_mbps": 1,
+    "verified": 1,
+    "datacenter": 1,
+    "max_duration_hours": 1,
 }
 # NUMERIC columns computed from others rather than read from the tuples: name -> function of a tuple.
 _PRICE, _CONFIDENCE = MENU_FIELDS.index("price_per_hour"), MENU_FIELDS.index("confidence")
 COMPUTED = {"best_bet": lambda t: best_bet_price(t[_PRICE], t[_CONFIDENCE])}
+# Versions compared as numbers, computed at build time from a text column: name -> source column.
+VERSION_COLUMNS = {"cuda_key": "cuda_version", "driver_key": "driver_version"}
 # Text columns matched with icontains: held as codes into their distinct values.
 TEXT = ("gpu_type", "location", "provider")
 # Stands for NULL in an int64 column; the sort places it per backend.
@@ -89,8 +101,20 @@ RANGE_FILTERS = {
     "max_price": ("price_per_hour", "lte"),
     "min_reliability": ("reliability", "gte"),
     "min_confidence": ("confidence", "gte"),
+    "min_reliability_pct": ("reliability", "gte"),
+    "min_inet_down_mbps": ("inet_down_mbps", "gte"),
+    "min_inet_up_mbps": ("inet_up_mbps", "gte"),
+    "min_disk_gb": ("max_disk_gb", "gte"),
+    "min_duration_hours": ("max_duration_hours", "gte"),
 }
+# Filters given in percent of their column's 0-1 value.
+PERCENT_FILTERS = {"min_reliability_pct"}
+VERSION_FILTERS = {"min_cuda": "cuda_key", "min_driver": "driver_key"}
+FLAG_FILTERS = {"verified": "verified", "datacenter": "datacenter"}
 TEXT_FILTERS = {"gpu": "gpu_type", "location": "location"}
+# Columns computed from a row rather than read from it (Menu._derived_columns): "value" ($ per
+# TFLOP-hour as the database computes it, NaN without a spec row) sorts.
+DERIVED = (VALUE_SORT_KEY,)
 # Columns whose values repeat across offers (kept once in memory, see build_menu).
 SHARED_VALUES = {
     "provider",
@@ -106,7 +130,17 @@ SHARED_VALUES = {
     "confidence_successes",
     "confidence_failures",
 }
-FILTERED_COLUMNS = (*(c for c, _ in RANGE_FILTERS.values()), *TEXT_FILTERS.values(), "provider")
+FILTERED_COLUMNS = tuple(
+    dict.fromkeys(
+        (
+            *(c for c, _ in RANGE_FILTERS.values()),
+            *TEXT_FILTERS.values(),
+            "provider",
+            *VERSION_FILTERS.values(),
+            *FLAG_FILTERS.values(),
+        )
+    )
+)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -138,11 +172,20 @@ class OfferRow:
     driver_version: str
     available: bool
     fetched_at: datetime
+    max_disk_gb: int | None
+    inet_down_mbps: int | None
+    inet_up_mbps: int | None
+    verified: bool | None
+    datacenter: bool | None
+    max_duration_hours: int | None
     confidence: Decimal
     confidence_label: str
     confidence_basis: str
     confidence_successes: Decimal
     confidence_failures: Decimal
+    usd_per_tflop_hour: Decimal | None
+    usd_per_vram_gb_hour: Decimal | None
+    usd_per_tbps_hour: Decimal | None
     # Its menu's rendered table rows (inventory/templatetags/offer_rows.py).
     html_cache: dict | None = field(default=None, repr=False, compare=False)
 
@@ -162,7 +205,7 @@ class Selection(Sequence):
     def __getitem__(self, index):
         if not isinstance(index, slice):
             return self[index : index + 1][0] if index >= 0 else self[len(self) + index]
-        tuples = [self.menu.tuples[p] for p in self.positions[index].tolist()]
+        tuples = [self.menu.tuples[p] + self.menu.value_strings(p) for p in self.positions[index].tolist()]
         if self.as_dicts:
             return with_measured(offer_rows(tuples), self.menu.measured)
         return [OfferRow(*t, html_cache=self.menu.row_html) for t in tuples]
@@ -171,9 +214,17 @@ class Selection(Sequence):
 class Menu:
     """The visible-or-hidden available offers of one menu version, as columns."""
 
-    def __init__(self, version: str, tuples: list[tuple], hidden: dict[int, datetime]) -> None:
+    def __init__(
+        self,
+        version: str,
+        tuples: list[tuple],
+        hidden: dict[int, datetime],
+        specs: dict[str, SpecFigures] | None = None,
+    ) -> None:
         self.version = version
-        self.tuples = tuples  # MENU_FIELDS order; the rows of answers are built from these
+        # MENU_FIELDS order; + value_strings: the rows of answers (ROW_FIELDS)
+        self.tuples = tuples
+        self.specs = specs or {}
         n = len(tuples)
         index = {name: MENU_FIELDS.index(name) for name in (*NUMERIC, *TEXT) if name not in COMPUTED}
         self.columns: dict[str, np.ndarray] = {}
@@ -184,6 +235,14 @@ class Menu:
                 i = index[name]
                 values = [NULL if t[i] is None else int(t[i] * scale) for t in tuples]
             self.columns[name] = np.array(values, dtype=np.int64).reshape(n)
+        for name, source in VERSION_COLUMNS.items():
+            i = OFFER_FIELDS.index(source)
+            keys = {}  # per distinct value: a few hundred versions among all offers
+            for t in tuples:
+                if t[i] not in keys:
+                    keys[t[i]] = version_key(t[i])
+            values = [NULL if keys[t[i]] is None else keys[t[i]] for t in tuples]
+            self.columns[name] = np.array(values, dtype=np.int64).reshape(n)
         self.names: dict[str, list[str]] = {}
         for name in TEXT:
             i = index[name]
@@ -191,6 +250,11 @@ class Menu:
             code = {v: c for c, v in enumerate(distinct)}
             self.names[name] = distinct
             self.columns[name] = np.array([code[t[i]] for t in tuples], dtype=np.int32).reshape(n)
+        self.columns.update(self._derived_columns())
+        self._value_strings: dict[int, tuple] = {}
+        # The page's GPU model picker: every model on the menu and its number of offers.
+        counts = np.bincount(self.columns["gpu_type"], minlength=len(self.names["gpu_type"])).tolist()
+        self.gpu_models: tuple[tuple[str, int], ...] = tuple(zip(self.names["gpu_type"], counts, strict=True))
         self.position = {int(pk): p for p, pk in enumerate(self.columns["id"].tolist())}
         self.orders = {sort: self._order(keys) for sort, keys in SORTS.items()}
         self._sorted: dict[str, dict[str, np.ndarray]] = {}
@@ -199,15 +263,59 @@ class Menu:
         self.measured: dict = {}  # inventory.measured.measured_index(), set by build_menu
         self.set_hidden(hidden)
 
+    def _derived_columns(self) -> dict[str, np.ndarray]:
+        """The ``DERIVED`` columns, vectorised over the distinct names (a few dozen GPU models),
+        so a build at 100k offers pays microseconds, not a Python loop per row."""
+        # price_per_hour / (gpu_count * tflops) in float64, the same IEEE operations as the
+        # database's value_expression (filters.py), so both order alike.
+        tflops = [self.specs[n].tflops_float if n in self.specs else math.nan for n in self.names["gpu_type"]]
+        per_gpu = np.array(tflops, dtype=np.float64)[self.columns["gpu_type"]] if len(tflops) else np.zeros(0)
+        count = self.columns["gpu_count"].astype(np.float64)
+        price = self.columns["price_per_hour"] / float(NUMERIC["price_per_hour"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.where(count >= 1, price / (count * per_gpu), math.nan)
+        columns = {VALUE_SORT_KEY: value}
+        # The value figures in millionths of a dollar, exactly as specs.value_figures rounds them.
+        names = self.names["gpu_type"]
+        divisors = np.array(
+            [self.specs[n].divisors() if n in self.specs else (0, 0, 0) for n in names] or [(0, 0, 0)],
+            dtype=np.int64,
+        )[self.columns["gpu_type"]]
+        counts = self.columns["gpu_count"]
+        for i, (name, scale) in enumerate(zip(VALUE_FIELDS, MICRO_SCALES, strict=True)):
+            denominator = counts * divisors[:, i]
+            safe = np.where(denominator > 0, denominator, 1)
+            micro = micro_dollars(self.columns["price_per_hour"] * scale, safe)
+            columns[name] = np.where(denominator > 0, micro, NULL)
+        return columns
+
+    def value_strings(self, position: int) -> tuple[str | None, str | None, str | None]:
+        """The value figures of the offer at ``position`` as the API writes them ("0.002119", or
+        None without a spec row), formatted once per menu and offer."""
+        found = self._value_strings.get(position)
+        if found is None:
+            found = tuple(_micro_string(int(self.columns[name][position])) for name in VALUE_FIELDS)
+            self._value_strings[position] = found
+        return found
+
     def _order(self, keys: tuple[str, ...]) -> np.ndarray:
         """Positions sorted as the database sorts ``order_by(*keys)``."""
         null_high = connection.features.nulls_order_largest
         arrays = []
         for key in keys:
-            column = self.columns[key.lstrip("-")]
-            if key.lstrip("-") == "reliability":
+            name, descending = key.lstrip("-"), key.startswith("-")
+            column = self.columns[name]
+            if name in NULLS_LAST:  # NULL last both ways (filters.order_by_keys)
+                values = -column if descending else column
+                arrays.append(np.where(column == NULL, np.iinfo(np.int64).max, values))
+                continue
+            if name == "reliability":
                 column = np.where(column == NULL, np.iinfo(np.int64).max if null_high else -1, column)
-            arrays.append(-column if key.startswith("-") else column)
+            if name == VALUE_SORT_KEY:  # NULLS LAST both ways, as filters.sort_by asks
+                column = -column if descending else column
+                arrays.append(np.where(np.isnan(column), np.inf, column))
+                continue
+            arrays.append(-column if descending else column)
         return np.lexsort(arrays[::-1]).astype(np.int64)  # lexsort's primary key is the last
 
     def set_hidden(self, hidden: dict[int, datetime]) -> None:
@@ -283,19 +391,28 @@ class Menu:
             value = cleaned.get(name)
             if value is None:
                 continue
-            scaled = Decimal(value) * NUMERIC[column]
+            scaled = Decimal(value) * NUMERIC[column] / (100 if name in PERCENT_FILTERS else 1)
             values = columns[column]
             if op == "gte":
                 narrow(values >= math.ceil(scaled))  # NULL is the smallest int64: never >=
             else:
                 narrow((values <= math.floor(scaled)) & (values != NULL))
+        for name, column in VERSION_FILTERS.items():
+            if cleaned.get(name):
+                narrow(columns[column] >= version_key(cleaned[name]))  # NULL: never >=
+        for name, column in FLAG_FILTERS.items():
+            if cleaned.get(name):
+                narrow(columns[column] == (1 if cleaned[name] == "true" else 0))
         for name, column in TEXT_FILTERS.items():
-            term = cleaned.get(name)
-            if not term:
+            terms = cleaned.get(name)
+            if not terms:
                 continue
-            found = self.matching(column, term, allow_db=allow_db)
-            if found is None:
-                return None
+            found = frozenset()
+            for term in [terms] if isinstance(terms, str) else terms:  # gpu: any of several
+                matched = self.matching(column, term, allow_db=allow_db)
+                if matched is None:
+                    return None
+                found |= matched
             wanted = np.array([n in found for n in self.names[column]], dtype=bool)
             narrow(wanted[columns[column]])  # a lookup per row: faster than np.isin
         if cleaned.get("provider"):
@@ -315,18 +432,25 @@ class Menu:
         return found
 
 
+def _micro_string(micro: int) -> str | None:
+    return None if micro == NULL else f"{micro // 1_000_000}.{micro % 1_000_000:06d}"
+
+
 def build_menu(version: str) -> Menu:
     """Read every available offer once (one query) and build the columns."""
     started = time.perf_counter()
     rows = Offer.objects.filter(available=True).order_by().values_list(*OFFER_FIELDS, "host")
     # Names, places and refresh times repeat across thousands of offers: one object each instead
     # of one per row (a third of the menu's memory at 100k offers).
-    shared = [{} if name in SHARED_VALUES else None for name in MENU_FIELDS]
-    tuples = [
-        tuple(v if same is None else same.setdefault(v, v) for v, same in zip(r, shared, strict=True))
-        for r in with_confidence(rows.iterator(chunk_size=5000))
-    ]
-    menu = Menu(version, tuples, _hidden_now())
+    # Only those columns are visited per row (a third of the row's fields, the build's hot loop).
+    shared = [(i, {}) for i, name in enumerate(MENU_FIELDS) if name in SHARED_VALUES]
+    tuples = []
+    for r in with_confidence(rows.iterator(chunk_size=5000)):
+        row = list(r)
+        for i, same in shared:
+            row[i] = same.setdefault(row[i], row[i])
+        tuples.append(tuple(row))
+    menu = Menu(version, tuples, _hidden_now(), spec_table())
     menu.measured = measured_index()  # benchmarks of the machines (issue 18), once per version
     # Millions of long-lived objects (the rows) would make every full cyclic collection scan
     # them again, a latency spike under load: collect once, then exclude what is alive now from

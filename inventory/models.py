@@ -54,6 +54,14 @@ class Offer(models.Model):
     max_disk_gb = models.PositiveIntegerField(null=True, blank=True)
     inet_down_price_per_gb = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
     inet_up_price_per_gb = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    # What renters compare on (issue 18), where the provider says it (Vast; None elsewhere):
+    # measured network speed, Vast's host verification and datacenter hosting, and the longest
+    # rental the host allows (Vast ``duration``: seconds until the host's ``end_date``).
+    inet_down_mbps = models.PositiveIntegerField(null=True, blank=True)
+    inet_up_mbps = models.PositiveIntegerField(null=True, blank=True)
+    verified = models.BooleanField(null=True, blank=True)
+    datacenter = models.BooleanField(null=True, blank=True)
+    max_duration_hours = models.PositiveIntegerField(null=True, blank=True)
 
     objects = OfferQuerySet.as_manager()
 
@@ -113,6 +121,27 @@ class Offer(models.Model):
     @property
     def confidence_failures(self) -> Decimal:
         return self.confidence_detail.failures
+
+    @cached_property
+    def value_figures(self) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+        """(usd_per_tflop_hour, usd_per_vram_gb_hour, usd_per_tbps_hour): one query for the spec
+        row. The menu computes the same once per row when it is built (``serializers.with_value``)."""
+        from inventory.specs import figures_of, value_figures
+
+        spec = GpuSpec.objects.filter(canonical_name=self.gpu_type).first()
+        return value_figures(self.price_per_hour, self.gpu_count, figures_of(spec) if spec else None)
+
+    @property
+    def usd_per_tflop_hour(self) -> Decimal | None:
+        return self.value_figures[0]
+
+    @property
+    def usd_per_vram_gb_hour(self) -> Decimal | None:
+        return self.value_figures[1]
+
+    @property
+    def usd_per_tbps_hour(self) -> Decimal | None:
+        return self.value_figures[2]
 
     @staticmethod
     def per_gpu(price: Decimal, gpu_count: int) -> Decimal:
@@ -229,3 +258,40 @@ class ProvisionOutcome(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.provider_offer_id} {self.kind} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class GpuSpec(models.Model):
+    """Peak per-GPU specifications of one canonical GPU model (``inventory/data/gpu_specs.csv``).
+
+    Data, not code: loaded by a data migration and reloaded with ``manage.py load_gpu_specs``.
+    ``canonical_name`` joins it to ``Offer.gpu_type``. Figures are vendor peaks per GPU device
+    (dense tensor rates), not measurements; ``inventory/specs.py`` turns them into value figures.
+    """
+
+    canonical_name = models.CharField(max_length=64, unique=True)
+    vendor = models.CharField(max_length=32, blank=True)
+    architecture = models.CharField(max_length=64, blank=True)
+    vram_gb = models.PositiveIntegerField(help_text="Nominal memory per GPU as sold")
+    memory_bandwidth_gbps = models.DecimalField(max_digits=8, decimal_places=1, help_text="GB/s")
+    fp32_tflops = models.DecimalField(max_digits=8, decimal_places=2)
+    fp16_bf16_dense_tflops = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Blank: no usable half precision",
+    )
+    fp8_dense_tflops = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
+    tdp_w = models.DecimalField(max_digits=7, decimal_places=1, null=True, blank=True)
+    interconnect = models.CharField(max_length=200, blank=True)
+    compute_capability = models.CharField(max_length=16, blank=True)
+    source = models.TextField(blank=True)
+    notes = models.TextField(blank=True)
+    # Part of the menu version: a reload rebuilds every process's in-memory menu.
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["canonical_name"]
+
+    def __str__(self) -> str:
+        return self.canonical_name

@@ -8,11 +8,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from inventory import providers as registry
-from inventory.models import Offer, ProviderFeed
+from inventory.models import GpuSpec, Offer, ProviderFeed
 from inventory.providers.base import OfferData, ProviderError, RateLimited
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ OFFER_UPDATE_FIELDS = [
     "max_disk_gb",
     "inet_down_price_per_gb",
     "inet_up_price_per_gb",
+    "inet_down_mbps",
+    "inet_up_mbps",
+    "verified",
+    "datacenter",
+    "max_duration_hours",
     "available",
     "fetched_at",
 ]
@@ -183,11 +188,15 @@ def _upsert_postgresql(provider: str, rows: list[list], fetched_at) -> None:
 
 
 def menu_version() -> str:
-    """Changes whenever any provider's offers were written (one tiny query). Every write of
-    ``Offer.available`` or its columns goes with a new ``last_attempt_at``: web processes rebuild
-    their in-memory menu (``inventory/menu.py``) on a new version only."""
+    """Changes whenever any provider's offers or the GPU spec table were written (two tiny
+    queries). Every write of ``Offer.available`` or its columns goes with a new
+    ``last_attempt_at``: web processes rebuild their in-memory menu (``inventory/menu.py``) on a
+    new version only."""
     latest = ProviderFeed.objects.aggregate(v=Max("last_attempt_at"))["v"]
-    return latest.isoformat() if latest else "0"
+    version = latest.isoformat() if latest else "0"
+    # The value figures come from the GPU spec table: a reload (load_gpu_specs) is a new menu.
+    specs = GpuSpec.objects.aggregate(at=Max("updated_at"), n=Count("id"))
+    return f"{version} specs {specs['n']}@{specs['at'].isoformat() if specs['at'] else '-'}"
 
 
 def offers_freshness() -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
 
 from django.contrib.auth.decorators import login_required
 from django.contrib.messages import get_messages
@@ -20,6 +19,7 @@ from django.views.decorators.http import require_GET
 from common.cache import local_cache
 from common.htmx import is_fragment
 from common.tokens import token_hash
+from inventory.compare import gpu_models
 from inventory.filters import OfferFilterSet, filter_form
 from inventory.menu import Menu, Selection, holder
 from inventory.models import Offer
@@ -102,19 +102,68 @@ def join_page(request: HttpRequest, shell: tuple[str, str], query_part: str) -> 
     return head + query_part + tail
 
 
+# The sortable columns of the offers table: column -> (ascending sort, descending sort, the sort
+# of a first click). A click on the sorted column turns it around.
+SORTABLE_COLUMNS = {
+    "gpus": ("gpu_count", "-gpu_count", "-gpu_count"),
+    "vram": ("vram_gb", "-vram_gb", "-vram_gb"),
+    "price": ("price", "-price", "price"),
+    "price_per_gpu": ("price_per_gpu", "-price_per_gpu", "price_per_gpu"),
+    # $ per TFLOP-hour: cheapest (best value) first.
+    "value": ("value", "-value", "value"),
+    "reliability": ("reliability", "-reliability", "-reliability"),
+    # best_bet (price ÷ confidence) has one direction: the link always sorts by it.
+    "confidence": ("best_bet", "best_bet", "best_bet"),
+    "network": ("inet_down", "-inet_down", "-inet_down"),
+    "disk": ("disk", "-disk", "-disk"),
+    "duration": ("max_duration", "-max_duration", "-max_duration"),
+}
+
+
+def sort_headers(data: QueryDict, current: str) -> dict[str, dict]:
+    """Per sortable column: the query its header links to and its ``aria-sort``."""
+    rest = QueryDict(mutable=True)
+    for key, values in data.lists():
+        if key not in ("page", "sort"):
+            rest.setlist(key, values)
+    base = rest.urlencode()  # once: the sort goes last, as the form would put it
+    base += "&" if base else ""
+    headers = {}
+    for column, (ascending, descending, first) in SORTABLE_COLUMNS.items():
+        state = "ascending" if current == ascending else "descending" if current == descending else ""
+        sort = ascending if current == descending else descending if current == ascending else first
+        headers[column] = {"query": f"{base}sort={sort}", "aria_sort": state}
+    return headers
+
+
 def results_context(menu: Menu, data: QueryDict, filterset, *, allow_db: bool = True) -> dict | None:
     """What the results partial shows for ``data``; ``filterset`` has the validated form. None
-    when that needs the database and ``allow_db`` is False (see ``Menu.select``)."""
-    offers: Sequence = []
-    if filterset.is_valid():
-        positions = menu.select(filterset.form.cleaned_data, now=timezone.now(), allow_db=allow_db)
-        if positions is None:
-            return None
-        offers = Selection(menu, positions, as_dicts=False)
-    page = Paginator(offers, PAGE_SIZE).get_page(data.get("page"))
+    when that needs the database and ``allow_db`` is False (see ``Menu.select``).
+
+    A filter with a bad value is not applied (the results say so, with the field's label, and
+    the page marks the field); the others are, rather than showing nothing at all.
+    """
+    filterset.is_valid()
+    cleaned = filterset.form.cleaned_data  # the fields that validated
+    positions = menu.select(cleaned, now=timezone.now(), allow_db=allow_db)
+    if positions is None:
+        return None
+    page = Paginator(Selection(menu, positions, as_dicts=False), PAGE_SIZE).get_page(data.get("page"))
     query = data.copy()
     query.pop("page", None)
-    return {"filterset": filterset, "page": page, "query": query.urlencode()}
+    form = filterset.form
+    not_applied = [
+        {"name": name, "label": form.fields[name].label if name in form.fields else name, "errors": errors}
+        for name, errors in filterset.errors.items()
+    ]
+    return {
+        "filterset": filterset,
+        "page": page,
+        "query": query.urlencode(),
+        "not_applied": not_applied,
+        "sorting": sort_headers(data, cleaned.get("sort") or "price"),
+        "gpu_models": menu.gpu_models,
+    }
 
 
 class ValidatedFilters:
@@ -154,3 +203,11 @@ def offer_list(request: HttpRequest) -> HttpResponse:
     if request.session.session_key and not pending_messages:
         keep_shell(request.session.session_key, shell)
     return HttpResponse(join_page(request, shell, render_to_string(QUERY_PART, context, request)))
+
+
+@require_GET
+@login_required
+def gpu_compare(request: HttpRequest) -> HttpResponse:
+    """Compare GPUs: one row per model on the menu, best value first (``inventory/compare.py``)."""
+    rows = gpu_models(holder.get(wait=True), timezone.now())
+    return render(request, "inventory/gpu_compare.html", {"models": rows})

@@ -39,6 +39,7 @@ TIMEOUT_SECONDS = 10
 ENV_URL = "GPU_SHOPPER_URL"
 ENV_TOKEN = "GPU_SHOPPER_TOKEN"
 SORTS = ("price", "-price", "price_per_gpu", "vram_gb", "-vram_gb", "reliability", "-reliability", "best_bet")
+SORTS += ("value", "-value")  # $ per TFLOP-hour (the spec table)
 STATUSES = ("pending", "provisioning", "booting", "verifying", "active", "stopping", "destroyed", "failed")
 # A rental in one of these can never become active (sessions/models.py TRANSITIONS).
 NEVER_ACTIVE = ("stopping", "destroyed", "failed")
@@ -445,6 +446,7 @@ def cmd_inventory(args) -> int:
         "location": args.location,
         "min_reliability": args.min_reliability,
         "min_confidence": args.min_confidence,
+        "min_cuda": args.min_cuda,
         "sort": args.sort,
         "page": args.page,
         "page_size": args.page_size,
@@ -469,12 +471,24 @@ def cmd_inventory(args) -> int:
             percent(o.get("reliability")),
             confidence_text(o),
             o.get("provider"),
+            o.get("usd_per_tflop_hour") or "—",
         ]
         for o in offers
     ]
-    headers = ["ID", "GPU", "COUNT", "VRAM", "$/H", "$/GPU·H", "LOCATION", "RELIABILITY", "CONFIDENCE"]
-    headers.append("PROVIDER")
-    out(table(headers, rows, right={0, 2, 3, 4, 5, 7}))
+    headers = [
+        "ID",
+        "GPU",
+        "COUNT",
+        "VRAM",
+        "$/H",
+        "$/GPU·H",
+        "LOCATION",
+        "RELIABILITY",
+        "CONFIDENCE",
+        "PROVIDER",
+        "$/TFLOP·H",
+    ]
+    out(table(headers, rows, right={0, 2, 3, 4, 5, 7, 10}))
     out(page_footer(page, len(offers), "offers", int(args.page or 1)))
     return EXIT_OK
 
@@ -547,6 +561,45 @@ def key_hint(session: dict) -> str | None:
             "session was created (the owner can download it from the session's page while it runs)."
         )
     return None
+
+
+def cmd_gpus(args) -> int:
+    """One row per GPU model on the menu, best value ($ per TFLOP-hour) first: `GET /api/v1/gpus`."""
+    models = Client.from_config().get("gpus").get("results", [])
+    if args.json:
+        print_json(models)
+        return EXIT_OK
+    if not models:
+        out("No offers yet.")
+        return EXIT_OK
+    rows = [
+        [
+            m["gpu_type"],
+            f"{m['vram_gb']} GB",
+            m["offers"],
+            m["cheapest_price_per_gpu_hour"],
+            m.get("usd_per_tflop_hour") or "—",
+            m.get("usd_per_vram_gb_hour") or "—",
+            m.get("usd_per_tbps_hour") or "—",
+            percent(m.get("best_confidence")),
+            ", ".join(f"{p['provider']} {p['cheapest_price_per_gpu_hour']}" for p in m["providers"]),
+        ]
+        for m in models
+    ]
+    headers = [
+        "GPU",
+        "VRAM",
+        "OFFERS",
+        "FROM $/GPU·H",
+        "$/TFLOP·H",
+        "$/GB·H",
+        "$/TBPS·H",
+        "BEST CONFIDENCE",
+        "CHEAPEST PER PROVIDER",
+    ]
+    out(table(headers, rows, right={1, 2, 3, 4, 5, 6, 7}))
+    out("Value from vendor spec peaks (dense BF16). `gpu-shopper inventory --gpu NAME`: its offers.")
+    return EXIT_OK
 
 
 def cmd_provision(args) -> int:
@@ -1318,9 +1371,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--location", help="location or part of it, e.g. US")
     p.add_argument("--min-reliability", metavar="R", help="at least R (0 to 1)")
     p.add_argument("--min-confidence", metavar="C", help="at least C (0 to 1) chance a rental becomes active")
-    p.add_argument("--sort", choices=SORTS, help="sort order (default price; best_bet = price ÷ confidence)")
+    p.add_argument("--min-cuda", metavar="VERSION", help="at least this CUDA version, e.g. 12.4")
+    p.add_argument(
+        "--sort",
+        choices=SORTS,
+        help="sort order (default price; best_bet = price ÷ confidence; value: best $/TFLOP-hour)",
+    )
     p.add_argument("--page", type=int, metavar="N", help="page number (default 1)")
     p.add_argument("--page-size", type=int, metavar="N", help="offers per page, 1 to 500 (default 50)")
+    p.add_argument("--json", action="store_true", help="print the API answer as JSON")
+
+    p = command("gpus", cmd_gpus, "compare GPU models: cheapest price per provider, value; best value first")
     p.add_argument("--json", action="store_true", help="print the API answer as JSON")
 
     p = command(

@@ -6,7 +6,7 @@ from rest_framework.routers import SimpleRouter
 
 from costs import api as costs_api
 from inventory import views as inventory_views
-from inventory.api import InventoryViewSet
+from inventory.api import InventoryViewSet, gpu_list
 from sessions.agent_api import AgentBenchmarkView, AgentHeartbeatView, agent_script
 from sessions.api import SessionViewSet
 from sessions.consumers import RentalConsumer
@@ -23,6 +23,7 @@ api_urlpatterns = [
     path("agent/heartbeat", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
     path("agent/benchmark", AgentBenchmarkView.as_view(), name="agent-benchmark"),
     path("costs", costs_api.costs, name="api-costs"),
+    path("gpus", gpu_list, name="api-gpus"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its script as a file and the template has no inline style: CSP.
     path(
@@ -42,6 +43,7 @@ urlpatterns = [
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
     path("audit/", views.audit, name="audit"),
     path("offers/", inventory_views.offer_list, name="offer_list"),
+    path("gpus/", inventory_views.gpu_compare, name="gpu_compare"),
     path("", include("sessions.urls")),
     path("costs/", include("costs.urls")),
     path("login/", ThrottledLoginView.as_view(redirect_authenticated_user=True), name="login"),

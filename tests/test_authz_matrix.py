@@ -99,6 +99,7 @@ ROUTES: dict[str, Route] = {
     "safety/kill-switch/": Route(STAFF, methods=("post",), data={"confirm": "STOP ALL"}),
     "safety/alerts/<int:alert_id>/resolve/": Route(STAFF, methods=("post",)),
     "safety/alerts/<int:alert_id>/destroy/": Route(STAFF, methods=("post",)),
+    "gpus/": Route(LOGIN),
     # costs
     "costs/": Route(LOGIN),
     "costs/export.csv": Route(LOGIN),
@@ -109,6 +110,7 @@ ROUTES: dict[str, Route] = {
     "api/v1/^inventory$": Route(LOGIN, API),
     "api/v1/^inventory/(?P<pk>[^/]+)$": Route(LOGIN, API, pk="offer"),
     "api/v1/costs": Route(LOGIN, API),
+    "api/v1/gpus": Route(LOGIN, API),
     "api/v1/schema/": Route(LOGIN, API),
     "api/v1/docs/": Route(LOGIN, API),
     "api/v1/^sessions$": Route(LOGIN, API),

@@ -152,8 +152,9 @@ def test_the_safety_console_shows_ages_and_the_kill_switch(client, staff, user):
 def test_unit_headers_keep_their_case(client_logged_in, make_offer):
     make_offer()
     html = client_logged_in.get("/offers/").content.decode()
-    unit_headers = re.findall(r"<th([^>]*)>\$/[^<]*</th>", html)
-    assert len(unit_headers) == 2
+    # A sortable header holds its label in a link (the sort): the class is on the <th>.
+    unit_headers = re.findall(r"<th([^>]*)>(?:<a [^>]*>)?\$/[^<]*(?:</a>)?</th>", html)
+    assert len(unit_headers) == 3  # $/h, $/GPU·h, $/TFLOP·h
     assert all("keep-case" in attrs for attrs in unit_headers)
     css = Path(finders.find("css/app.css")).read_text()
     assert re.search(r"\.table th\.keep-case\s*\{\s*text-transform:\s*none;", css)

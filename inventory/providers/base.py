@@ -119,6 +119,12 @@ class OfferData:
     max_disk_gb: int | None = None
     inet_down_price_per_gb: Decimal | None = None
     inet_up_price_per_gb: Decimal | None = None
+    # What renters compare on (issue 18); None where the provider does not say.
+    inet_down_mbps: int | None = None
+    inet_up_mbps: int | None = None
+    verified: bool | None = None
+    datacenter: bool | None = None
+    max_duration_hours: int | None = None  # the longest rental the host allows
 
 
 @dataclass(frozen=True)

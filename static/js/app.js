@@ -128,4 +128,149 @@
       records.forEach(function (r) { r.addedNodes.forEach(localizeAll); });
     }).observe(document.body, { childList: true, subtree: true });
   } catch (err) { /* no Intl: the times stay in UTC and say so */ }
+
+  // ---- The offers page (issue 18): its filters form (#offer-filters) and results. ----
+  // A value the browser rejects (constraint validation) is never silently dropped: the field
+  // is marked (aria-invalid, a message starting with its label) and the results say that filter
+  // was not applied. The server does the same for what it refuses (data-error-field in the
+  // results). Back/forward: htmx restores the results; the form is refilled from the URL.
+  function offerForm() { return document.getElementById("offer-filters"); }
+  function fieldLabel(el) {
+    var label = el.id && document.querySelector('label[for="' + el.id + '"]');
+    if (label) return label.textContent.trim();
+    return el.getAttribute("aria-label") || el.name;
+  }
+  function markField(el, message) {
+    el.setAttribute("aria-invalid", "true");
+    var box = el.closest(".field");
+    if (box) box.classList.add("has-error");
+    var out = el.id && document.getElementById(el.id + "-error");
+    if (out) out.textContent = message;
+    var more = el.closest("details");
+    if (more) more.open = true;
+  }
+  function clearField(el) {
+    if (!el.hasAttribute("aria-invalid")) return;
+    el.removeAttribute("aria-invalid");
+    var box = el.closest(".field");
+    if (box) box.classList.remove("has-error");
+    var out = el.id && document.getElementById(el.id + "-error");
+    if (out) out.textContent = "";
+  }
+  var pendingNotes = null; // the browser's refusals of the request under way
+  document.addEventListener("htmx:configRequest", function (e) {
+    var form = offerForm();
+    if (!form || e.detail.elt !== form) return;
+    var notes = [];
+    var params = e.detail.parameters;
+    var names = {};
+    Array.prototype.forEach.call(form.elements, function (el) {
+      if (!el.name) return;
+      names[el.name] = true;
+      if (!el.willValidate) return;
+      if (el.validity.valid) { clearField(el); return; }
+      var message = fieldLabel(el) + ": " + el.validationMessage;
+      markField(el, message + " Not applied.");
+      notes.push(message);
+      params.delete(el.name); // sent without it, and the results say so
+    });
+    // Empty fields stay out of the URL (the state that matters is what is set).
+    Object.keys(names).forEach(function (name) {
+      var values = params.getAll(name).filter(function (v) { return v !== ""; });
+      params.delete(name);
+      values.forEach(function (v) { params.append(name, v); });
+    });
+    pendingNotes = notes;
+    e.detail.errors = []; // htmx would halt on them: the request goes without those fields
+  });
+  // The same query again (a text field's change after its debounced input) replaces the
+  // history entry instead of adding one, so one Back press goes back one step.
+  document.addEventListener("htmx:beforeHistoryUpdate", function (e) {
+    var update = e.detail.history;
+    if (!update || update.type !== "push" || !offerForm()) return;
+    var next = new URL(update.path, location.href);
+    if (next.pathname + next.search === location.pathname + location.search) update.type = "replace";
+  });
+  function showNotes(results, notes) {
+    if (!notes || !notes.length) return;
+    var box = document.createElement("div");
+    box.className = "msg msg-error";
+    box.setAttribute("role", "alert");
+    box.dataset.clientNotes = "";
+    notes.forEach(function (text) {
+      var line = document.createElement("div");
+      line.textContent = text + " This filter was not applied.";
+      box.appendChild(line);
+    });
+    results.insertBefore(box, results.firstChild);
+  }
+  function markServerErrors(form, results) {
+    results.querySelectorAll("[data-error-field]").forEach(function (note) {
+      var el = form.querySelector('[name="' + note.dataset.errorField + '"]:not([type=checkbox])') ||
+        form.querySelector('[name="' + note.dataset.errorField + '"]');
+      if (el) markField(el, note.dataset.errorMessage + " Not applied.");
+    });
+  }
+  // The form as the URL says (back/forward, a header or pager link): every field, no marks.
+  function fillForm(form, search) {
+    var params = new URLSearchParams(search);
+    var gpuTerms = [];
+    params.getAll("gpu").forEach(function (v) {
+      v.split(",").forEach(function (t) { t = t.trim(); if (t && gpuTerms.indexOf(t) < 0) gpuTerms.push(t); });
+    });
+    var boxes = form.querySelectorAll("input[type=checkbox][name=gpu]");
+    var picked = [];
+    boxes.forEach(function (box) {
+      box.checked = gpuTerms.indexOf(box.value) >= 0;
+      if (box.checked) picked.push(box.value);
+    });
+    Array.prototype.forEach.call(form.elements, function (el) {
+      if (!el.name) return;
+      clearField(el);
+      if (el.name === "gpu" && el.type === "text") {
+        el.value = gpuTerms.filter(function (t) { return picked.indexOf(t) < 0; }).join(", ");
+      } else if (el.type === "checkbox" && el.name !== "gpu") {
+        el.checked = params.getAll(el.name).indexOf(el.value) >= 0;
+      } else if (el.tagName === "SELECT" || el.tagName === "INPUT") {
+        if (el.type !== "checkbox" && el.type !== "submit") el.value = params.get(el.name) || "";
+      }
+    });
+  }
+  var syncFormAfterSwap = false;
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var form = offerForm();
+    if (form && e.detail.elt !== form && e.detail.elt.closest && e.detail.elt.closest("#offer-results")) {
+      syncFormAfterSwap = true; // a sort header or pager link: the form follows the URL
+      pendingNotes = null;
+    }
+  });
+  document.addEventListener("htmx:afterSettle", function (e) {
+    var form = offerForm();
+    var results = document.getElementById("offer-results");
+    if (!form || !results || (e.detail.target && e.detail.target.id !== "offer-results")) return;
+    if (syncFormAfterSwap) { fillForm(form, location.search); syncFormAfterSwap = false; }
+    markServerErrors(form, results);
+    showNotes(results, pendingNotes);
+    pendingNotes = null;
+  });
+  function afterHistory() {
+    var form = offerForm();
+    var results = document.getElementById("offer-results");
+    if (!form) return;
+    fillForm(form, location.search);
+    if (results) markServerErrors(form, results);
+  }
+  document.addEventListener("htmx:historyRestore", afterHistory);
+  // htmx restores on popstate first (its own listener runs before this one): refill after it.
+  window.addEventListener("popstate", function () { setTimeout(afterHistory, 0); });
+
+  // The navigation collapses behind a menu button on narrow screens (static/css/app.css).
+  document.addEventListener("click", function (e) {
+    var button = e.target.closest && e.target.closest("button.nav-toggle");
+    if (!button) return;
+    var open = button.getAttribute("aria-expanded") !== "true";
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+    var bar = button.closest(".topbar");
+    if (bar) bar.classList.toggle("nav-open", open);
+  });
 })();

@@ -44,7 +44,7 @@ def test_the_users_pages_work_without_a_csp_violation(page, stack):
 
     visit(page, "/")
     visit(page, "/offers/")
-    page.fill("#offer-filters input[name=gpu]", "4090")  # an htmx request
+    page.fill("#offer-filters input[type=text][name=gpu]", "4090")  # an htmx request
     page.wait_for_load_state("networkidle")
     offer = page.locator("#offer-results a[href$='/rent/']").first
     expect(offer).to_be_visible()

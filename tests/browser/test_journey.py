@@ -57,7 +57,7 @@ def test_new_user_rents_connects_and_shuts_down(page, stack, screenshot, tmp_pat
     all_text = count.inner_text()
     all_count = int(all_text.replace(",", ""))
     screenshot(page, "offers")
-    page.fill("#offer-filters input[name=gpu]", "4090")
+    page.fill("#offer-filters input[type=text][name=gpu]", "4090")
     expect(count).not_to_have_text(all_text, timeout=10_000)
     filtered = int(count.inner_text().replace(",", ""))
     assert 0 < filtered < all_count

@@ -33,7 +33,7 @@ def test_inventory_prints_an_aligned_table(shopper, run, make_offer):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "GPU", "COUNT", "VRAM", "$/H", "$/GPU·H", "LOCATION", "RELIABILITY",
-                                "CONFIDENCE", "PROVIDER"]  # fmt: skip
+                                "CONFIDENCE", "PROVIDER", "$/TFLOP·H"]  # fmt: skip
     # No history yet: the provider's prior, labelled "new" (inventory/confidence.py PRIORS).
     assert "new 70%" in lines[2] and "new 30%" in lines[3]
     assert set(lines[1]) <= {"-", " "}

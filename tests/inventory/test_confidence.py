@@ -3,6 +3,7 @@ the menu shows of it (API field, filter, sort, schema; the page's label; offer_c
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -297,7 +298,9 @@ def test_the_schema_documents_confidence(api_client):
 
 def test_the_offers_page_shows_the_label_with_the_numbers_on_hover(three, client_logged_in):
     page = client_logged_in.get("/offers/").content.decode()
-    assert ">Confidence</th>" in page
+    # The header is a sort link: the best bet (price ÷ confidence) first.
+    assert re.search(r'<th [^>]*title="How often rentals[^"]*"><a class="sort" href="\?sort=best_bet"', page)
+    assert ">Confidence</a></th>" in page
     assert (
         'title="79% of rentals expected to become active, from 1.8 succeeded and 0.0 failed at this offer '
         '(recent ones weigh more)">usually works</span>'

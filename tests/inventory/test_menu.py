@@ -4,6 +4,7 @@ ASGI application (fast path and Django) and the offers page's HTMX partial."""
 
 from __future__ import annotations
 
+import io
 import random
 import re
 import threading
@@ -17,6 +18,7 @@ from asgiref.sync import async_to_sync
 from channels.testing import HttpCommunicator
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
+from django.core.management import call_command
 from django.core.paginator import Paginator
 from django.middleware.csrf import _unmask_cipher_token
 from django.template.loader import render_to_string
@@ -33,12 +35,20 @@ from inventory.filters import OfferFilterSet, PageSizeForm
 from inventory.models import Offer, ProviderFeed
 from inventory.serializers import OfferSerializer
 from inventory.services import offers_freshness
-from inventory.views import SESSION_CACHE_SECONDS, SHELL_SECONDS
+from inventory.views import SESSION_CACHE_SECONDS, SHELL_SECONDS, sort_headers
 from shopper.models import ApiToken
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-GPUS = [("RTX 4090 24GB", 24), ("A100 SXM4 80GB", 80), ("H100 SXM 80GB", 80), ("RTX A6000 48GB", 48)]
+# The last has no spec row: no value figures, last in both value sorts.
+GPUS = [
+    ("RTX 4090 24GB", 24),
+    ("A100 SXM4 80GB", 80),
+    ("H100 SXM 80GB", 80),
+    ("RTX A6000 48GB", 48),
+    ("Imaginary 9000 8GB", 8),
+]
+CUDA_VERSIONS = ["12.8", "12.4", "11.8", "12.10", "12", "", "n/a"]
 LOCATIONS = ["Oregon, US", "Texas, US", "São Paulo, BR", "Zürich, CH", "", "DE"]
 GPU_TERMS = ["", "a100", "RTX", "4090", "80gb", "h1", "zz", " sxm ", "Ü", "100 s", "%", "_"]
 LOCATION_TERMS = ["", "us", "TEX", "são", "SÃO", "zü", "paulo", "x"]
@@ -47,7 +57,8 @@ LOCATION_TERMS = ["", "us", "TEX", "são", "SÃO", "zü", "paulo", "x"]
 @pytest.fixture
 def offers(make_offer):
     """A menu with ties on every sort key, NULL reliabilities, non-ASCII places, suppressed and
-    withdrawn offers."""
+    withdrawn offers; value figures from the spec table (reloaded: transaction tests flush it)."""
+    call_command("load_gpu_specs", stdout=io.StringIO())
     rng = random.Random(7)
     now = timezone.now()
     for _ in range(160):
@@ -63,6 +74,14 @@ def offers(make_offer):
             price_per_hour=price,
             location=rng.choice(LOCATIONS),
             reliability=rng.choice([None, Decimal("0.9500"), Decimal("0.9900"), Decimal("0.1235")]),
+            cuda_version=rng.choice([*CUDA_VERSIONS, "12.2", "13.0", "bogus"]),
+            driver_version=rng.choice(["", "535.104.05", "550.54.15", "570.133.07", "570"]),
+            max_disk_gb=rng.choice([None, 50, 200, 200, 1000]),
+            inet_down_mbps=rng.choice([None, 100, 800, 800, 5000]),
+            inet_up_mbps=rng.choice([None, 50, 800, 2000]),
+            verified=rng.choice([None, True, False]),
+            datacenter=rng.choice([None, True, False]),
+            max_duration_hours=rng.choice([None, 12, 720, 720, 4000]),
             available=rng.random() > 0.1,
             hidden_until=hidden,
         )
@@ -96,6 +115,24 @@ def random_query(rng: random.Random) -> dict:
     q = {}
     if rng.random() < 0.6:
         q["gpu"] = rng.choice(GPU_TERMS)
+        if rng.random() < 0.3:  # several: repeated or a comma list
+            q["gpu"] = rng.choice([[q["gpu"], rng.choice(GPU_TERMS)], f"{q['gpu']},{rng.choice(GPU_TERMS)}"])
+    if rng.random() < 0.15:
+        q["min_driver"] = rng.choice(["550", "550.54.15", "570.133.7", "9999", "v550"])
+    if rng.random() < 0.15:
+        q["min_reliability_pct"] = rng.choice(["95", "99", "12.35", "12.351", "100", "101", "-1"])
+    if rng.random() < 0.15:
+        q["min_inet_down_mbps"] = rng.choice(["100", "800", "801", "abc", "-5"])
+    if rng.random() < 0.1:
+        q["min_inet_up_mbps"] = rng.choice(["50", "2000"])
+    if rng.random() < 0.15:
+        q["min_disk_gb"] = rng.choice(["50", "200", "1001", "1.5"])
+    if rng.random() < 0.15:
+        q["min_duration_hours"] = rng.choice(["12", "720", "721", "x"])
+    if rng.random() < 0.15:
+        q["verified"] = rng.choice(["true", "false", "maybe"])
+    if rng.random() < 0.15:
+        q["datacenter"] = rng.choice(["true", "false"])
     if rng.random() < 0.3:
         q["location"] = rng.choice(LOCATION_TERMS)
     if rng.random() < 0.3:
@@ -108,9 +145,17 @@ def random_query(rng: random.Random) -> dict:
         q["min_reliability"] = rng.choice(["0.95", "0.99", "0.1235", "0.12345", "0.9", "1", "2"])
     if rng.random() < 0.3:
         q["provider"] = rng.choice(["vastai", "tensordock", "nope"])
+    if rng.random() < 0.3:
+        q["min_cuda"] = rng.choice(
+            ["12.4", "12.9", "12.10", "11", "12", "x", "١٢", "12.4.1", "11.8.0", "13", "12.x", "1234"]
+        )
     if rng.random() < 0.7:
         q["sort"] = rng.choice(["", "price", "-price", "price_per_gpu", "vram_gb", "-vram_gb"])
-        q["sort"] = rng.choice([q["sort"], "reliability", "-reliability", "bogus", "best_bet", "best_bet"])
+        q["sort"] = rng.choice(
+            [q["sort"], "reliability", "-reliability", "value", "-value", "bogus", "best_bet", "best_bet"]
+        )
+        extra = ["-price_per_gpu", "gpu_count", "-gpu_count", "inet_down", "-inet_down", "disk", "-disk"]
+        q["sort"] = rng.choice([q["sort"], q["sort"], *extra, "max_duration", "-max_duration"])
     if rng.random() < 0.3:
         q["min_confidence"] = rng.choice(["0.3", "0.5", "0.7", "0.123", "0.3005", "0", "1", "-0.1", "x"])
     if rng.random() < 0.5:
@@ -142,11 +187,17 @@ def reference_partial(query: dict, user) -> str:
     request = RequestFactory().get("/offers/", query, HTTP_HX_REQUEST="true")
     request.user, request.htmx = user, HtmxDetails(request)
     filterset = OfferFilterSet(request.GET, queryset=Offer.objects.visible())
-    qs = filterset.qs if filterset.is_valid() else Offer.objects.none()
-    page = Paginator(qs, 25).get_page(request.GET.get("page"))
+    filterset.is_valid()
+    # A refused filter is not applied (and said so); the valid ones are.
+    page = Paginator(filterset.qs, 25).get_page(request.GET.get("page"))
     rest = request.GET.copy()
     rest.pop("page", None)
-    context = {"filterset": filterset, "page": page, "query": rest.urlencode()}
+    form = filterset.form
+    errors = filterset.errors.items()
+    not_applied = [{"name": n, "label": form.fields[n].label, "errors": e} for n, e in errors]
+    sorting = sort_headers(request.GET, form.cleaned_data.get("sort") or "price")
+    context = {"filterset": filterset, "page": page, "query": rest.urlencode(), "not_applied": not_applied}
+    context["sorting"] = sorting
     context["freshness"] = offers_freshness()
     return render_to_string("inventory/offer_list.html#offer-results", context, request)
 
@@ -166,7 +217,7 @@ def asgi_get():
         before = len(reached_django)
         headers = [(b"host", b"testserver"), (b"authorization", f"Token {token}".encode())]
         communicator = HttpCommunicator(app, "GET", "/api/v1/inventory", headers=headers)
-        communicator.scope["query_string"] = urlencode(query).encode()
+        communicator.scope["query_string"] = urlencode(query, doseq=True).encode()
         response = async_to_sync(communicator.get_response)(timeout=10)
         return response["status"], response["body"], len(reached_django) == before
 
@@ -279,7 +330,7 @@ def test_the_htmx_partial_of_the_asgi_layer_equals_djangos_byte_for_byte(offers,
         headers = [(b"host", b"testserver"), (b"cookie", cookie), (b"x-request-id", b"req-1")]
         headers += [(b"hx-request", b"true"), *(extra or [])]
         communicator = HttpCommunicator(app, "GET", "/offers/", headers=headers)
-        communicator.scope["query_string"] = urlencode(query).encode()
+        communicator.scope["query_string"] = urlencode(query, doseq=True).encode()
         response = async_to_sync(communicator.get_response)(timeout=10)
         response["headers"] = sorted((k.decode().lower(), v.decode()) for k, v in response["headers"])
         return response
@@ -361,7 +412,7 @@ def _page_app_and_get(client, csrf_cookie: str | None = CSRF_SECRET):
     def get(app, query: dict, extra: list | None = None, cookie: str = cookie) -> dict:
         headers = [(b"host", b"testserver"), (b"cookie", cookie.encode()), (b"x-request-id", b"req-1")]
         communicator = HttpCommunicator(app, "GET", "/offers/", headers=headers + (extra or []))
-        communicator.scope["query_string"] = urlencode(query).encode()
+        communicator.scope["query_string"] = urlencode(query, doseq=True).encode()
         response = async_to_sync(communicator.get_response)(timeout=10)
         response["headers"] = sorted((k.decode().lower(), v.decode()) for k, v in response["headers"])
         return response

@@ -81,6 +81,24 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _mbps(value: Any) -> int | None:
+    """``inet_down``/``inet_up`` (Mbps, a float measured by Vast) as whole Mbps; None if absent."""
+    number = _number(value)
+    return int(number) if number is not None and number >= 0 else None
+
+
+def _verified(value: Any) -> bool | None:
+    """``verification`` ("verified", "unverified", "deverified") as a bool; None if absent."""
+    return None if not isinstance(value, str) or not value else value == "verified"
+
+
+def _duration_hours(value: Any) -> int | None:
+    """``duration`` (seconds the host still allows, PROVIDERS.md 1.5) in whole hours; None when
+    absent or not positive (the docs' example shows a negative one)."""
+    number = _number(value)
+    return int(number // 3600) if number is not None and number > 0 else None
+
+
 def _number(value: Any) -> Decimal | None:
     """A JSON number (or numeric string) as a Decimal via str(), else None."""
     if value is None or isinstance(value, bool):
@@ -304,6 +322,12 @@ class VastAI(Provider):
             # Bandwidth is charged per GB on top of dph_total (PROVIDERS.md 1.5, X-BILLING).
             inet_down_price_per_gb=http.to_money(raw.get("inet_down_cost")),
             inet_up_price_per_gb=http.to_money(raw.get("inet_up_cost")),
+            inet_down_mbps=_mbps(raw.get("inet_down")),
+            inet_up_mbps=_mbps(raw.get("inet_up")),
+            # The search asks for verified hosts only; the row says so itself (PROVIDERS.md 1.5).
+            verified=_verified(raw.get("verification")),
+            datacenter=None if _int(raw.get("hosting_type")) is None else _int(raw.get("hosting_type")) >= 1,
+            max_duration_hours=_duration_hours(raw.get("duration")),
         )
 
     # ---------------------------------------------------------------- create
