@@ -22,6 +22,8 @@ def cheapest(provider: str, **filters) -> Offer:
 
 
 def rent(api, offer, **body) -> dict:
+    """Rent ``offer`` (``failover=False`` where a test is about the give-up path itself: the
+    failover to another offer has its own tests in tests/sessions/test_failover.py)."""
     response = api.post(
         "/api/v1/sessions", {"offer_id": str(offer.pk), "reservation_hours": 1, **body}, format="json"
     )
@@ -72,7 +74,7 @@ def test_tensordock_whose_driver_never_works_is_torn_down_unbilled(cloud, api, s
     settings.SHOPPER_GPU_VERIFY_TIMEOUT_SECONDS = 3
     cloud.set_faults([{"dialect": "tensordock", "node_fault": "no_driver", "repair_fails": True}])
     offer = cheapest("tensordock")
-    session = rent(api, offer)
+    session = rent(api, offer, failover=False)
     assert_torn_down_unbilled(
         api,
         cloud,
@@ -98,7 +100,7 @@ def test_vast_host_with_a_lower_cuda_than_advertised_is_refused(cloud, api):
         [{"dialect": "vastai", "cuda_lie": {"actual_cuda": "12.8", "actual_driver": "570.124.04"}}]
     )
     offer = cheapest("vastai", cuda_version="12.9")
-    session = rent(api, offer)
+    session = rent(api, offer, failover=False)
     rental = assert_torn_down_unbilled(
         api, cloud, session["id"], offer, "The machine is not what was rented: the machine runs CUDA 12.8"
     )
@@ -109,7 +111,7 @@ def test_a_machine_that_stops_right_after_starting_is_given_up(cloud, api):
     """TD-STOPS: running, then Stopped before the keys arrived (TD-SSHKEY-LATE)."""
     cloud.set_faults([{"dialect": "tensordock", "die_after_s": 0.5, "key_delay_s": 60}])
     offer = cheapest("tensordock")
-    session = rent(api, offer)
+    session = rent(api, offer, failover=False)
     rental = Rental.objects.get(pk=session["id"])
     stopping = rental.events.get(to_status="stopping")
     assert stopping.reason.startswith("The machine stopped right after starting (stopped"), stopping.reason
@@ -120,7 +122,7 @@ def test_a_machine_that_stops_right_after_starting_is_given_up(cloud, api):
 def test_vast_died_after_the_handoff_is_not_billed_before_it(cloud, api):
     """VA-DIES during the check: exited before the key landed; nothing billed, nothing left."""
     cloud.set_faults([{"dialect": "vastai", "die_after_s": 0.5, "key_delay_s": 60}])
-    session = rent(api, cheapest("vastai"))
+    session = rent(api, cheapest("vastai"), failover=False)
     rental = Rental.objects.get(pk=session["id"])
     assert rental.events.get(to_status="stopping").reason.startswith(
         "The machine stopped right after starting"

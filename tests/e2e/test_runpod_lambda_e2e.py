@@ -26,9 +26,9 @@ def cheapest(provider: str) -> Offer:
     return offer
 
 
-def rent(api, offer: Offer) -> dict:
+def rent(api, offer: Offer, **choices) -> dict:
     response = api.post(
-        "/api/v1/sessions", {"offer_id": str(offer.pk), "reservation_hours": 1}, format="json"
+        "/api/v1/sessions", {"offer_id": str(offer.pk), "reservation_hours": 1, **choices}, format="json"
     )
     assert response.status_code == 201, response.json()
     return response.json()
@@ -136,6 +136,8 @@ def test_lambda_orphan_key_without_instance_is_deleted(cloud, settings):
     [
         ("runpod", [{"dialect": "runpod", "no_capacity": 1.0}], "failed"),
         ("lambda", [{"dialect": "lambda", "no_capacity": 1.0}], "failed"),
+        # With failover (the default), a full region moves the rental to a comparable offer.
+        ("lambda", [{"dialect": "lambda", "no_capacity": 1.0}], "active-after-failover"),
         ("runpod", [{"dialect": "runpod", "start_ssh_422": True}], "active"),
         ("runpod", [{"dialect": "runpod", "key_delay_s": [1, 2]}], "active"),
         ("runpod", [{"dialect": "runpod", "op": "get", "rate_limit_burst": 2}], "active"),
@@ -147,10 +149,16 @@ def test_lambda_orphan_key_without_instance_is_deleted(cloud, settings):
 def test_faults_end_with_nothing_left(cloud, api, settings, provider, rules, expected):
     settings.SHOPPER_LABEL_LOOKUP_INTERVAL_SECONDS = 0.2
     cloud.set_faults({"rules": rules})
-    created = rent(api, cheapest(provider))
+    # Failed cases test the refusal itself: failover off (it has its own case and tests).
+    created = rent(api, cheapest(provider), failover=expected != "failed")
     rental = Rental.objects.get(pk=created["id"])
     statuses = list(rental.events.exclude(to_status="").values_list("to_status", flat=True))
-    assert expected in statuses, (statuses, list(rental.events.values_list("reason", flat=True)))
+    reasons = list(rental.events.values_list("reason", flat=True))
+    if expected == "active-after-failover":
+        assert statuses[-1] == "active" and rental.events.filter(data__failover=True).exists(), reasons
+        assert Rental.objects.get(pk=rental.pk).provider_offer_id != cheapest(provider).provider_offer_id
+    else:
+        assert expected in statuses, (statuses, reasons)
     cloud.set_faults({"rules": []})
     api.delete(f"/api/v1/sessions/{rental.pk}")
     rental.refresh_from_db()
