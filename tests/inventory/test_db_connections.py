@@ -23,7 +23,9 @@ from tools.chaos import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-DATABASE = "shopper_menu_conns"
+# One database per test process: two xdist workers running these tests at once must not
+# create and drop the same one under each other.
+DATABASE = f"shopper_menu_conns_{os.getpid()}"
 WORKERS, POOL_MAX, REQUESTS, CLIENTS = 2, 3, 240, 8
 
 SEED = """
